@@ -1,0 +1,61 @@
+"""
+The ``nightowl`` admin command line.
+
+Each subcommand lives in its own module and registers here with one line in
+``COMMANDS``: ``name -> (module path, one-line help)``.  The module exposes
+``configure(parser)`` (add arguments to an argparse subparser) and
+``run(args) -> int`` (the exit code).  Errors are one line on stderr and a
+non-zero exit code, never a traceback: raise ``CommandError``.
+"""
+
+import argparse
+import importlib
+import sys
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit code ``code``."""
+
+    def __init__(self, message, code=1):
+        Exception.__init__(self, message)
+        self.code = code
+
+
+COMMANDS = {
+    # name: (module, help)
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="nightowl",
+        description="nightowl: self-hosted Laravel Nightwatch ingest agent. "
+                    "Run the agent with `twistd -n nightowl`; these are its admin commands.")
+    from nightowl import __version__
+    parser.add_argument("--version", action="version", version="nightowl " + __version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).configure(p)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    try:
+        return importlib.import_module(args._module).run(args) or 0
+    except CommandError as e:
+        sys.stderr.write("nightowl {}: {}\n".format(args.command, e))
+        return e.code
+    except KeyboardInterrupt:
+        sys.stderr.write("nightowl {}: interrupted\n".format(args.command))
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""
+Configuration (one source of truth) and the twistd entry point.
+
+Every option can also be given as a ``NIGHTOWL_*`` environment variable; the
+command line wins.  Values from either source go through the same coerce
+functions in ``postOptions`` so a bad value stops startup with one line.
+"""
+
+import os
+
+from twisted.python import usage
+
+from nightowl import __version__
+
+DEFAULT_LISTEN = "tcp:2407:interface=127.0.0.1"
+DEFAULT_HEALTH = "tcp:2409:interface=127.0.0.1"
+
+
+def _positive_int(name):
+    def coerce(value):
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise usage.UsageError(
+                "--{}: expected a whole number, got {!r}".format(name, value))
+        if number <= 0:
+            raise usage.UsageError(
+                "--{}: must be greater than 0, got {}".format(name, number))
+        return number
+    return coerce
+
+
+def _non_negative_int(name):
+    def coerce(value):
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise usage.UsageError(
+                "--{}: expected a whole number, got {!r}".format(name, value))
+        if number < 0:
+            raise usage.UsageError(
+                "--{}: must be 0 or more, got {}".format(name, number))
+        return number
+    return coerce
+
+
+def _positive_float(name):
+    def coerce(value):
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            raise usage.UsageError(
+                "--{}: expected a number of seconds, got {!r}".format(name, value))
+        if not number > 0:
+            raise usage.UsageError(
+                "--{}: must be greater than 0, got {}".format(name, value))
+        return number
+    return coerce
+
+
+def _size(name):
+    """Bytes, with an optional K/M/G suffix (powers of 1024)."""
+    def coerce(value):
+        text = str(value).strip().upper().rstrip("B").rstrip("I")
+        factor = 1
+        for suffix, mult in (("K", 1024), ("M", 1024 ** 2), ("G", 1024 ** 3)):
+            if text.endswith(suffix):
+                text, factor = text[:-1], mult
+                break
+        try:
+            number = int(float(text) * factor)
+        except ValueError:
+            raise usage.UsageError(
+                "--{}: expected a size like 10485760 or 10M, got {!r}".format(name, value))
+        if number <= 0:
+            raise usage.UsageError("--{}: must be greater than 0".format(name))
+        return number
+    return coerce
+
+
+def _strports(name, allow_none=False):
+    def coerce(value):
+        text = str(value).strip()
+        if allow_none and text.lower() in ("none", "off", ""):
+            return None
+        if not text or ":" not in text and not text.isdigit():
+            raise usage.UsageError(
+                "--{}: expected a strports endpoint like tcp:2407:interface=127.0.0.1, "
+                "got {!r}".format(name, value))
+        if text.isdigit():
+            text = "tcp:" + text
+        return text
+    return coerce
+
+
+def _text(name):
+    def coerce(value):
+        return str(value)
+    return coerce
+
+
+# (long name, short, default, env var, coerce, help)
+PARAMETERS = [
+    ("listen", "l", DEFAULT_LISTEN, "NIGHTOWL_LISTEN", _strports("listen"),
+     "Ingest endpoint (twisted strports)."),
+    ("buffer", "b", "nightowl-buffer.sqlite", "NIGHTOWL_BUFFER", _text("buffer"),
+     "Path of the SQLite buffer file."),
+    ("token", "t", None, "NIGHTOWL_TOKEN", _text("token"),
+     "Nightwatch token; frames must carry its hash. Unset: any token hash is accepted. "
+     "Falls back to NIGHTWATCH_TOKEN."),
+    ("max-frame-bytes", None, 10 * 1024 * 1024, "NIGHTOWL_MAX_FRAME_BYTES",
+     _size("max-frame-bytes"), "Largest frame accepted on the wire."),
+    ("max-inflated-bytes", None, 200 * 1024 * 1024, "NIGHTOWL_MAX_INFLATED_BYTES",
+     _size("max-inflated-bytes"), "Largest payload a gzip frame may inflate to."),
+    ("frame-timeout", None, 10.0, "NIGHTOWL_FRAME_TIMEOUT", _positive_float("frame-timeout"),
+     "Seconds a connection may take to deliver its frame."),
+    ("max-pending", None, 1000000, "NIGHTOWL_MAX_PENDING", _positive_int("max-pending"),
+     "Back-pressure: refuse new payloads while more than this many rows wait in the buffer."),
+    ("max-queue", None, 20000, "NIGHTOWL_MAX_QUEUE", _positive_int("max-queue"),
+     "Back-pressure: refuse new payloads while this many wait for the writer thread."),
+    ("dsn", None, None, "NIGHTOWL_DSN", _text("dsn"),
+     "PostgreSQL DSN to drain into. Unset: buffer only."),
+    ("drain-workers", None, 2, "NIGHTOWL_DRAIN_WORKERS", _non_negative_int("drain-workers"),
+     "Number of drain worker processes (0 disables draining)."),
+    ("batch-size", None, 5000, "NIGHTOWL_BATCH_SIZE", _positive_int("batch-size"),
+     "Payload rows a drain worker claims per batch."),
+    ("environment", None, "production", "NIGHTOWL_ENVIRONMENT", _text("environment"),
+     "Environment name stamped on every row."),
+    ("health", None, DEFAULT_HEALTH, "NIGHTOWL_HEALTH", _strports("health", allow_none=True),
+     "Health/metrics HTTP endpoint (strports), or 'none'."),
+    ("retention-days", None, 14, "NIGHTOWL_RETENTION_DAYS", _positive_int("retention-days"),
+     "Daily partitions older than this are dropped."),
+]
+
+FLAGS = [
+    ("no-migrate", None, "NIGHTOWL_NO_MIGRATE",
+     "Do not apply schema migrations at startup."),
+]
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+class Options(usage.Options):
+    """
+    Options of ``twistd nightowl`` and of ``nightowl.tac``.
+    """
+
+    synopsis = "[options]"
+    longdesc = ("Accepts laravel/nightwatch SDK frames, commits them to a SQLite "
+                "buffer before acknowledging, and drains them into PostgreSQL.")
+
+    optParameters = [[long, short, None, help + " [env {}; default: {}]".format(env, default)]
+                     for (long, short, default, env, _c, help) in PARAMETERS]
+    optFlags = [[long, short, help + " [env {}]".format(env)]
+                for (long, short, env, help) in FLAGS]
+
+    def __init__(self, environ=None):
+        usage.Options.__init__(self)
+        self._environ = os.environ if environ is None else environ
+
+    def opt_version(self):
+        """Print the version and exit."""
+        print("nightowl {}".format(__version__))
+        raise SystemExit(0)
+
+    def postOptions(self):
+        env = self._environ
+        for (long, _short, default, var, coerce, _help) in PARAMETERS:
+            key = long
+            value = self.opts.get(key)
+            if value is None:
+                value = env.get(var)
+                if value is None and long == "token":
+                    value = env.get("NIGHTWATCH_TOKEN")
+            if value is None:
+                self.opts[key] = default
+            else:
+                self.opts[key] = coerce(value)
+        for (long, _short, var, _help) in FLAGS:
+            if not self.opts.get(long):
+                self.opts[long] = env.get(var, "").strip().lower() in _TRUE
+            else:
+                self.opts[long] = True
+        if self.opts["dsn"] is not None and not self.opts["dsn"].strip():
+            self.opts["dsn"] = None
+        if not self.opts["buffer"].strip():
+            raise usage.UsageError("--buffer: a file path is required")
+        if self.opts["max-inflated-bytes"] < self.opts["max-frame-bytes"]:
+            raise usage.UsageError(
+                "--max-inflated-bytes must be at least --max-frame-bytes")
+
+
+def makeService(options, reactor=None):
+    """
+    Build the root service from parsed options.
+    """
+    from nightowl.service import NightowlService
+    return NightowlService(options, reactor=reactor)
+
+
+def parse(argv=(), environ=None):
+    """Parse an argument list the way twistd does; for .tac files and tests."""
+    options = Options(environ=environ)
+    options.parseOptions(list(argv))
+    return options
