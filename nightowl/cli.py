@@ -23,6 +23,13 @@ class CommandError(Exception):
 
 COMMANDS = {
     # name: (module, help)
+    "migrate": ("nightowl.migrate", "apply the PostgreSQL schema migrations and show what ran"),
+    "status": ("nightowl.admin.status", "show the running agent's health (exit code follows it)"),
+    "ping": ("nightowl.admin.ping", "send a PING frame exactly as the SDK does"),
+    "buffer": ("nightowl.admin.buffer", "inspect, requeue or verify the SQLite buffer"),
+    "prune": ("nightowl.admin.prune", "apply retention now: drop expired daily partitions"),
+    "send": ("nightowl.admin.send", "send realistic SDK-shaped payloads (simulator)"),
+    "bench": ("nightowl.bench.command", "benchmarks: ingest, drain, e2e, faults"),
 }
 
 
@@ -35,9 +42,15 @@ def build_parser():
     parser.add_argument("--version", action="version", version="nightowl " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue  # not built yet
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(_module=module)
-        importlib.import_module(module).configure(p)
+        mod.configure(p)
     return parser
 
 
