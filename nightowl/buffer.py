@@ -1,0 +1,567 @@
+"""
+The SQLite buffer and the one thread that writes it.
+
+Every payload is committed here before the SDK gets ``2:OK``; the drain
+workers claim rows, copy them to Postgres and report back; only this module's
+writer thread ever changes the file while the agent runs.  See
+docs/design.rst for the schema and the state machine.
+
+Durability: WAL mode with ``synchronous=NORMAL``.  A committed transaction
+survives the agent being killed at any moment; after an OS crash or power
+loss the last commits may roll back (the file is never corrupted).
+``--buffer-sync full`` would trade throughput for power-loss durability.
+"""
+
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+PENDING = 0
+DRAINED = 1
+QUARANTINED = 2
+CLAIMED = 100  # + worker number
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS payloads (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at REAL    NOT NULL,
+    state       INTEGER NOT NULL DEFAULT 0,
+    state_at    REAL,
+    error       TEXT,
+    payload     BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS payloads_state_id ON payloads (state, id);
+"""
+
+# Pragmas in the order that matters: busy_timeout and auto_vacuum must come
+# before journal_mode=WAL (auto_vacuum lives in the header and is silently
+# ignored once the file has been written in WAL mode).
+PRAGMAS = (
+    "PRAGMA busy_timeout=5000",
+    "PRAGMA auto_vacuum=INCREMENTAL",
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA cache_size=-32000",
+    "PRAGMA temp_store=MEMORY",
+)
+
+# Drained rows are kept this long before deletion, so an operator can still
+# see what was drained recently and a late duplicate report is harmless.
+SAFETY_WINDOW = 300.0
+QUARANTINE_KEEP = 7 * 86400.0
+WAL_TRUNCATE_BYTES = 64 * 1024 * 1024
+MAX_GROUP = 4096  # operations per transaction at most
+
+
+class BufferError(Exception):
+    """The buffer cannot be opened or written."""
+
+
+def connect(path, timeout=5.0):
+    """Open a connection with the pragmas in the right order; create the schema."""
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
+                           check_same_thread=False)
+    for pragma in PRAGMAS:
+        if pragma.startswith("PRAGMA journal_mode"):
+            for attempt in range(10):
+                try:
+                    mode = conn.execute(pragma).fetchone()[0]
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or attempt == 9:
+                        raise
+                    time.sleep(0.1 * (attempt + 1))
+            if mode.lower() != "wal":
+                raise BufferError("could not switch {} to WAL mode (got {})".format(path, mode))
+        else:
+            conn.execute(pragma)
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def buffer_identity(conn):
+    """The buffer file's UUID, created on first use."""
+    row = conn.execute("SELECT value FROM meta WHERE key='buffer_id'").fetchone()
+    if row:
+        return row[0]
+    new = str(uuid.uuid4())
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('buffer_id', ?)", (new,))
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '1')")
+    return conn.execute("SELECT value FROM meta WHERE key='buffer_id'").fetchone()[0]
+
+
+def count_states(conn):
+    counts = {"pending": 0, "claimed": 0, "drained": 0, "quarantined": 0}
+    for state, n in conn.execute("SELECT state, count(*) FROM payloads GROUP BY state"):
+        if state == PENDING:
+            counts["pending"] += n
+        elif state == DRAINED:
+            counts["drained"] += n
+        elif state == QUARANTINED:
+            counts["quarantined"] += n
+        elif state >= CLAIMED:
+            counts["claimed"] += n
+    return counts
+
+
+def _chunks(seq, size=500):
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
+
+
+def _move_aside(path, reason, now):
+    """Rename a corrupt buffer (and its WAL/SHM) out of the way; return the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    target = "{}.corrupt-{}".format(path, stamp)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.rename(path + suffix, target + suffix)
+    return target
+
+
+class BufferWriter(service.Service):
+    """
+    Owns the SQLite buffer through one dedicated thread.
+
+    Methods are called on the reactor thread and return Deferreds that fire
+    on the reactor thread once the transaction holding the operation has
+    committed.  Operations queued while a transaction runs are committed
+    together in the next one (group commit).
+    """
+
+    log = Logger()
+    name = "buffer"
+
+    def __init__(self, path, reactor=None, max_queue=20000, max_pending=1000000,
+                 clock=time.time):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.path = path
+        self.reactor = reactor
+        self.max_queue = max_queue
+        self.max_pending = max_pending
+        self.clock = clock
+        self.buffer_id = None
+        self.moved_aside = None
+        self._queue = queue.SimpleQueue()
+        self._thread = None
+        self._conn = None
+        self._closed = False
+        # Counters kept by the writer thread after each commit; read anywhere.
+        self.pending = 0
+        self.claimed = 0
+        self.quarantined = 0
+        self.drained_kept = 0
+        self.appended = 0
+        self.commits = 0
+        self.write_errors = 0
+        self.last_commit_at = None
+        self.last_error = None
+        self.back_pressure = False
+
+    # -- lifecycle -------------------------------------------------------
+
+    def open(self):
+        """
+        Start the writer thread, open the file, check it and probe that it
+        is writable.  Blocks until done; raises L{BufferError} with a clear
+        message on failure.  Idempotent.
+        """
+        if self._thread is not None:
+            return
+        ready = threading.Event()
+        outcome = {}
+        self._thread = threading.Thread(target=self._run, args=(ready, outcome),
+                                        name="nightowl-buffer-writer", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if "error" in outcome:
+            self._thread.join()
+            self._thread = None
+            raise outcome["error"]
+        if self.moved_aside:
+            self.log.error(
+                "buffer {path} was corrupt ({reason}); moved aside to {aside} and started "
+                "a fresh buffer. Inspect the old file with `nightowl buffer verify`.",
+                path=self.path, aside=self.moved_aside, reason=outcome.get("corrupt"))
+
+    def startService(self):
+        self.open()
+        service.Service.startService(self)
+
+    def stopService(self):
+        """Commit what is queued, then close the file.  Fires when closed."""
+        service.Service.stopService(self)
+        return self.close()
+
+    def close(self):
+        if self._thread is None or self._closed:
+            return defer.succeed(None)
+        self._closed = True
+        d = defer.Deferred()
+        self._queue.put(("close", None, d))
+        return d
+
+    # -- the writer thread -------------------------------------------------
+
+    def _open_conn(self, outcome):
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            try:
+                os.makedirs(directory, 0o750, exist_ok=True)
+            except OSError as e:
+                raise BufferError("cannot create buffer directory {}: {}".format(
+                    directory, e.strerror))
+        try:
+            conn = connect(self.path)
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                conn.close()
+                raise sqlite3.DatabaseError("quick_check: " + check[:200])
+        except sqlite3.DatabaseError as e:
+            message = str(e)
+            if isinstance(e, sqlite3.OperationalError) and (
+                    "unable to open" in message or "readonly" in message
+                    or "read-only" in message or "disk I/O" in message):
+                raise BufferError("cannot open buffer {}: {}".format(self.path, message))
+            if not os.path.exists(self.path):
+                raise BufferError("cannot open buffer {}: {}".format(self.path, message))
+            # Corrupt or not a database: never crash-loop on it.  Move it
+            # aside (nothing is deleted) and start a fresh buffer.
+            outcome["corrupt"] = message
+            try:
+                self.moved_aside = _move_aside(self.path, message, self.clock())
+            except OSError as e2:
+                raise BufferError("buffer {} is corrupt ({}) and cannot be moved aside: {}"
+                                  .format(self.path, message, e2.strerror))
+            conn = connect(self.path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            self.buffer_id = buffer_identity(conn)
+            conn.execute("COMMIT")
+            # Writability probe: a buffer we cannot mark would later
+            # duplicate data, so refuse to start on one.
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO payloads (received_at, payload) VALUES (0, x'00')")
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            conn.close()
+            raise BufferError("buffer {} is not writable: {}".format(self.path, e))
+        counts = count_states(conn)
+        self.pending = counts["pending"]
+        self.claimed = counts["claimed"]
+        self.quarantined = counts["quarantined"]
+        self.drained_kept = counts["drained"]
+        return conn
+
+    def _run(self, ready, outcome):
+        try:
+            self._conn = self._open_conn(outcome)
+        except BufferError as e:
+            outcome["error"] = e
+            ready.set()
+            return
+        except Exception as e:  # unexpected: still fail startup clearly
+            outcome["error"] = BufferError("cannot open buffer {}: {!r}".format(self.path, e))
+            ready.set()
+            return
+        ready.set()
+        get = self._queue.get
+        get_nowait = self._queue.get_nowait
+        while True:
+            ops = [get()]
+            try:
+                while len(ops) < MAX_GROUP:
+                    ops.append(get_nowait())
+            except queue.Empty:
+                pass
+            closing = [op for op in ops if op[0] == "close"]
+            work = [op for op in ops if op[0] != "close"]
+            if work:
+                self._commit_group(work)
+            if closing:
+                # Anything queued behind the close still gets committed.
+                try:
+                    while True:
+                        late = get_nowait()
+                        if late[0] != "close":
+                            self._commit_group([late])
+                        else:
+                            closing.append(late)
+                except queue.Empty:
+                    pass
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass
+                self._conn.close()
+                self.reactor.callFromThread(
+                    self._deliver, [(d, None) for (_op, _arg, d) in closing])
+                return
+
+    def _commit_group(self, ops):
+        conn = self._conn
+        now = self.clock()
+        results = []
+        deltas = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            appends = [(now, arg) for (op, arg, _d) in ops if op == "append"]
+            if appends:
+                conn.executemany(
+                    "INSERT INTO payloads (received_at, payload) VALUES (?, ?)", appends)
+                deltas.append(("pending", len(appends)))
+            for op, arg, d in ops:
+                if op == "append":
+                    results.append((d, None))
+                else:
+                    value, delta = getattr(self, "_op_" + op)(conn, arg, now)
+                    deltas.extend(delta)
+                    results.append((d, value))
+            conn.execute("COMMIT")
+        except Exception:
+            failure = Failure()
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if len(ops) > 1:
+                # Retry one by one so a single bad operation fails alone.
+                for op in ops:
+                    self._commit_group([op])
+                return
+            self.write_errors += 1
+            self.last_error = "{}: {}".format(failure.type.__name__, failure.getErrorMessage())
+            self.reactor.callFromThread(self._deliver, [(ops[0][2], failure)])
+            return
+        for key, n in deltas:
+            setattr(self, key, getattr(self, key) + n)
+        self.appended += sum(1 for op in ops if op[0] == "append")
+        self.commits += 1
+        self.last_commit_at = now
+        self.reactor.callFromThread(self._deliver, results)
+
+    @staticmethod
+    def _deliver(results):
+        for d, value in results:
+            if isinstance(value, Failure):
+                d.errback(value)
+            else:
+                d.callback(value)
+
+    # -- operations (run on the writer thread, inside a transaction) --------
+
+    def _op_claim(self, conn, arg, now):
+        worker, limit = arg
+        ids = [row[0] for row in conn.execute(
+            "UPDATE payloads SET state = ?, state_at = ? WHERE id IN "
+            "(SELECT id FROM payloads WHERE state = 0 ORDER BY id LIMIT ?) RETURNING id",
+            (CLAIMED + worker, now, limit))]
+        ids.sort()
+        return ids, [("pending", -len(ids)), ("claimed", len(ids))]
+
+    def _op_mark_drained(self, conn, ids, now):
+        claimed = pending = 0
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            params = [now] + list(chunk)
+            claimed += conn.execute(
+                "UPDATE payloads SET state = 1, state_at = ? "
+                "WHERE state >= 100 AND id IN ({})".format(marks), params).rowcount
+            # A row whose claim was released (its worker presumed dead) may
+            # be reported by a later batch while pending again: drained too.
+            pending += conn.execute(
+                "UPDATE payloads SET state = 1, state_at = ? "
+                "WHERE state = 0 AND id IN ({})".format(marks), params).rowcount
+        n = claimed + pending
+        return n, [("claimed", -claimed), ("pending", -pending), ("drained_kept", n)]
+
+    def _op_quarantine(self, conn, items, now):
+        claimed = pending = 0
+        for id_, reason in items:
+            row = conn.execute("SELECT state FROM payloads WHERE id = ?", (id_,)).fetchone()
+            if row is None or row[0] in (QUARANTINED, DRAINED):
+                continue
+            conn.execute("UPDATE payloads SET state = 2, state_at = ?, error = ? WHERE id = ?",
+                         (now, str(reason)[:200], id_))
+            if row[0] == PENDING:
+                pending += 1
+            else:
+                claimed += 1
+        n = claimed + pending
+        return n, [("claimed", -claimed), ("pending", -pending), ("quarantined", n)]
+
+    def _op_release(self, conn, worker, now):
+        if worker is None:
+            n = conn.execute("UPDATE payloads SET state = 0, state_at = ? WHERE state >= 100",
+                             (now,)).rowcount
+        else:
+            n = conn.execute("UPDATE payloads SET state = 0, state_at = ? WHERE state = ?",
+                             (now, CLAIMED + worker)).rowcount
+        return n, [("claimed", -n), ("pending", n)]
+
+    def _op_requeue(self, conn, ids, now):
+        if ids is None:
+            n = conn.execute("UPDATE payloads SET state = 0, state_at = ?, error = NULL "
+                             "WHERE state = 2", (now,)).rowcount
+        else:
+            n = 0
+            for chunk in _chunks(ids):
+                n += conn.execute(
+                    "UPDATE payloads SET state = 0, state_at = ?, error = NULL "
+                    "WHERE state = 2 AND id IN ({})".format(",".join("?" * len(chunk))),
+                    [now] + list(chunk)).rowcount
+        return n, [("quarantined", -n), ("pending", n)]
+
+    def _op_run(self, conn, fn, now):
+        return fn(conn), []
+
+    def _op_housekeep(self, conn, arg, now):
+        safety, quarantine_keep = arg
+        deleted = conn.execute(
+            "DELETE FROM payloads WHERE id IN (SELECT id FROM payloads WHERE state = 1 "
+            "AND state_at < ? ORDER BY id LIMIT 50000)", (now - safety,)).rowcount
+        expired = conn.execute(
+            "DELETE FROM payloads WHERE state = 2 AND state_at < ?",
+            (now - quarantine_keep,)).rowcount
+        return {"deleted": deleted, "expired_quarantine": expired}, [
+            ("drained_kept", -deleted), ("quarantined", -expired)]
+
+    # -- the API (reactor thread) -------------------------------------------
+
+    def _submit(self, op, arg):
+        if self._thread is None or self._closed:
+            return defer.fail(BufferError("buffer is not open"))
+        d = defer.Deferred()
+        self._queue.put((op, arg, d))
+        return d
+
+    def refusal(self):
+        """
+        Why a new payload must be refused right now (back-pressure), or
+        None.  Recovers by itself as the drain catches up.
+        """
+        if self.pending + self.claimed > self.max_pending:
+            self.back_pressure = True
+            return "back-pressure"
+        if self._queue.qsize() >= self.max_queue:
+            self.back_pressure = True
+            return "back-pressure"
+        self.back_pressure = False
+        return None
+
+    def append(self, payload):
+        """Queue a payload; fires (with None) once it is committed."""
+        d = defer.Deferred()
+        self._queue.put(("append", payload, d))
+        return d
+
+    def claim(self, worker, limit):
+        return self._submit("claim", (worker, limit))
+
+    def mark_drained(self, ids):
+        return self._submit("mark_drained", list(ids))
+
+    def quarantine(self, items):
+        return self._submit("quarantine", [(i, r) for (i, r) in items])
+
+    def release(self, worker=None):
+        return self._submit("release", worker)
+
+    def requeue_quarantined(self, ids=None):
+        return self._submit("requeue", None if ids is None else list(ids))
+
+    def run(self, fn):
+        """Run ``fn(conn)`` on the writer thread inside a transaction."""
+        return self._submit("run", fn)
+
+    def housekeep(self, safety=SAFETY_WINDOW, quarantine_keep=QUARANTINE_KEEP):
+        """
+        Delete drained rows older than the safety window and expired
+        quarantine, then checkpoint the WAL (TRUNCATE when it grew large) and
+        give freed pages back to the file system in small slices.
+        """
+        d = self._submit("housekeep", (safety, quarantine_keep))
+        d.addCallback(lambda result: self._submit("run", self._compact).addCallback(
+            lambda extra: dict(result, **extra)))
+        return d
+
+    def _compact(self, conn):
+        # Runs inside BEGIN IMMEDIATE; checkpoints and incremental vacuum
+        # need to run outside a transaction, so commit first.
+        conn.execute("COMMIT")
+        try:
+            freed = 0
+            free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if free_pages > 2048:
+                conn.execute("PRAGMA incremental_vacuum(2048)").fetchall()
+                freed = min(free_pages, 2048)
+            wal = self.wal_size()
+            mode = "TRUNCATE" if wal > WAL_TRUNCATE_BYTES else "PASSIVE"
+            busy, log_frames, ckpt = conn.execute(
+                "PRAGMA wal_checkpoint({})".format(mode)).fetchone()
+            return {"freed_pages": freed, "checkpoint": mode, "wal_bytes_before": wal,
+                    "checkpoint_busy": bool(busy)}
+        finally:
+            conn.execute("BEGIN IMMEDIATE")
+
+    def recount(self):
+        """Recompute the state counters from the file (drift repair)."""
+        def fn(conn):
+            counts = count_states(conn)
+            self.pending = counts["pending"]
+            self.claimed = counts["claimed"]
+            self.quarantined = counts["quarantined"]
+            self.drained_kept = counts["drained"]
+            return counts
+        return self.run(fn)
+
+    def queued(self):
+        return self._queue.qsize()
+
+    def file_size(self):
+        try:
+            return os.path.getsize(self.path)
+        except OSError:
+            return 0
+
+    def wal_size(self):
+        try:
+            return os.path.getsize(self.path + "-wal")
+        except OSError:
+            return 0
+
+    def stats(self):
+        return {
+            "path": self.path,
+            "buffer_id": self.buffer_id,
+            "pending": self.pending,
+            "claimed": self.claimed,
+            "quarantined": self.quarantined,
+            "drained_kept": self.drained_kept,
+            "queued": self.queued(),
+            "appended": self.appended,
+            "commits": self.commits,
+            "write_errors": self.write_errors,
+            "last_error": self.last_error,
+            "last_commit_at": self.last_commit_at,
+            "file_bytes": self.file_size(),
+            "wal_bytes": self.wal_size(),
+            "back_pressure": self.back_pressure,
+            "max_pending": self.max_pending,
+        }
+
+
+def oldest_pending_age(conn, now):
+    row = conn.execute(
+        "SELECT received_at FROM payloads WHERE state = 0 ORDER BY id LIMIT 1").fetchone()
+    return 0.0 if row is None else max(0.0, now - row[0])

@@ -1,0 +1,158 @@
+"""
+The ingest listener: one SDK frame per TCP connection.
+
+The ack rule: ``2:OK`` is written only after the transaction holding the
+payload has committed to the buffer; every refusal is ``5:ERROR`` followed by
+a close, except an incomplete frame at the frame timeout, which is closed
+without a reply.  Bytes after the frame are ignored.
+"""
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from nightowl import wire
+
+# Bytes held by all connections at once before new data is refused.
+MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
+# A refusal reason is logged at most once per this many seconds.
+LOG_EVERY = 10.0
+
+
+class IngestProtocol(Protocol):
+    """Reads one frame, hands the payload to the buffer, acks after commit."""
+
+    _timer = None
+    _finished = False
+    _held = 0
+
+    def connectionMade(self):
+        factory = self.factory
+        factory.metrics.connections_open += 1
+        self._parser = wire.FrameParser(factory.max_frame_bytes)
+        self._timer = factory.reactor.callLater(factory.frame_timeout, self._timedOut)
+
+    def dataReceived(self, data):
+        if self._finished:
+            return  # bytes after the frame are ignored
+        factory = self.factory
+        parser = self._parser
+        try:
+            frame = parser.feed(data)
+        except wire.FrameError as e:
+            self._refuse(e)
+            return
+        if frame is None:
+            held = parser.buffered
+            metrics = factory.metrics
+            metrics.inflight_bytes += held - self._held
+            self._held = held
+            if metrics.inflight_bytes > factory.max_inflight_bytes:
+                self._refuse(wire.FrameError("memory"))
+            return
+        self._finish()
+        try:
+            payload = wire.decode_payload(frame, factory.token_hash, factory.max_inflated_bytes)
+        except wire.FrameError as e:
+            self._refuse(e)
+            return
+        if payload is wire.PING:
+            factory.metrics.pings += 1
+            self._reply(wire.OK)
+            return
+        buffer = factory.buffer
+        reason = buffer.refusal()
+        if reason is not None:
+            self._refuse(wire.FrameError(reason))
+            return
+        size = len(payload)
+        d = buffer.append(payload)
+        d.addCallbacks(self._stored, self._notStored, callbackArgs=(size,))
+
+    def _stored(self, _ignored, size):
+        self.factory.metrics.accept(size)
+        self._reply(wire.OK)
+
+    def _notStored(self, failure):
+        self.factory.refused("buffer-error", failure.getErrorMessage())
+        self._reply(wire.ERROR)
+
+    def _finish(self):
+        self._finished = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._held:
+            self.factory.metrics.inflight_bytes -= self._held
+            self._held = 0
+
+    def _refuse(self, error):
+        self._finish()
+        self.factory.refused(error.reason, error.detail)
+        self._reply(wire.ERROR)
+
+    def _reply(self, message):
+        transport = self.transport
+        if transport is not None and not transport.disconnecting:
+            transport.write(message)
+            transport.loseConnection()
+
+    def _timedOut(self):
+        self._timer = None
+        if self._finished:
+            return
+        self._finish()
+        self.factory.refused("timeout", "")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.factory.metrics.connections_open -= 1
+        if not self._finished:
+            self._finish()
+            self._finished = True
+
+
+class IngestFactory(Factory):
+    """
+    Builds L{IngestProtocol}s.  ``buffer`` is anything with
+    ``refusal() -> reason or None`` and ``append(bytes) -> Deferred``
+    (L{nightowl.buffer.BufferWriter}, or an in-memory fake in tests).
+    """
+
+    protocol = IngestProtocol
+    log = Logger()
+    noisy = False
+
+    def __init__(self, buffer, metrics, token=None, max_frame_bytes=10 * 1024 * 1024,
+                 max_inflated_bytes=200 * 1024 * 1024, frame_timeout=10.0,
+                 max_inflight_bytes=MAX_INFLIGHT_BYTES, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.buffer = buffer
+        self.metrics = metrics
+        self.token_hash = None if token is None else wire.token_hash(token)
+        self.max_frame_bytes = max_frame_bytes
+        self.max_inflated_bytes = max_inflated_bytes
+        self.frame_timeout = frame_timeout
+        self.max_inflight_bytes = max_inflight_bytes
+        self._last_logged = {}
+        self._unlogged = {}
+
+    def refused(self, reason, detail):
+        """Count a refusal; log it, rate-limited per reason, never the payload."""
+        self.metrics.reject(reason)
+        now = self.reactor.seconds()
+        last = self._last_logged.get(reason)
+        if last is not None and now - last < LOG_EVERY:
+            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+            return
+        suppressed = self._unlogged.pop(reason, 0)
+        self._last_logged[reason] = now
+        if reason == "buffer-error":
+            self.log.error("buffer write failed, replied 5:ERROR: {detail} "
+                           "({suppressed} more since last report)",
+                           detail=detail, suppressed=suppressed)
+        else:
+            self.log.warn("refused a frame: {reason} {detail} "
+                          "({suppressed} more since last report)",
+                          reason=reason, detail=detail, suppressed=suppressed)

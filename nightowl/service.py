@@ -1,0 +1,162 @@
+"""
+The root service: explicit start order and stop order.
+
+Start: health, buffer writer, drain supervisor, ingest listener.
+Stop, one at a time in reverse: ingest stops accepting (frames in flight
+are finished), the drain workers finish their batch and exit, the writer
+commits what is queued and closes the file, health last.
+"""
+
+import os
+
+from twisted.application import service, strports
+from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from nightowl.buffer import BufferError, BufferWriter
+from nightowl.ingest import IngestFactory
+from nightowl.metrics import Metrics
+
+HOUSEKEEP_EVERY = 30.0
+
+
+def mask_dsn(dsn):
+    """A DSN fit for logs: the password replaced by ***."""
+    if not dsn:
+        return dsn
+    import re
+    dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", dsn)
+
+
+class StartupError(Exception):
+    """A reason the agent cannot start, as one line."""
+
+
+class NightowlService(service.MultiService):
+    log = Logger()
+
+    def __init__(self, options, reactor=None):
+        service.MultiService.__init__(self)
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.options = options
+        self.metrics = Metrics(reactor)
+        self.buffer = BufferWriter(os.path.abspath(options["buffer"]), reactor=reactor,
+                                   max_queue=options["max-queue"],
+                                   max_pending=options["max-pending"])
+        self.factory = IngestFactory(
+            self.buffer, self.metrics, token=options["token"],
+            max_frame_bytes=options["max-frame-bytes"],
+            max_inflated_bytes=options["max-inflated-bytes"],
+            frame_timeout=options["frame-timeout"], reactor=reactor)
+        self.supervisor = self._make_supervisor()
+        self.health = self._make_health()
+        self.ingest = strports.service(options["listen"], self.factory, reactor=reactor)
+        self.ingest.setName("ingest")
+        # Start order; stop runs the other way.
+        self.ordered = [s for s in (self.health, self.buffer, self.supervisor, self.ingest)
+                        if s is not None]
+        for s in self.ordered:
+            s.setServiceParent(self)
+        self._housekeeper = task.LoopingCall(self._housekeep)
+        self._housekeeper.clock = reactor
+
+    def _make_supervisor(self):
+        try:
+            from nightowl.drain.supervisor import DrainSupervisor
+        except ImportError:
+            return None
+        return DrainSupervisor(self.buffer, self.options, self.metrics, reactor=self.reactor)
+
+    def _make_health(self):
+        if not self.options.get("health"):
+            return None
+        try:
+            from nightowl.health import HealthService
+        except ImportError:
+            return None
+        return HealthService(self.options, self, reactor=self.reactor)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def privilegedStartService(self):
+        """
+        Open the buffer (writability probe) and bind the listeners before
+        anything else: a failure here stops startup with one line.
+        """
+        try:
+            self.buffer.open()
+            for s in self.ordered:
+                s.privilegedStartService()
+        except BufferError as e:
+            raise SystemExit("nightowl: {}".format(e))
+        except CannotListenError as e:
+            raise SystemExit("nightowl: cannot listen on {}: {}".format(
+                _describe(e), _reason(e)))
+
+    def startService(self):
+        if not self.buffer._thread:
+            self.privilegedStartService()
+        service.Service.startService(self)
+        for s in self.ordered:
+            s.startService()
+        self._housekeeper.start(HOUSEKEEP_EVERY, now=False).addErrback(
+            lambda f: self.log.failure("housekeeping stopped", f))
+        self.log.info(
+            "nightowl listening on {listen}, buffer {buffer} (id {buffer_id}, {pending} pending), "
+            "token {token}, drain {drain}",
+            listen=self.listen_description(), buffer=self.buffer.path,
+            buffer_id=self.buffer.buffer_id, pending=self.buffer.pending,
+            token="enforced" if self.options["token"] is not None else "not enforced (any hash)",
+            drain=("{} workers into {}".format(self.options["drain-workers"],
+                                               mask_dsn(self.options["dsn"]))
+                   if self.options["dsn"] else "waiting for a DSN"))
+
+    def listen_description(self):
+        port = self.listening_port()
+        if port is not None:
+            host = port.getHost()
+            return "{}:{}".format(getattr(host, "host", "?"), getattr(host, "port", "?"))
+        return self.options["listen"]
+
+    def listening_port(self):
+        """The ingest IListeningPort once bound (tests use port 0)."""
+        waiting = getattr(self.ingest, "_waitingForPort", None)
+        if waiting is None:
+            return None
+        result = []
+        waiting.addCallback(lambda port: result.append(port) or port)
+        return result[0] if result else None
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._housekeeper.running:
+            self._housekeeper.stop()
+        for s in reversed(self.ordered):
+            if not s.running:
+                continue
+            try:
+                yield defer.maybeDeferred(s.stopService)
+            except Exception:
+                self.log.failure("error while stopping {name}", name=s.name)
+        self.log.info("nightowl stopped; {pending} payloads pending in the buffer",
+                      pending=self.buffer.pending)
+
+    def _housekeep(self):
+        d = self.buffer.housekeep()
+        d.addErrback(lambda f: self.log.error(
+            "buffer housekeeping failed: {error}", error=f.getErrorMessage()))
+        return d
+
+
+def _describe(error):
+    return "{}:{}".format(error.interface or "*", error.port)
+
+
+def _reason(error):
+    socket_error = error.socketError
+    return getattr(socket_error, "strerror", None) or str(socket_error)
