@@ -1,0 +1,534 @@
+"""
+The drain worker: ``python -m nightowl.drain.worker``.
+
+A child process spawned by nightowl.drain.supervisor with an explicit
+environment (the DSN never appears on argv).  It is a plain blocking loop, no
+reactor: ask the supervisor for a claim, read the claimed payload bytes from
+the SQLite buffer (its own read-only connection: SELECT only, never a write),
+hand them to ``pgwrite.BatchWriter.write``, report ``done`` and wait for
+``marked`` before claiming again.  Every claim, mark and quarantine goes
+through the supervisor to the agent's single writer thread.
+
+Configuration (environment):
+
+  NIGHTOWL_DSN          Postgres DSN (required)
+  NIGHTOWL_BUFFER       SQLite buffer path (required)
+  NIGHTOWL_WORKER_ID    this worker's number N (claims are state 100+N)
+  NIGHTOWL_ENVIRONMENT  environment stamped on rows (default production)
+  NIGHTOWL_BATCH_SIZE   payload rows per claim (default 5000)
+  NIGHTOWL_BUFFER_ID    the buffer's UUID (default: read from its meta table)
+  NIGHTOWL_LEDGER       0 disables the exactly-once ledger (benchmarks only)
+  NIGHTOWL_FAULT        test-only: kill-after-commit:N or kill-mid-copy:N
+
+Postgres outages: the claimed ids are kept (not reported), the same rows are
+retried with exponential backoff 100 ms -> 10 s, and the outage is logged at
+doublings only.  ``stop`` or SIGTERM: finish (and report) the current batch,
+then exit 0.  EOF on stdin means the agent is gone: exit at once.
+
+Logs: one line each on stderr; the supervisor tags them with the worker id.
+"""
+
+import os
+import queue
+import signal
+import sqlite3
+import sys
+import threading
+import time
+
+from nightowl.drain import ipc
+
+IDLE_SECONDS = 0.1
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 10.0
+STATS_EVERY = 2.0
+READ_CHUNK = 500
+
+
+class ConfigError(Exception):
+    pass
+
+
+class Config:
+    def __init__(self, dsn, buffer, worker_id, environment="production", batch_size=5000,
+                 buffer_id=None, ledger=True, fault=None):
+        self.dsn = dsn
+        self.buffer = buffer
+        self.worker_id = worker_id
+        self.environment = environment
+        self.batch_size = batch_size
+        self.buffer_id = buffer_id
+        self.ledger = ledger
+        self.fault = fault
+
+    @classmethod
+    def from_environ(cls, env):
+        dsn = env.get("NIGHTOWL_DSN", "").strip()
+        if not dsn:
+            raise ConfigError("NIGHTOWL_DSN is not set")
+        buffer = env.get("NIGHTOWL_BUFFER", "").strip()
+        if not buffer:
+            raise ConfigError("NIGHTOWL_BUFFER is not set")
+        try:
+            worker_id = int(env.get("NIGHTOWL_WORKER_ID", "0"))
+            batch_size = int(env.get("NIGHTOWL_BATCH_SIZE", "5000"))
+        except ValueError:
+            raise ConfigError("NIGHTOWL_WORKER_ID and NIGHTOWL_BATCH_SIZE must be whole numbers")
+        if worker_id < 0 or batch_size <= 0:
+            raise ConfigError("NIGHTOWL_WORKER_ID must be >= 0 and NIGHTOWL_BATCH_SIZE > 0")
+        return cls(
+            dsn=dsn, buffer=buffer, worker_id=worker_id,
+            environment=env.get("NIGHTOWL_ENVIRONMENT") or "production",
+            batch_size=batch_size,
+            buffer_id=(env.get("NIGHTOWL_BUFFER_ID") or "").strip() or None,
+            ledger=env.get("NIGHTOWL_LEDGER", "1").strip().lower() not in ("0", "false", "no", "off"),
+            fault=None if fault_spent() else parse_fault(env.get("NIGHTOWL_FAULT")),
+        )
+
+
+def parse_fault(text):
+    """``kill-after-commit:N`` / ``kill-mid-copy:N`` -> (kind, N), or None."""
+    if not text or not text.strip():
+        return None
+    kind, _, n = text.strip().partition(":")
+    if kind not in ("kill-after-commit", "kill-mid-copy") or not n.isdigit() or int(n) < 1:
+        raise ConfigError("NIGHTOWL_FAULT: expected kill-after-commit:N or kill-mid-copy:N")
+    return kind, int(n)
+
+
+def _kill_self():
+    # NIGHTOWL_FAULT_ONCE=path: the fault fires once across respawns
+    marker = os.environ.get("NIGHTOWL_FAULT_ONCE")
+    if marker:
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault_spent():
+    marker = os.environ.get("NIGHTOWL_FAULT_ONCE")
+    return bool(marker) and os.path.exists(marker)
+
+
+def install_mid_copy_fault(batch_number, current_batch):
+    """
+    Make the ``batch_number``-th batch's first COPY SIGKILL this process after
+    part of the data went to the server.  Test-only; emulated here by giving
+    every psycopg2 connection a cursor class whose ``copy_expert``/``copy_from``
+    reads one chunk of the COPY stream and then dies.  ``current_batch()``
+    returns the number of the batch being written.
+    """
+    import psycopg2
+    import psycopg2.extensions
+
+    class _DyingFile:
+        def __init__(self, f):
+            self._f = f
+            self._reads = 0
+
+        def read(self, size=-1):
+            self._reads += 1
+            if self._reads > 1:
+                _kill_self()
+            return self._f.read(size if size and size > 0 else 8192)
+
+        def readline(self, size=-1):
+            return self.read(size)
+
+    class FaultCursor(psycopg2.extensions.cursor):
+        def copy_expert(self, sql, file, *args, **kwargs):
+            if current_batch() == batch_number:
+                file = _DyingFile(file)
+            return super().copy_expert(sql, file, *args, **kwargs)
+
+        def copy_from(self, file, *args, **kwargs):
+            if current_batch() == batch_number:
+                file = _DyingFile(file)
+            return super().copy_from(file, *args, **kwargs)
+
+    real_connect = psycopg2.connect
+
+    def connect(*args, **kwargs):
+        kwargs.setdefault("cursor_factory", FaultCursor)
+        return real_connect(*args, **kwargs)
+
+    psycopg2.connect = connect
+
+
+class BufferReader:
+    """Reads payload bytes by id from the SQLite buffer.  SELECT only."""
+
+    def __init__(self, path):
+        self.path = path
+        self._conn = None
+
+    def _connect(self):
+        try:
+            conn = sqlite3.connect("file:{}?mode=ro".format(self.path), uri=True,
+                                   isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("SELECT 1 FROM payloads LIMIT 1").fetchall()
+        except sqlite3.Error:
+            # read-only open can fail on odd filesystems; we still only SELECT
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def buffer_id(self):
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'buffer_id'").fetchone()
+        return row[0] if row else None
+
+    def read(self, ids):
+        """[(id, bytes)] for the ids that exist, in id order."""
+        out = []
+        ids = sorted(ids)
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            for start in range(0, len(ids), READ_CHUNK):
+                chunk = ids[start:start + READ_CHUNK]
+                out.extend(conn.execute(
+                    "SELECT id, payload FROM payloads WHERE id IN ({}) ORDER BY id".format(
+                        ",".join("?" * len(chunk))), chunk).fetchall())
+        finally:
+            conn.execute("COMMIT")
+        return [(i, bytes(p)) for (i, p) in out]
+
+    def close(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class Channel:
+    """
+    The pipe pair to the supervisor.  A reader thread turns stdin lines into
+    messages; ``stop`` sets the stop event wherever the main loop is; EOF
+    calls ``on_eof`` (exit at once).
+    """
+
+    def __init__(self, infile, outfile, stop_event, on_eof, log):
+        self._in = infile
+        self._out = outfile
+        self._stop = stop_event
+        self._on_eof = on_eof
+        self._log = log
+        self._queue = queue.Queue()
+        self._thread = threading.Thread(target=self._read, name="ipc-reader", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def _read(self):
+        while True:
+            line = self._in.readline()
+            if not line:
+                self._on_eof()
+                self._queue.put(None)
+                return
+            if not line.strip():
+                continue
+            try:
+                message = ipc.decode(line)
+            except ipc.ProtocolError as e:
+                self._log("warn", "ignoring a bad line from the supervisor: {}".format(e))
+                continue
+            if message["op"] == ipc.STOP:
+                self._stop.set()
+            else:
+                self._queue.put(message)
+
+    def send(self, message):
+        self._out.write(ipc.encode(message))
+        self._out.flush()
+
+    def expect(self, op):
+        """Block until the supervisor sends ``op``; None on EOF."""
+        while True:
+            message = self._queue.get()
+            if message is None:
+                self._queue.put(None)
+                return None
+            if message["op"] == op:
+                return message
+            self._log("warn", "unexpected message {!r} while waiting for {!r}".format(
+                message["op"], op))
+
+
+class Worker:
+    def __init__(self, config, channel, reader, writer_factory, stop_event, log,
+                 clock=time.monotonic, unavailable=(), kill=_kill_self):
+        self.config = config
+        self.channel = channel
+        self.reader = reader
+        self.writer_factory = writer_factory
+        self.stop_event = stop_event
+        self.log = log
+        self.clock = clock
+        self.unavailable = tuple(unavailable)
+        self.kill = kill
+        self.writer = None
+        self.current_batch = 0
+        self.commits = 0
+        self.last_success = None
+        self.last_stats_sent = None
+        self.stats = {
+            "worker": config.worker_id, "pid": os.getpid(),
+            "batches": 0, "payloads": 0, "records": 0, "rows": 0, "rows_by_table": {},
+            "quarantined": 0, "skipped": 0, "failures": 0, "last_error": None,
+            "pg_reachable": None, "seconds_since_success": None,
+        }
+
+    # -- stats -----------------------------------------------------------
+
+    def snapshot(self):
+        s = dict(self.stats)
+        s["rows_by_table"] = dict(self.stats["rows_by_table"])
+        if self.last_success is not None:
+            s["seconds_since_success"] = round(self.clock() - self.last_success, 3)
+        return s
+
+    def _maybe_send_stats(self):
+        now = self.clock()
+        if self.last_stats_sent is None or now - self.last_stats_sent >= STATS_EVERY:
+            self.last_stats_sent = now
+            self.channel.send({"op": ipc.STATS, "stats": self.snapshot()})
+
+    def _record(self, result, payloads):
+        s = self.stats
+        s["batches"] += 1
+        s["payloads"] += payloads
+        s["records"] += int(getattr(result, "records", 0) or 0)
+        for table, n in (getattr(result, "rows_by_table", None) or {}).items():
+            s["rows_by_table"][table] = s["rows_by_table"].get(table, 0) + int(n)
+            s["rows"] += int(n)
+        s["quarantined"] += len(getattr(result, "quarantined", None) or ())
+        skipped = getattr(result, "skipped", None) or ()
+        s["skipped"] += skipped if isinstance(skipped, int) else len(skipped)
+        s["pg_reachable"] = True
+        self.last_success = self.clock()
+
+    # -- the loop --------------------------------------------------------
+
+    def run(self):
+        self.channel.send({"op": ipc.HELLO, "worker": self.config.worker_id, "pid": os.getpid()})
+        self.log("info", "worker {} started (pid {}, batch size {})".format(
+            self.config.worker_id, os.getpid(), self.config.batch_size))
+        while not self.stop_event.is_set():
+            self.channel.send({"op": ipc.CLAIM, "limit": self.config.batch_size})
+            reply = self.channel.expect(ipc.CLAIMED)
+            if reply is None:
+                return 0
+            ids = [int(i) for i in reply.get("ids") or ()]
+            if not ids:
+                self._maybe_send_stats()
+                self.stop_event.wait(IDLE_SECONDS)
+                continue
+            done = self.drain(ids)
+            if done is None:
+                # stopping during an outage: the ids stay claimed; the
+                # supervisor releases them when we exit
+                self.log("info", "stopping with {} claimed payloads unwritten "
+                                 "(safe in the buffer)".format(len(ids)))
+                break
+            self.channel.send(done)
+            if self.channel.expect(ipc.MARKED) is None:
+                return 0
+            self.last_stats_sent = self.clock()
+        self.log("info", "worker {} stopped".format(self.config.worker_id))
+        return 0
+
+    def drain(self, ids):
+        """Write one claimed batch; the ``done`` message, or None when stopping."""
+        rows = self.reader.read(ids)
+        found = set(i for (i, _p) in rows)
+        missing = [i for i in ids if i not in found]
+        if missing:
+            self.log("warn", "{} claimed ids are not in the buffer; reporting them "
+                             "drained".format(len(missing)))
+        self.current_batch += 1
+        result = self._write_with_retry(rows)
+        if result is None:
+            return None
+        self.commits += 1
+        if self.config.fault == ("kill-after-commit", self.commits):
+            self.log("warn", "fault injection: SIGKILL after commit {}".format(self.commits))
+            self.kill()
+        self._record(result, len(rows))
+        quarantined = [[int(i), str(reason)] for (i, reason) in (result.quarantined or ())]
+        q_ids = set(i for (i, _r) in quarantined)
+        drained = set(int(i) for i in (result.drained or ()))
+        skipped = getattr(result, "skipped", None)
+        if skipped and not isinstance(skipped, int):
+            drained.update(int(i) for i in skipped)
+        drained.update(missing)
+        drained.difference_update(q_ids)
+        # every id we wrote is either drained or quarantined
+        for i in found:
+            if i not in drained and i not in q_ids:
+                drained.add(i)
+        return {"op": ipc.DONE, "drained": sorted(drained), "quarantined": quarantined,
+                "stats": self.snapshot()}
+
+    def _write_with_retry(self, rows):
+        delay = BACKOFF_FIRST
+        attempt = 0
+        while True:
+            try:
+                if self.writer is None:
+                    self.writer = self.writer_factory()
+                result = self.writer.write(rows)
+            except self.unavailable as e:
+                attempt += 1
+                self._failed(e, attempt, delay, outage=True)
+            except Exception as e:
+                attempt += 1
+                self._failed(e, attempt, delay, outage=False)
+                self._discard_writer()
+            else:
+                if attempt:
+                    self.log("info", "postgres write succeeded again after {} failed "
+                                     "attempts".format(attempt))
+                return result
+            self._maybe_send_stats()
+            if self.stop_event.wait(delay):
+                return None
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    def _failed(self, error, attempt, delay, outage):
+        self.stats["failures"] += 1
+        self.stats["last_error"] = error.__class__.__name__
+        if outage:
+            self.stats["pg_reachable"] = False
+        if attempt & (attempt - 1) == 0:   # 1, 2, 4, 8 ...: doublings only
+            self.log("error", "{} writing a batch of {} (attempt {}, retrying the same rows "
+                              "in {:.1f} s): {}".format(
+                                  "postgres unavailable" if outage else "unexpected error",
+                                  "payloads", attempt, delay, _describe(error)))
+
+    def _discard_writer(self):
+        writer, self.writer = self.writer, None
+        close = getattr(writer, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                pass
+
+
+def _describe(error):
+    """The error class and SQLSTATE, never the message (it may hold customer data)."""
+    code = getattr(error, "pgcode", None) or getattr(getattr(error, "__cause__", None),
+                                                     "pgcode", None)
+    return error.__class__.__name__ + (" sqlstate {}".format(code) if code else "")
+
+
+def make_logger(stream):
+    lock = threading.Lock()
+
+    def log(level, message):
+        line = "{} {}\n".format(level, message.replace("\n", " "))
+        with lock:
+            try:
+                stream.write(line)
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+    return log
+
+
+def maintenance_main(environ, log):
+    """
+    ``python -m nightowl.drain.worker maintenance``: apply the migrations
+    (unless NIGHTOWL_MIGRATE=0) and ensure the daily partitions ahead, then
+    exit.  Run by the supervisor in a child so the agent's reactor never
+    waits on Postgres.  Exit 0 ok, 3 migration failed, 4 partitions failed.
+    """
+    dsn = environ.get("NIGHTOWL_DSN", "").strip()
+    if not dsn:
+        log("error", "NIGHTOWL_DSN is not set")
+        return 2
+    if environ.get("NIGHTOWL_MIGRATE", "1") != "0":
+        try:
+            from nightowl import migrate
+            result = migrate.apply(dsn)
+        except Exception as e:
+            log("error", "migration failed: {}".format(_describe(e)))
+            return 3
+        log("info", "migrations applied: {}".format(result if result else "nothing to do"))
+    try:
+        import psycopg2
+        from nightowl import partitions
+        conn = psycopg2.connect(dsn)
+        try:
+            partitions.ensure_partitions(conn)
+            conn.commit()
+        finally:
+            conn.close()
+    except Exception as e:
+        log("error", "partition maintenance failed: {}".format(_describe(e)))
+        return 4
+    return 0
+
+
+def main(environ=None, argv=None):
+    environ = os.environ if environ is None else environ
+    argv = sys.argv[1:] if argv is None else argv
+    log = make_logger(sys.stderr)
+    if argv[:1] == ["maintenance"]:
+        return maintenance_main(environ, log)
+    try:
+        config = Config.from_environ(environ)
+    except ConfigError as e:
+        log("error", "bad configuration: {}".format(e))
+        return 2
+
+    # fd 1 belongs to the IPC channel: keep it, and send stray prints to stderr
+    ipc_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    stop_event = threading.Event()
+
+    def on_term(signum, frame):
+        stop_event.set()
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the agent's ^C is the agent's business
+
+    def on_eof():
+        os._exit(0)
+
+    worker = None
+    if config.fault and config.fault[0] == "kill-mid-copy":
+        install_mid_copy_fault(config.fault[1], lambda: worker.current_batch)
+
+    from nightowl.pgwrite import BatchWriter, PostgresUnavailable
+
+    reader = BufferReader(config.buffer)
+    if config.buffer_id is None:
+        config.buffer_id = reader.buffer_id()
+        if config.buffer_id is None:
+            log("error", "the buffer has no buffer_id in its meta table")
+            return 2
+
+    def writer_factory():
+        return BatchWriter(config.dsn, config.environment, config.buffer_id,
+                           ledger=config.ledger)
+
+    channel = Channel(sys.stdin.buffer, ipc_out, stop_event, on_eof, log)
+    worker = Worker(config, channel, reader, writer_factory, stop_event, log,
+                    unavailable=(PostgresUnavailable,))
+    channel.start()
+    code = worker.run()
+    ipc_out.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
