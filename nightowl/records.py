@@ -558,6 +558,17 @@ def _str(v):
     return str(v)
 
 
+def clean(s):
+    """Text safe as a query parameter: no NUL, valid UTF-8."""
+    if "\x00" in s:
+        s = s.replace("\x00", "")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        s = s.encode("utf-8", "nightowl-fffd").decode("utf-8")
+    return s
+
+
 def _fingerprint(rec):
     g = rec.get("_group")
     if type(g) is str and g:
@@ -587,8 +598,7 @@ def encode_records(records, environment, now, out=None):
         plan = plans.get(t) if type(t) is str else None
         if plan is None:
             if t == "user":
-                _user(rec, now, out)
-                n += 1
+                n += _user(rec, now, out)
                 continue
             if t is None:
                 key = "missing-t"
@@ -660,9 +670,10 @@ def _user(rec, now, out):
     uid = _str(rec.get("id"))
     if not uid:
         out.skipped["user-without-id"] = out.skipped.get("user-without-id", 0) + 1
-        return
+        return 0
     ts, _ = event_time(rec.get("timestamp"), now)
     _merge_user(out.users, uid, [_str(rec.get("name")), _str(rec.get("username")), ts, ts, ts])
+    return 1
 
 
 def encode_payloads(payloads, environment, now):

@@ -1,0 +1,176 @@
+"""
+Daily partitions ahead, retention drops.
+
+Raw tables are ``PARTITION BY RANGE (created_at)`` with a DEFAULT child
+(created by the migrations).  ``ensure_partitions`` adds daily children
+``<table>_pYYYYMMDD`` (UTC days); ``drop_expired`` drops whole expired days
+and deletes expired rows that sit in the DEFAULT child.  Issues and users are
+never touched.
+
+Each table is handled in its own short transaction, guarded by
+``pg_try_advisory_xact_lock`` (two agents never do this at once; the loser
+skips that table and tries again on its next sweep) and a ``lock_timeout``
+ceiling so a busy parent cannot stall the sweep (hazard 44).
+"""
+
+import datetime
+import re
+
+from twisted.logger import Logger
+
+from nightowl.records import RAW_TABLES
+
+_log = Logger(namespace="nightowl.partitions")
+
+LOCK_SQL = "SELECT pg_try_advisory_xact_lock(hashtext('nightowl_partition_maintenance'))"
+_CHILD = re.compile(r"_p(\d{8})\Z")
+
+
+def _utc_day(now):
+    if now is None:
+        return datetime.datetime.now(datetime.timezone.utc).date()
+    if isinstance(now, datetime.datetime):
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=datetime.timezone.utc)
+        return now.astimezone(datetime.timezone.utc).date()
+    if isinstance(now, datetime.date):
+        return now
+    return datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date()
+
+
+def _bound(day):
+    return day.strftime("%Y-%m-%d 00:00:00+00")
+
+
+def _locked_transaction(conn, lock_timeout_ms=3000):
+    """Start a transaction holding the maintenance lock; False if taken."""
+    cur = conn.cursor()
+    cur.execute("SET LOCAL lock_timeout = %s", (str(int(lock_timeout_ms)) + "ms",))
+    cur.execute(LOCK_SQL)
+    return cur, cur.fetchone()[0]
+
+
+def _existing(cur, table):
+    cur.execute("SELECT to_regclass(%s)", (table,))
+    return cur.fetchone()[0] is not None
+
+
+def ensure_partitions(conn, now=None, days_behind=1, days_ahead=7, log=None):
+    """Create the daily children for every raw table; return the names created.
+
+    If rows for a new child's day already sit in the DEFAULT child, they are
+    moved into it within the same transaction.
+    """
+    log = log or _log
+    today = _utc_day(now)
+    days = [today + datetime.timedelta(days=d) for d in range(-days_behind, days_ahead + 1)]
+    created = []
+    old_autocommit = conn.autocommit
+    conn.autocommit = False
+    try:
+        for table in RAW_TABLES:
+            try:
+                cur, got = _locked_transaction(conn)
+                if not got:
+                    conn.rollback()
+                    log.info("partition maintenance busy elsewhere; skipped {table}", table=table)
+                    continue
+                if not _existing(cur, table):
+                    conn.rollback()
+                    continue
+                made = []
+                for day in days:
+                    child = "{}_p{}".format(table, day.strftime("%Y%m%d"))
+                    if _existing(cur, child):
+                        continue
+                    _create_child(cur, table, child, day)
+                    made.append(child)
+                conn.commit()
+                created.extend(made)
+            except Exception:
+                _rollback(conn)
+                log.failure("could not create partitions for {table}", table=table)
+    finally:
+        conn.autocommit = old_autocommit
+    return created
+
+
+def _create_child(cur, table, child, day):
+    lo, hi = _bound(day), _bound(day + datetime.timedelta(days=1))
+    default = table + "_pdefault"
+    cur.execute("SELECT EXISTS (SELECT 1 FROM {} WHERE created_at >= %s AND created_at < %s)"
+                .format(default), (lo, hi))
+    parked = cur.fetchone()[0]
+    if parked:
+        # rows of that day would violate the new child's range in DEFAULT (23514):
+        # take them out, create the child, put them back (ids kept).
+        cur.execute("CREATE TEMP TABLE nightowl_move ON COMMIT DROP AS "
+                    "WITH moved AS (DELETE FROM {} WHERE created_at >= %s AND created_at < %s "
+                    "RETURNING *) SELECT * FROM moved".format(default), (lo, hi))
+    cur.execute("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM (%s) TO (%s)"
+                .format(child, table), (lo, hi))
+    if parked:
+        cur.execute("INSERT INTO {} SELECT * FROM nightowl_move".format(table))
+        cur.execute("DROP TABLE nightowl_move")
+
+
+def drop_expired(conn, retention_days, now=None, log=None):
+    """Drop daily children entirely older than the cutoff; delete expired DEFAULT rows.
+
+    The cutoff is ``now - retention_days`` (UTC).  Returns the dropped names.
+    """
+    log = log or _log
+    if now is None:
+        now_dt = datetime.datetime.now(datetime.timezone.utc)
+    elif isinstance(now, datetime.datetime):
+        now_dt = now if now.tzinfo else now.replace(tzinfo=datetime.timezone.utc)
+    else:
+        now_dt = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+    cutoff = now_dt - datetime.timedelta(days=retention_days)
+    dropped = []
+    old_autocommit = conn.autocommit
+    conn.autocommit = False
+    try:
+        for table in RAW_TABLES:
+            try:
+                cur, got = _locked_transaction(conn)
+                if not got:
+                    conn.rollback()
+                    log.info("partition maintenance busy elsewhere; skipped {table}", table=table)
+                    continue
+                if not _existing(cur, table):
+                    conn.rollback()
+                    continue
+                cur.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                            "WHERE i.inhparent = %s::regclass ORDER BY 1", (table,))
+                made = []
+                for (child,) in cur.fetchall():
+                    m = _CHILD.search(child)
+                    if not m or child != "{}_p{}".format(table, m.group(1)):
+                        continue
+                    day = datetime.datetime.strptime(m.group(1), "%Y%m%d").replace(
+                        tzinfo=datetime.timezone.utc)
+                    if day + datetime.timedelta(days=1) <= cutoff:
+                        cur.execute("DROP TABLE {}".format(child))
+                        made.append(child)
+                cur.execute("DELETE FROM {}_pdefault WHERE created_at < %s".format(table), (cutoff,))
+                deleted = cur.rowcount
+                conn.commit()
+                dropped.extend(made)
+                if made or deleted:
+                    log.info("retention on {table}: dropped {dropped} partitions, "
+                             "deleted {deleted} rows from the default partition",
+                             table=table, dropped=len(made), deleted=deleted)
+            except Exception:
+                _rollback(conn)
+                log.failure("retention failed for {table}", table=table)
+    finally:
+        conn.autocommit = old_autocommit
+    return dropped
+
+
+def _rollback(conn):
+    try:
+        conn.rollback()
+    except Exception:
+        pass

@@ -1,0 +1,344 @@
+"""
+Write one batch of buffer payload rows into PostgreSQL.
+
+``BatchWriter.write(rows)`` takes ``[(buffer row id, exact payload bytes)]``
+and, in ONE transaction: asks the ledger which ids this buffer already
+committed (those are reported drained and not written again), COPYs every
+table, upserts issues and users (sorted by key: hazard 42), inserts the
+ledger row, commits.  ``synchronous_commit`` stays on: an asynchronously
+committed batch can vanish after the buffer already marked it drained.
+
+Errors are classified by SQLSTATE, never by message text (PHP §3.2):
+
+* connection-class, server shutting down, too many connections ->
+  ``PostgresUnavailable`` (the caller backs off, rows stay claimed);
+* deadlock / serialization / lock timeout -> the batch is retried a few
+  times, then ``PostgresBusy`` (a ``PostgresUnavailable``);
+* schema-level (42xxx, 28xxx, 3D000, 25006 read-only, and anything else not
+  known to be about one row's data) -> ``PostgresSchemaError``: never a
+  reason to quarantine (hazard 12);
+* data errors (classes 21, 22, 23, 54) -> the payloads are bisected, each
+  half in its own transaction with its own ledger row, until the poison
+  payload is alone; it is quarantined with ``"<SQLSTATE> <table>"`` (never the
+  message: it can hold customer data) and the rest commits.
+"""
+
+import io
+import time
+from typing import NamedTuple
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+from twisted.logger import Logger
+
+from nightowl import records
+
+CONNECT_OPTIONS = dict(
+    connect_timeout=10, keepalives=1, keepalives_idle=10, keepalives_interval=5,
+    keepalives_count=3, tcp_user_timeout=20000, application_name="nightowl-drain")
+
+TRANSACTION_GUARDS = ("SET LOCAL lock_timeout = '10s'; "
+                      "SET LOCAL idle_in_transaction_session_timeout = '30s'; "
+                      "SET LOCAL statement_timeout = '120s'")
+
+TRANSIENT_RETRIES = 3
+DATA_CLASSES = ("21", "22", "23", "54")
+UNAVAILABLE_STATES = frozenset(("57P01", "57P02", "57P03", "53300"))
+
+
+class PostgresUnavailable(Exception):
+    """Postgres cannot take the batch now; back off and retry later (rows stay claimed)."""
+
+    def __init__(self, message, sqlstate=None):
+        Exception.__init__(self, message)
+        self.sqlstate = sqlstate
+
+
+class PostgresBusy(PostgresUnavailable):
+    """Deadlocks, serialization failures or lock timeouts persisted across retries."""
+
+
+class PostgresSchemaError(Exception):
+    """The database refuses every batch (missing table/column, permissions,
+    read-only...): an operator must act; nothing is quarantined."""
+
+    def __init__(self, message, sqlstate=None, table=None):
+        Exception.__init__(self, message)
+        self.sqlstate = sqlstate
+        self.table = table
+
+
+class BatchResult(NamedTuple):
+    drained: list
+    quarantined: list
+    records: int
+    rows_by_table: dict
+    skipped: dict
+
+
+class _DataError(Exception):
+    def __init__(self, sqlstate, table):
+        Exception.__init__(self, sqlstate, table)
+        self.sqlstate = sqlstate
+        self.table = table
+
+
+class _Transient(Exception):
+    def __init__(self, sqlstate):
+        Exception.__init__(self, sqlstate)
+        self.sqlstate = sqlstate
+
+
+def classify(exc):
+    """'connection' | 'transient' | 'data' | 'schema' for a psycopg2 error."""
+    code = getattr(exc, "pgcode", None)
+    if not code:
+        if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+            return "connection"
+        return "schema"
+    if code.startswith("08") or code in UNAVAILABLE_STATES:
+        return "connection"
+    if code.startswith("40") or code == "55P03":
+        return "transient"
+    if code[:2] in DATA_CLASSES:
+        return "data"
+    return "schema"
+
+
+class BatchWriter:
+    log = Logger()
+
+    def __init__(self, dsn, environment, buffer_id, ledger=True, clock=time.time, log=None):
+        self.dsn = dsn
+        self.environment = environment
+        self.buffer_id = str(buffer_id)
+        self.ledger = ledger
+        self.clock = clock
+        if log is not None:
+            self.log = log
+        self._conn = None
+        self._step = None  # table (or step) the current statement writes: for quarantine reasons
+
+    # -- connection -------------------------------------------------------
+
+    def _connection(self):
+        conn = self._conn
+        if conn is not None:
+            if conn.closed or (conn.info.transaction_status
+                               != psycopg2.extensions.TRANSACTION_STATUS_IDLE):
+                self._discard()
+                conn = None
+        if conn is None:
+            try:
+                conn = psycopg2.connect(self.dsn, **CONNECT_OPTIONS)
+            except psycopg2.Error as e:
+                raise PostgresUnavailable("cannot connect to PostgreSQL ({})".format(
+                    e.pgcode or type(e).__name__), e.pgcode)
+            conn.autocommit = False
+            self._conn = conn
+        return conn
+
+    def _discard(self):
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _rollback(self):
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            conn.rollback()
+        except Exception:
+            self._discard()
+            return
+        if conn.closed or conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+            self._discard()
+
+    def close(self):
+        self._discard()
+
+    # -- public -----------------------------------------------------------
+
+    def write(self, rows):
+        """Write ``[(id, payload bytes)]``; return a ``BatchResult``."""
+        now = self.clock()
+        quarantined = []
+        items = []
+        for row_id, payload in rows:
+            try:
+                decoded = records.decode_payload(payload)
+            except ValueError:
+                decoded = None
+            if not isinstance(decoded, list):
+                quarantined.append((row_id, "invalid-json"))
+                continue
+            items.append((row_id, records.encode_records(decoded, self.environment, now)))
+        items.sort(key=lambda item: item[0])
+
+        drained, q, written = [], [], []
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                drained, q, written = [], [], []
+                self._write_bisect(items, now, drained, q, written)
+                break
+            except _Transient as e:
+                self._rollback()
+                self.log.warn("transient PostgreSQL error {sqlstate}, attempt {attempt}",
+                              sqlstate=e.sqlstate, attempt=attempt)
+                if attempt >= TRANSIENT_RETRIES:
+                    raise PostgresBusy("PostgreSQL kept refusing the batch ({})".format(e.sqlstate),
+                                       e.sqlstate)
+            except PostgresUnavailable:
+                if attempt >= 2:
+                    raise
+                # one reconnect-and-retry, like the PHP agent; committed parts are in the ledger
+                self.log.info("PostgreSQL connection lost; reconnecting once")
+        quarantined.extend(q)
+        merged = records.Encoded.merge(enc for _, enc in written)
+        if quarantined:
+            self.log.warn("quarantined {count} payloads: {reasons}", count=len(quarantined),
+                          reasons=sorted(set(r for _, r in quarantined)))
+        return BatchResult(drained=sorted(drained), quarantined=quarantined,
+                           records=merged.records, rows_by_table=merged.rows_by_table(),
+                           skipped=dict(merged.skipped))
+
+    # -- internals --------------------------------------------------------
+
+    def _write_bisect(self, items, now, drained, quarantined, written):
+        if not items:
+            return
+        try:
+            done, wrote = self._write_once(items, now)
+        except _DataError as e:
+            if len(items) == 1:
+                reason = "{} {}".format(e.sqlstate, e.table)
+                quarantined.append((items[0][0], reason))
+                return
+            half = len(items) // 2
+            self._write_bisect(items[:half], now, drained, quarantined, written)
+            self._write_bisect(items[half:], now, drained, quarantined, written)
+            return
+        drained.extend(done)
+        written.extend(wrote)
+
+    def _write_once(self, items, now):
+        """One transaction; returns (ids drained, [(id, Encoded)] written)."""
+        conn = self._connection()
+        self._step = "begin"
+        try:
+            cur = conn.cursor()
+            cur.execute(TRANSACTION_GUARDS)
+            already = set()
+            if self.ledger:
+                self._step = "nightowl_ingest_ledger"
+                ids = [i for i, _ in items]
+                cur.execute("SELECT ids FROM nightowl_ingest_ledger "
+                            "WHERE buffer_id = %s AND first_id <= %s AND last_id >= %s",
+                            (self.buffer_id, max(ids), min(ids)))
+                for (committed,) in cur.fetchall():
+                    already.update(committed)
+            todo = [(i, enc) for i, enc in items if i not in already] if already else items
+            if todo:
+                batch = records.Encoded.merge(enc for _, enc in todo)
+                for table, data in batch.copy_data().items():
+                    self._step = table
+                    cur.copy_expert(records.copy_sql(table), io.BytesIO(data))
+                if batch.issues:
+                    self._step = "nightowl_issues"
+                    self._upsert_issues(cur, batch.issues)
+                if batch.users:
+                    self._step = "nightowl_users"
+                    self._upsert_users(cur, batch.users)
+                if self.ledger:
+                    self._step = "nightowl_ingest_ledger"
+                    ids = sorted(i for i, _ in todo)
+                    cur.execute("INSERT INTO nightowl_ingest_ledger (buffer_id, first_id, last_id, ids) "
+                                "VALUES (%s, %s, %s, %s)",
+                                (self.buffer_id, ids[0], ids[-1], ids))
+            self._step = "commit"
+            conn.commit()
+        except psycopg2.Error as e:
+            step = self._step
+            self._rollback()
+            kind = classify(e)
+            if kind == "connection":
+                self._discard()
+                raise PostgresUnavailable("PostgreSQL unavailable ({})".format(
+                    e.pgcode or type(e).__name__), e.pgcode)
+            if kind == "transient":
+                raise _Transient(e.pgcode)
+            if kind == "data":
+                raise _DataError(e.pgcode, step)
+            self.log.error("PostgreSQL refused the batch: {sqlstate} on {table}",
+                           sqlstate=e.pgcode, table=step)
+            raise PostgresSchemaError("PostgreSQL refused the batch ({} on {})".format(
+                e.pgcode, step), e.pgcode, step)
+        except BaseException:
+            self._rollback()
+            raise
+        return [i for i, _ in items], todo
+
+    def _upsert_issues(self, cur, issues):
+        env = self.environment
+        rows = []
+        for fp in sorted(issues):
+            n, users, first, last, cls, msg, msg_ts, deploy = issues[fp]
+            rows.append((records.clean(fp), env, records.clean(cls), records.clean(msg),
+                         records.clean(deploy), first, last, n, msg_ts))
+        got = psycopg2.extras.execute_values(cur, """
+            INSERT INTO nightowl_issues AS i (type, status, group_hash, environment, exception_class,
+                exception_message, deploy, first_seen_at, last_seen_at, occurrences_count,
+                users_count, created_at, updated_at)
+            SELECT 'exception', 'open', v.fp, v.env, v.cls, v.msg, v.deploy, to_timestamp(v.first),
+                   to_timestamp(v.last), v.n, 0, now(), now()
+            FROM (VALUES %s) AS v (fp, env, cls, msg, deploy, first, last, n, msg_ts)
+            ORDER BY v.fp
+            ON CONFLICT (group_hash, type, environment) DO UPDATE SET
+                exception_message = CASE WHEN EXCLUDED.last_seen_at >= i.last_seen_at
+                                         THEN EXCLUDED.exception_message ELSE i.exception_message END,
+                first_seen_at = LEAST(i.first_seen_at, EXCLUDED.first_seen_at),
+                last_seen_at = GREATEST(i.last_seen_at, EXCLUDED.last_seen_at),
+                occurrences_count = i.occurrences_count + EXCLUDED.occurrences_count,
+                updated_at = now()
+            RETURNING i.id, i.group_hash""",
+            rows, template="(%s, %s, %s, %s, %s, %s::float8, %s::float8, %s::bigint, %s::float8)",
+            page_size=len(rows), fetch=True)
+        ids = dict((fp, issue_id) for issue_id, fp in got)
+        pairs = sorted((ids[records.clean(fp)], records.clean(uid)) for fp, agg in issues.items() for uid in agg[1])
+        if not pairs:
+            return
+        psycopg2.extras.execute_values(cur, """
+            WITH ins AS (
+                INSERT INTO nightowl_issue_users (issue_id, user_id) VALUES %s
+                ON CONFLICT DO NOTHING RETURNING issue_id),
+            c AS (SELECT issue_id, count(*) AS n FROM ins GROUP BY issue_id)
+            UPDATE nightowl_issues i SET users_count = i.users_count + c.n
+            FROM c WHERE i.id = c.issue_id""", pairs, page_size=len(pairs))
+
+    def _upsert_users(self, cur, users):
+        rows = []
+        for uid in sorted(users):
+            name, email, first, last, name_ts = users[uid]
+            rows.append((records.clean(uid), records.clean(name), records.clean(email),
+                         first, last, self.environment))
+        psycopg2.extras.execute_values(cur, """
+            INSERT INTO nightowl_users AS u (user_id, name, email, first_seen_at, last_seen_at,
+                                             updated_at, environment)
+            SELECT v.id, v.name, v.email, to_timestamp(v.first), to_timestamp(v.last), now(), v.env
+            FROM (VALUES %s) AS v (id, name, email, first, last, env)
+            ORDER BY v.id
+            ON CONFLICT (user_id) DO UPDATE SET
+                name = CASE WHEN EXCLUDED.last_seen_at >= u.last_seen_at THEN EXCLUDED.name ELSE u.name END,
+                email = CASE WHEN EXCLUDED.last_seen_at >= u.last_seen_at THEN EXCLUDED.email ELSE u.email END,
+                first_seen_at = LEAST(u.first_seen_at, EXCLUDED.first_seen_at),
+                last_seen_at = GREATEST(u.last_seen_at, EXCLUDED.last_seen_at),
+                environment = EXCLUDED.environment,
+                updated_at = now()""",
+            rows, template="(%s, %s, %s, %s::float8, %s::float8, %s)", page_size=len(rows))
