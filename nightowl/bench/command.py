@@ -1,0 +1,46 @@
+"""
+``nightowl bench ingest|drain|e2e|faults``: one module per benchmark under
+``nightowl.bench``, each exposing ``configure(subparser)`` and ``run(args)``.
+A benchmark whose module does not exist yet is simply not offered.
+"""
+
+import importlib
+
+from nightowl.cli import CommandError
+
+BENCHMARKS = {
+    # name: (module, help)
+    "ingest": ("nightowl.bench.ingest",
+               "ingest throughput and ack latency: bare Twisted baseline vs the agent"),
+    "drain": ("nightowl.bench.drain", "drain throughput from the SQLite buffer into PostgreSQL"),
+    "e2e": ("nightowl.bench.e2e", "end to end: SDK frames to rows in PostgreSQL"),
+    "faults": ("nightowl.bench.faults",
+               "fault injection: every acknowledged payload must be delivered"),
+}
+
+
+def _available():
+    for name, (module, help) in BENCHMARKS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue  # not built yet
+        yield name, module, help, mod
+
+
+def configure(parser):
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    for name, module, help, mod in _available():
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(_bench_module=module)
+        mod.configure(p)
+
+
+def run(args):
+    module = getattr(args, "_bench_module", None)
+    if not module:
+        names = ", ".join(name for name, _m, _h, _mod in _available()) or "none"
+        raise CommandError("choose a benchmark (available: {})".format(names), code=2)
+    return importlib.import_module(module).run(args) or 0

@@ -1,0 +1,395 @@
+"""
+``nightowl bench ingest``: how many SDK payloads per second the agent
+acknowledges, at what latency, against a bare Twisted server that stores
+nothing.
+
+1. The bare server (``nightowl.bench.bareserver``) at full speed: the
+   baseline, and proof the load generator is not the bottleneck (its CPU and
+   the server's CPU are both reported).
+2. The agent (``twistd -n nightowl`` on a temporary buffer, no drain, no
+   health endpoint) at full speed: payloads/s acknowledged, p50/p99 ack latency.
+3. The agent at a fixed rate (10,000/s): p99 ack latency.
+4. The agent's RSS (VmRSS, VmHWM), then the buffer's row count against the
+   number of ``2:OK`` replies.
+
+The last line on stdout is one JSON object with the figures.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from nightowl.bench import loadgen, payloads
+from nightowl.cli import CommandError
+
+TARGET_RATE = 20000
+TARGET_RATIO = 0.7
+TARGET_P99_MS = 20.0
+TARGET_RSS_MB = 150.0
+
+_REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                      os.pardir, os.pardir))
+
+
+def configure(parser):
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="seconds per measured run (default 10)")
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="connections in flight at full speed (default 16)")
+    parser.add_argument("--rate-for-latency", type=int, default=10000,
+                        help="payloads/s for the fixed-rate latency run (default 10000)")
+    parser.add_argument("--latency-concurrency", type=int, default=256,
+                        help="most connections in flight during the fixed-rate run (default 256)")
+    parser.add_argument("--split", action="store_true",
+                        help="write '<len>:' and the body separately, like older SDKs")
+    parser.add_argument("--mix", action="store_true",
+                        help="round-robin 200 payloads mixed from every fixture type "
+                             "instead of the one realistic 5-record payload")
+    parser.add_argument("--token", default=None,
+                        help="token whose hash the frames carry (default: none)")
+    parser.add_argument("--bare-only", action="store_true",
+                        help="measure the bare server only (no agent)")
+    parser.add_argument("--startup-timeout", type=float, default=30.0,
+                        help="seconds to wait for the agent to accept connections")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (buffer, logs)")
+
+
+# -- processes -------------------------------------------------------------
+
+def _cpu_seconds(pid):
+    """User + system CPU seconds of a live process, from /proc/PID/stat."""
+    try:
+        with open("/proc/{}/stat".format(pid)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _memory_mb(pid):
+    """(VmRSS, VmHWM) in MB, from /proc/PID/status."""
+    found = {}
+    try:
+        with open("/proc/{}/status".format(pid)) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = int(value.split()[0]) / 1024.0
+    except OSError:
+        pass
+    return found.get("VmRSS"), found.get("VmHWM")
+
+
+class _RSSSampler(threading.Thread):
+    def __init__(self, pid, interval=0.1):
+        threading.Thread.__init__(self, daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak = 0.0
+        self._done = threading.Event()
+
+    def run(self):
+        while not self._done.wait(self.interval):
+            rss, _hwm = _memory_mb(self.pid)
+            if rss:
+                self.peak = max(self.peak, rss)
+
+    def stop(self):
+        self._done.set()
+        self.join()
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _wait_port(proc, port, timeout, log_path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CommandError("the agent exited with code {} before listening: {}".format(
+                proc.returncode, _last_line(log_path)))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise CommandError("the agent did not accept connections on port {} within {:.0f} s: {}"
+                       .format(port, timeout, _last_line(log_path)))
+
+
+def _last_line(path):
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
+
+
+def _stop(proc, grace=15.0):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def _env():
+    env = dict(os.environ)
+    # Run from a checkout as well as from an installed package.
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_REPO, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def start_bare_server():
+    proc = subprocess.Popen([sys.executable, "-m", "nightowl.bench.bareserver", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    line = proc.stdout.readline()
+    if not line.startswith("listening "):
+        _stop(proc)
+        raise CommandError("the bare server did not start: {}".format(
+            (proc.stderr.read().strip().splitlines() or ["?"])[-1]))
+    return proc, int(line.split()[1])
+
+
+def start_agent(tmp, port, startup_timeout):
+    log_path = os.path.join(tmp, "agent.log")
+    buffer_path = os.path.join(tmp, "buffer.sqlite")
+    # twistd (not `python -m twisted`, which is the `twist` runner): -n keeps it
+    # in the foreground so the pid we hold is the agent's.
+    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "--pidfile=", "-n", "--logfile", log_path,
+            "nightowl", "--listen", "tcp:{}:interface=127.0.0.1".format(port),
+            "--buffer", buffer_path, "--drain-workers", "0", "--health", "none"]
+    cwd = _REPO if os.path.isdir(os.path.join(_REPO, "twisted", "plugins")) else tmp
+    with open(os.path.join(tmp, "agent.stdout"), "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=_env())
+    try:
+        _wait_port(proc, port, startup_timeout, log_path)
+    except CommandError:
+        _stop(proc)
+        raise
+    return proc, buffer_path, log_path
+
+
+# -- measuring -------------------------------------------------------------
+
+def measure(port, frames_path, server_pid, concurrency, duration, split, rate=None):
+    """One generator run; adds the server's CPU share and the generator's."""
+    cpu0, t0 = _cpu_seconds(server_pid), time.monotonic()
+    proc = loadgen.start_load("127.0.0.1", port, frames_path, concurrency,
+                              duration=duration, rate=rate, split=split)
+    out, err = proc.communicate()
+    elapsed = time.monotonic() - t0
+    cpu1 = _cpu_seconds(server_pid)
+    if proc.returncode != 0:
+        raise CommandError("the load generator failed: {}".format(
+            (err.strip().splitlines() or ["exit {}".format(proc.returncode)])[-1]))
+    result = loadgen.parse_result(out, err)
+    result["generator_cpu_pct"] = 100.0 * (result["cpu_user_s"] + result["cpu_sys_s"]) / elapsed
+    if cpu0 is not None and cpu1 is not None:
+        result["server_cpu_pct"] = 100.0 * (cpu1 - cpu0) / elapsed
+    return result
+
+
+def count_rows(buffer_path):
+    conn = sqlite3.connect("file:{}?mode=ro".format(buffer_path), uri=True, timeout=10)
+    try:
+        return conn.execute("SELECT count(*) FROM payloads").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _failures(result):
+    return result["errors"] + result["timeouts"] + result["connect_failures"]
+
+
+def _failure_text(result):
+    if not _failures(result):
+        return "0"
+    return "{} (bad reply {}, reset/EOF {}, timeout {}, connect {})".format(
+        _failures(result), result["bad_reply"], result["reset_or_eof"], result["timeouts"],
+        result["connect_failures"])
+
+
+def _fmt_rate(value):
+    return "{:,.0f}/s".format(value) if value is not None else "n/a"
+
+
+def _verdict(ok):
+    return "" if ok is None else ("ok" if ok else "MISS")
+
+
+def run(args):
+    if args.duration <= 0 or args.concurrency <= 0 or args.rate_for_latency <= 0:
+        raise CommandError("--duration, --concurrency and --rate-for-latency must be > 0")
+    loadgen.binary()  # compile first: a compiler problem stops before anything starts
+    tmp = tempfile.mkdtemp(prefix="nightowl-bench-ingest-")
+    try:
+        return _run(args, tmp)
+    finally:
+        if args.keep:
+            print("kept {}".format(tmp))
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(args, tmp):
+    if args.mix:
+        bodies = payloads.fixture_mix(200)
+    else:
+        bodies = [payloads.realistic_payload()]
+    frames = [payloads.frame(b, token=args.token) for b in bodies]
+    frames_path = os.path.join(tmp, "frames.bin")
+    loadgen.write_frames(frames, frames_path)
+    payload_bytes = round(sum(len(b) for b in bodies) / len(bodies))
+    say = lambda text: print(text, flush=True)  # noqa: E731
+    say("nightowl bench ingest: {} payload bytes ({}), concurrency {}, {:g} s per run, {}"
+        .format(payload_bytes, "fixture mix" if args.mix else "5 records",
+                args.concurrency, args.duration,
+                "'<len>:' and body as two writes" if args.split else "one write per frame"))
+
+    # 1. The bare server.
+    bare_proc, bare_port = start_bare_server()
+    try:
+        measure(bare_port, frames_path, bare_proc.pid, args.concurrency, 1.0, args.split)  # warm up
+        bare = measure(bare_port, frames_path, bare_proc.pid, args.concurrency,
+                       args.duration, args.split)
+    finally:
+        _stop(bare_proc)
+    say("bare server   {:>10}  p50 {:.2f} ms  p99 {:.2f} ms  failures {}  "
+        "server CPU {:.0f}%  generator CPU {:.0f}%".format(
+            _fmt_rate(bare["payloads_per_s"]), bare["p50_ms"], bare["p99_ms"], _failure_text(bare),
+            bare.get("server_cpu_pct", 0), bare["generator_cpu_pct"]))
+
+    summary = {
+        "payloads_per_s": None, "bare_payloads_per_s": round(bare["payloads_per_s"], 1),
+        "ratio": None, "p50_ms": None, "p99_ms": None, "p99_ms_at_fixed_rate": None,
+        "fixed_rate": args.rate_for_latency, "agent_rss_mb": None, "agent_peak_rss_mb": None,
+        "acked": None, "buffered": None, "payload_bytes": payload_bytes,
+        "concurrency": args.concurrency, "duration_s": args.duration, "split": args.split,
+        "bare_p99_ms": bare["p99_ms"], "bare_server_cpu_pct": round(bare.get("server_cpu_pct", 0), 1),
+        "generator_cpu_pct_vs_bare": round(bare["generator_cpu_pct"], 1),
+    }
+    agent_error = None
+    if not args.bare_only:
+        try:
+            summary.update(_agent_runs(args, tmp, frames_path, bare, say))
+        except CommandError as e:
+            agent_error = str(e)
+            say("agent: not measured: {}".format(agent_error))
+
+    _table(summary, bare, say)
+    print(json.dumps(summary, sort_keys=True), flush=True)
+    if agent_error:
+        return 1
+    if summary["buffered"] is not None and summary["buffered"] < summary["acked"]:
+        return 1
+    return 0
+
+
+def _agent_runs(args, tmp, frames_path, bare, say):
+    port = _free_port()
+    proc, buffer_path, log_path = start_agent(tmp, port, args.startup_timeout)
+    sampler = _RSSSampler(proc.pid)
+    sampler.start()
+    acked = started = 0
+    try:
+        runs = []
+        warm = measure(port, frames_path, proc.pid, args.concurrency, 1.0, args.split)
+        runs.append(warm)
+        full = measure(port, frames_path, proc.pid, args.concurrency, args.duration, args.split)
+        runs.append(full)
+        say("agent         {:>10}  p50 {:.2f} ms  p99 {:.2f} ms  failures {}  "
+            "agent CPU {:.0f}%  generator CPU {:.0f}%".format(
+                _fmt_rate(full["payloads_per_s"]), full["p50_ms"], full["p99_ms"],
+                _failure_text(full), full.get("server_cpu_pct", 0), full["generator_cpu_pct"]))
+        time.sleep(1.0)  # let the writer catch up before the latency run
+        fixed = measure(port, frames_path, proc.pid, args.latency_concurrency, args.duration,
+                        args.split, rate=args.rate_for_latency)
+        runs.append(fixed)
+        say("agent @{:>6}/s {:>9}  p50 {:.2f} ms  p99 {:.2f} ms  max {:.1f} ms  failures {}  "
+            "late starts {}".format(args.rate_for_latency, _fmt_rate(fixed["payloads_per_s"]),
+                                    fixed["p50_ms"], fixed["p99_ms"], fixed["max_ms"],
+                                    _failure_text(fixed), fixed["late"]))
+        rss, hwm = _memory_mb(proc.pid)
+        for r in runs:
+            acked += r["ok"]
+            started += r["started"]
+    finally:
+        sampler.stop()
+        code = _stop(proc)
+    if code not in (0, -signal.SIGTERM):
+        say("agent exited with code {} after SIGTERM: {}".format(code, _last_line(log_path)))
+    try:
+        buffered = count_rows(buffer_path)
+    except sqlite3.Error as e:
+        raise CommandError("cannot count the buffer's rows in {}: {}".format(buffer_path, e))
+    peak = max(x for x in (hwm, sampler.peak, rss) if x is not None) if (hwm or rss) else None
+    return {
+        "payloads_per_s": round(full["payloads_per_s"], 1),
+        "ratio": round(full["payloads_per_s"] / bare["payloads_per_s"], 3),
+        "p50_ms": full["p50_ms"], "p99_ms": full["p99_ms"], "max_ms": full["max_ms"],
+        "p50_ms_at_fixed_rate": fixed["p50_ms"],
+        "p99_ms_at_fixed_rate": fixed["p99_ms"],
+        "achieved_fixed_rate": round(fixed["payloads_per_s"], 1),
+        "agent_rss_mb": round(rss, 1) if rss else None,
+        "agent_peak_rss_mb": round(peak, 1) if peak else None,
+        "agent_cpu_pct": round(full.get("server_cpu_pct", 0), 1),
+        "generator_cpu_pct_vs_agent": round(full["generator_cpu_pct"], 1),
+        "acked": acked, "frames_sent": started, "buffered": buffered,
+        "failures": sum(_failures(r) for r in runs),
+    }
+
+
+def _table(s, bare, say):
+    rows = [("", "measured", "target", "")]
+    rate = s["payloads_per_s"]
+    rows.append(("bare Twisted server", _fmt_rate(s["bare_payloads_per_s"]), "", ""))
+    rows.append(("agent, full speed", _fmt_rate(rate), ">= {:,}/s".format(TARGET_RATE),
+                 _verdict(None if rate is None else rate >= TARGET_RATE)))
+    ratio = s["ratio"]
+    rows.append(("agent / bare", "n/a" if ratio is None else "{:.2f}".format(ratio),
+                 ">= {:.1f}".format(TARGET_RATIO),
+                 _verdict(None if ratio is None else ratio >= TARGET_RATIO)))
+    if s["p50_ms"] is not None:
+        rows.append(("ack p50 / p99, full speed", "{:.2f} / {:.2f} ms".format(
+            s["p50_ms"], s["p99_ms"]), "", ""))
+    p99 = s["p99_ms_at_fixed_rate"]
+    rows.append(("ack p99 at {:,}/s".format(s["fixed_rate"]),
+                 "n/a" if p99 is None else "{:.2f} ms".format(p99),
+                 "<= {:.0f} ms".format(TARGET_P99_MS),
+                 _verdict(None if p99 is None else p99 <= TARGET_P99_MS)))
+    rss, peak = s["agent_rss_mb"], s["agent_peak_rss_mb"]
+    rows.append(("agent RSS now / peak",
+                 "n/a" if peak is None else "{:.0f} / {:.0f} MB".format(rss or 0, peak),
+                 "<= {:.0f} MB".format(TARGET_RSS_MB),
+                 _verdict(None if peak is None else peak <= TARGET_RSS_MB)))
+    if s["acked"] is not None:
+        rows.append(("buffer rows / acked", "{:,} / {:,}".format(s["buffered"], s["acked"]),
+                     "rows >= acked", _verdict(s["buffered"] >= s["acked"])))
+    rows.append(("generator CPU vs bare", "{:.0f}% of a core".format(
+        s["generator_cpu_pct_vs_bare"]), "server {:.0f}%".format(s["bare_server_cpu_pct"]),
+        "server-bound" if s["bare_server_cpu_pct"] > s["generator_cpu_pct_vs_bare"] else
+        "CHECK: generator-bound?"))
+    say("")
+    for name, measured, target, verdict in rows:
+        say("{:<28} {:>20}  {:<14} {}".format(name, measured, target, verdict).rstrip())
