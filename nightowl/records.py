@@ -33,7 +33,8 @@ _SPECIAL = re.compile("[\\\\\t\n\r\x00]")
 
 
 def _fffd(err):
-    return ("\ufffd", err.end)
+    # the UTF-8 encoder accepts only ASCII str replacements; bytes are taken as-is
+    return (b"\xef\xbf\xbd" * (err.end - err.start), err.end)
 
 
 codecs.register_error("nightowl-fffd", _fffd)
