@@ -309,8 +309,7 @@ class Worker:
             s["rows_by_table"][table] = s["rows_by_table"].get(table, 0) + int(n)
             s["rows"] += int(n)
         s["quarantined"] += len(getattr(result, "quarantined", None) or ())
-        skipped = getattr(result, "skipped", None) or ()
-        s["skipped"] += skipped if isinstance(skipped, int) else len(skipped)
+        s["skipped"] += _count(getattr(result, "skipped", None))
         s["pg_reachable"] = True
         self.last_success = self.clock()
 
@@ -364,9 +363,6 @@ class Worker:
         quarantined = [[int(i), str(reason)] for (i, reason) in (result.quarantined or ())]
         q_ids = set(i for (i, _r) in quarantined)
         drained = set(int(i) for i in (result.drained or ()))
-        skipped = getattr(result, "skipped", None)
-        if skipped and not isinstance(skipped, int):
-            drained.update(int(i) for i in skipped)
         drained.update(missing)
         drained.difference_update(q_ids)
         # every id we wrote is either drained or quarantined
@@ -422,6 +418,17 @@ class Worker:
                 pass
 
 
+def _count(value):
+    """Skipped records: a count, a {reason: count} dict or a list."""
+    if not value:
+        return 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dict):
+        return sum(int(v) for v in value.values())
+    return len(value)
+
+
 def _describe(error):
     """The error class and SQLSTATE, never the message (it may hold customer data)."""
     code = getattr(error, "pgcode", None) or getattr(getattr(error, "__cause__", None),
@@ -457,11 +464,13 @@ def maintenance_main(environ, log):
     if environ.get("NIGHTOWL_MIGRATE", "1") != "0":
         try:
             from nightowl import migrate
-            result = migrate.apply(dsn)
+            result = migrate.apply(dsn)   # also ensures the partitions
         except Exception as e:
             log("error", "migration failed: {}".format(_describe(e)))
             return 3
-        log("info", "migrations applied: {}".format(result if result else "nothing to do"))
+        log("info", "migrations applied: {}".format(
+            ", ".join(result) if result else "schema up to date"))
+        return 0
     try:
         import psycopg2
         from nightowl import partitions
@@ -477,10 +486,25 @@ def maintenance_main(environ, log):
     return 0
 
 
+def _log_twisted_to(log):
+    """pgwrite/migrate log through twisted.logger: one stderr line per event."""
+    from twisted.logger import formatEvent, globalLogBeginner
+
+    def observer(event):
+        text = formatEvent(event)
+        if event.get("log_failure") is not None:
+            text += " ({})".format(event["log_failure"].type.__name__)
+        level = event.get("log_level")
+        log(level.name if level is not None else "info", text)
+    globalLogBeginner.beginLoggingTo([observer], discardBuffer=True,
+                                     redirectStandardIO=False)
+
+
 def main(environ=None, argv=None):
     environ = os.environ if environ is None else environ
     argv = sys.argv[1:] if argv is None else argv
     log = make_logger(sys.stderr)
+    _log_twisted_to(log)
     if argv[:1] == ["maintenance"]:
         return maintenance_main(environ, log)
     try:
@@ -531,4 +555,12 @@ def main(environ=None, argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # os._exit: the IPC reader thread sits in a blocking stdin read, and the
+    # interpreter's shutdown would abort on its buffer lock
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
