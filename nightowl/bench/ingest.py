@@ -59,6 +59,10 @@ def configure(parser):
                         help="measure the bare server only (no agent)")
     parser.add_argument("--startup-timeout", type=float, default=30.0,
                         help="seconds to wait for the agent to accept connections")
+    parser.add_argument("--two-generators", action="store_true",
+                        help="also drive the bare server from 2 generator processes "
+                             "(half the connections each): if the total does not rise, "
+                             "one generator was not the bottleneck")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (buffer, logs)")
 
@@ -210,6 +214,27 @@ def measure(port, frames_path, server_pid, concurrency, duration, split, rate=No
     return result
 
 
+def measure_parallel(port, frames_path, server_pid, concurrency, duration, split, n=2):
+    """``n`` generator processes at once, ``concurrency / n`` connections each."""
+    cpu0, t0 = _cpu_seconds(server_pid), time.monotonic()
+    procs = [loadgen.start_load("127.0.0.1", port, frames_path, max(1, concurrency // n),
+                                duration=duration, split=split) for _ in range(n)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate()
+        results.append(loadgen.parse_result(out, err))
+    elapsed = time.monotonic() - t0
+    cpu1 = _cpu_seconds(server_pid)
+    return {
+        "payloads_per_s": sum(r["payloads_per_s"] for r in results),
+        "failures": sum(_failures(r) for r in results),
+        "p99_ms": max(r["p99_ms"] for r in results),
+        "server_cpu_pct": 100.0 * (cpu1 - cpu0) / elapsed if cpu0 is not None and cpu1 else 0,
+        "generator_cpu_pct": sum(100.0 * (r["cpu_user_s"] + r["cpu_sys_s"]) / elapsed
+                                 for r in results),
+    }
+
+
 def count_rows(buffer_path):
     conn = sqlite3.connect("file:{}?mode=ro".format(buffer_path), uri=True, timeout=10)
     try:
@@ -225,9 +250,9 @@ def _failures(result):
 def _failure_text(result):
     if not _failures(result):
         return "0"
-    return "{} (bad reply {}, reset/EOF {}, timeout {}, connect {})".format(
+    return "{} (bad reply {}, reset/EOF {}, reply timeout {}, connect {} of which timed out {})".format(
         _failures(result), result["bad_reply"], result["reset_or_eof"], result["timeouts"],
-        result["connect_failures"])
+        result["connect_failures"], result.get("connect_timeouts", 0))
 
 
 def _fmt_rate(value):
@@ -273,12 +298,22 @@ def _run(args, tmp):
         measure(bare_port, frames_path, bare_proc.pid, args.concurrency, 1.0, args.split)  # warm up
         bare = measure(bare_port, frames_path, bare_proc.pid, args.concurrency,
                        args.duration, args.split)
+        two = None
+        if args.two_generators:
+            two = measure_parallel(bare_port, frames_path, bare_proc.pid, args.concurrency,
+                                   args.duration, args.split)
     finally:
         _stop(bare_proc)
     say("bare server   {:>10}  p50 {:.2f} ms  p99 {:.2f} ms  failures {}  "
         "server CPU {:.0f}%  generator CPU {:.0f}%".format(
             _fmt_rate(bare["payloads_per_s"]), bare["p50_ms"], bare["p99_ms"], _failure_text(bare),
             bare.get("server_cpu_pct", 0), bare["generator_cpu_pct"]))
+
+    if two:
+        say("bare, 2 gens  {:>10}  p99 {:.2f} ms  failures {}  server CPU {:.0f}%  "
+            "generators CPU {:.0f}% together".format(
+                _fmt_rate(two["payloads_per_s"]), two["p99_ms"], two["failures"],
+                two["server_cpu_pct"], two["generator_cpu_pct"]))
 
     summary = {
         "payloads_per_s": None, "bare_payloads_per_s": round(bare["payloads_per_s"], 1),
@@ -289,6 +324,8 @@ def _run(args, tmp):
         "bare_p99_ms": bare["p99_ms"], "bare_server_cpu_pct": round(bare.get("server_cpu_pct", 0), 1),
         "generator_cpu_pct_vs_bare": round(bare["generator_cpu_pct"], 1),
     }
+    if two:
+        summary["bare_payloads_per_s_two_generators"] = round(two["payloads_per_s"], 1)
     agent_error = None
     if not args.bare_only:
         try:

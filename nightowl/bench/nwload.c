@@ -56,7 +56,7 @@ static tmpl_t *tmpls; static int ntmpl;
 static struct sockaddr_in addr;
 static int ep, split = 0, use_seq = 0;
 static double timeout_s = 0.5, connect_timeout_s = 0.5;
-static long long ok = 0, bad_reply = 0, reset_eof = 0, timeouts = 0, connect_fail = 0;
+static long long ok = 0, bad_reply = 0, reset_eof = 0, timeouts = 0, connect_fail = 0, connect_timeout = 0;
 static long long started = 0, late = 0, next_seq = 1;
 static int inflight = 0;
 static double *lat; static size_t nlat = 0, caplat = 0;
@@ -271,8 +271,9 @@ int main(int argc, char **argv) {
       last_scan = t;
       for (int i = 0; i < conc; i++) {
         conn_t *c = &cs[i];
-        if (c->phase != IDLE && t > c->deadline)
-          fail(c, c->phase == CONNECTING ? &connect_fail : &timeouts);
+        if (c->phase == IDLE || t <= c->deadline) continue;
+        if (c->phase == CONNECTING) { connect_timeout++; fail(c, &connect_fail); }
+        else fail(c, &timeouts);
       }
     }
   }
@@ -283,11 +284,11 @@ int main(int argc, char **argv) {
   struct rusage ru; getrusage(RUSAGE_SELF, &ru);
   long long errors = bad_reply + reset_eof;
   printf("{\"ok\":%lld,\"errors\":%lld,\"bad_reply\":%lld,\"reset_or_eof\":%lld,\"timeouts\":%lld,"
-         "\"connect_failures\":%lld,\"started\":%lld,\"seconds\":%.3f,\"payloads_per_s\":%.1f,"
+         "\"connect_failures\":%lld,\"connect_timeouts\":%lld,\"started\":%lld,\"seconds\":%.3f,\"payloads_per_s\":%.1f,"
          "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,\"mean_ms\":%.3f,"
          "\"rate\":%.1f,\"late\":%lld,\"max_inflight\":%d,\"concurrency\":%d,\"split\":%s,"
          "\"frame_bytes\":%zu,\"cpu_user_s\":%.3f,\"cpu_sys_s\":%.3f}\n",
-         ok, errors, bad_reply, reset_eof, timeouts, connect_fail, started, elapsed,
+         ok, errors, bad_reply, reset_eof, timeouts, connect_fail, connect_timeout, started, elapsed,
          ok / elapsed, pct(0.5) * 1e3, pct(0.9) * 1e3, pct(0.99) * 1e3,
          nlat ? lat[nlat - 1] * 1e3 : 0, nlat ? sum / nlat * 1e3 : 0, rate, late, maxinflight,
          conc, split ? "true" : "false", tmpls[0].len,
