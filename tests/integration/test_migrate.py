@@ -1,0 +1,89 @@
+"""nightowl.migrate against a real PostgreSQL."""
+
+import threading
+
+import psycopg2
+import pytest
+
+from nightowl import cli, migrate
+from nightowl.records import COLUMNS, RAW_TABLES
+
+
+def fetch(dsn, sql, *args):
+    conn = psycopg2.connect(dsn)
+    try:
+        cur = conn.cursor()
+        cur.execute(sql, args)
+        return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_applies_then_noop(fresh_pg_dsn, capsys):
+    names = [n for n, _ in migrate.migrations()]
+    assert names[0] == "0001_base.sql"
+    assert migrate.apply(fresh_pg_dsn) == names
+    assert migrate.apply(fresh_pg_dsn) == []
+    assert [n for n, in fetch(fresh_pg_dsn, "SELECT name FROM nightowl_migrations ORDER BY name")] == names
+    # the schema matches the column mapping exactly
+    for table in RAW_TABLES:
+        cols = [c for c, in fetch(fresh_pg_dsn, "SELECT column_name FROM information_schema.columns "
+                                  "WHERE table_name = %s ORDER BY ordinal_position", table)]
+        assert cols == ["id"] + list(COLUMNS[table]), table
+        kind, = fetch(fresh_pg_dsn, "SELECT relkind FROM pg_class WHERE relname = %s", table)
+        assert kind == ("p",)
+        assert fetch(fresh_pg_dsn, "SELECT to_regclass(%s) IS NOT NULL", table + "_pdefault") == [(True,)]
+    assert fetch(fresh_pg_dsn, "SELECT relkind FROM pg_class WHERE relname IN "
+                 "('nightowl_users', 'nightowl_issues', 'nightowl_issue_users', 'nightowl_ingest_ledger') "
+                 "ORDER BY relname") == [("r",)] * 4
+    # the CLI contract
+    assert cli.main(["migrate", "--dsn", fresh_pg_dsn]) == 0
+    assert capsys.readouterr().out == "schema up to date\n"
+
+
+def test_cli_prints_applied(fresh_pg_dsn, capsys):
+    assert cli.main(["migrate", "--dsn", fresh_pg_dsn]) == 0
+    assert capsys.readouterr().out == "applied 0001_base.sql\n"
+
+
+def test_cli_cannot_connect_masks_password(capsys):
+    rc = cli.main(["migrate", "--dsn", "host=127.0.0.1 port=1 user=postgres password=s3cret dbname=x"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.startswith("nightowl migrate: cannot connect to ")
+    assert "password=***" in err and "s3cret" not in err
+    assert err.count("\n") == 1
+
+
+def test_mask_dsn():
+    assert migrate.mask_dsn("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    assert migrate.mask_dsn("host=h password='a b' user=u") == "host=h password=*** user=u"
+
+
+def test_concurrent_apply(fresh_pg_dsn):
+    results, errors = [], []
+    start = threading.Barrier(4)
+
+    def go():
+        try:
+            start.wait()
+            results.append(migrate.apply(fresh_pg_dsn))
+        except Exception as e:  # collected and asserted below
+            errors.append(e)
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(results, key=len) == [[], [], [], ["0001_base.sql"]]
+    assert fetch(fresh_pg_dsn, "SELECT name FROM nightowl_migrations") == [("0001_base.sql",)]
+
+
+def test_apply_accepts_a_connection(fresh_pg_dsn):
+    conn = psycopg2.connect(fresh_pg_dsn)
+    try:
+        assert migrate.apply(conn) == ["0001_base.sql"]
+        assert not conn.closed
+    finally:
+        conn.close()
