@@ -1,0 +1,82 @@
+"""Fakes shared by the tests: in-memory collaborators, not mocks."""
+
+import queue
+
+from twisted.internet import defer
+
+
+class MemoryBuffer:
+    """
+    The ingest side of the BufferWriter API, in memory.  ``append`` returns
+    a Deferred the test fires with ``commit()`` (or ``fail()``), so tests can
+    check that nothing is acknowledged before the commit.
+    """
+
+    def __init__(self):
+        self.waiting = []
+        self.committed = []
+        self.refuse_with = None
+
+    def refusal(self):
+        return self.refuse_with
+
+    def append(self, payload):
+        d = defer.Deferred()
+        self.waiting.append((payload, d))
+        return d
+
+    def commit(self):
+        waiting, self.waiting = self.waiting, []
+        for payload, d in waiting:
+            self.committed.append(payload)
+            d.callback(None)
+
+    def fail(self, error=None):
+        waiting, self.waiting = self.waiting, []
+        for payload, d in waiting:
+            d.errback(error or IOError("disk full"))
+
+
+class ThreadReactor:
+    """
+    Enough of a reactor for BufferWriter in a synchronous test: calls made
+    with callFromThread are queued and run by ``wait(d)`` on the test thread.
+    """
+
+    def __init__(self):
+        self.calls = queue.Queue()
+
+    def callFromThread(self, f, *args, **kwargs):
+        self.calls.put((f, args, kwargs))
+
+    def seconds(self):
+        import time
+        return time.time()
+
+    def wait(self, d, timeout=10.0):
+        results = []
+        d.addBoth(results.append)
+        while not results:
+            f, args, kwargs = self.calls.get(timeout=timeout)
+            f(*args, **kwargs)
+        result = results[0]
+        if hasattr(result, "raiseException"):
+            result.raiseException()
+        return result
+
+
+from twisted.internet.testing import MemoryReactorClock  # noqa: E402
+
+
+class MemoryThreadReactor(MemoryReactorClock):
+    """MemoryReactorClock plus the callFromThread queue of L{ThreadReactor}."""
+
+    def __init__(self):
+        MemoryReactorClock.__init__(self)
+        self._threaded = ThreadReactor()
+
+    def callFromThread(self, f, *args, **kwargs):
+        self._threaded.callFromThread(f, *args, **kwargs)
+
+    def wait(self, d, timeout=10.0):
+        return self._threaded.wait(d, timeout)

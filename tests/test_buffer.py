@@ -1,0 +1,233 @@
+"""
+The real BufferWriter on a temp file: group commit, ack after commit, the
+claim state machine, failure -> errback, startup checks.
+"""
+
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from nightowl import buffer as buf
+from nightowl.buffer import BufferError, BufferWriter
+from tests.fakes import ThreadReactor
+
+
+@pytest.fixture
+def writer(tmp_path):
+    reactor = ThreadReactor()
+    w = BufferWriter(str(tmp_path / "b.sqlite"), reactor=reactor, max_pending=100)
+    w.open()
+    yield w, reactor
+    if not w._closed:
+        reactor.wait(w.close())
+
+
+def rows(path):
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT id, state, error, payload FROM payloads ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_pragmas_and_identity(writer):
+    w, reactor = writer
+    conn = sqlite3.connect(w.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    assert conn.execute("SELECT value FROM meta WHERE key='buffer_id'").fetchone()[0] == w.buffer_id
+    assert len(w.buffer_id) == 36
+
+
+def test_identity_is_stable_across_reopen(tmp_path):
+    reactor = ThreadReactor()
+    path = str(tmp_path / "b.sqlite")
+    w = BufferWriter(path, reactor=reactor)
+    w.open()
+    first = w.buffer_id
+    reactor.wait(w.close())
+    w2 = BufferWriter(path, reactor=reactor)
+    w2.open()
+    assert w2.buffer_id == first
+    reactor.wait(w2.close())
+
+
+def test_append_fires_after_commit_and_is_visible(writer):
+    w, reactor = writer
+    ds = [w.append(b'[{"n":%d}]' % i) for i in range(50)]
+    for d in ds:
+        reactor.wait(d)
+        # Visible to another connection the moment the Deferred fired.
+    assert [r[3] for r in rows(w.path)] == [b'[{"n":%d}]' % i for i in range(50)]
+    assert w.pending == 50
+    assert w.commits < 50  # grouped
+
+
+def test_payload_bytes_kept_exactly(writer):
+    w, reactor = writer
+    odd = b'[{"m":"\\u0000 \xc3\xa9 \t\n"}]'
+    reactor.wait(w.append(odd))
+    assert rows(w.path)[0][3] == odd
+
+
+def test_claim_mark_quarantine_release(writer):
+    w, reactor = writer
+    for i in range(10):
+        reactor.wait(w.append(b"[%d]" % i))
+    ids = reactor.wait(w.claim(0, 4))
+    assert ids == [1, 2, 3, 4]
+    ids2 = reactor.wait(w.claim(1, 4))
+    assert ids2 == [5, 6, 7, 8]
+    assert (w.pending, w.claimed) == (2, 8)
+    assert reactor.wait(w.mark_drained([1, 2, 3])) == 3
+    assert reactor.wait(w.quarantine([(4, "22P05 nightowl_logs")])) == 1
+    assert reactor.wait(w.release(1)) == 4
+    assert (w.pending, w.claimed, w.quarantined, w.drained_kept) == (6, 0, 1, 3)
+    states = {r[0]: (r[1], r[2]) for r in rows(w.path)}
+    assert states[1] == (1, None)
+    assert states[4] == (2, "22P05 nightowl_logs")
+    assert states[5] == (0, None)
+    # Released rows come back first.
+    assert reactor.wait(w.claim(0, 100)) == [5, 6, 7, 8, 9, 10]
+    assert reactor.wait(w.requeue_quarantined()) == 1
+    assert w.quarantined == 0 and w.pending == 1
+    counts = reactor.wait(w.recount())
+    assert counts == {"pending": 1, "claimed": 6, "drained": 3, "quarantined": 0}
+
+
+def test_release_all_at_startup(tmp_path):
+    reactor = ThreadReactor()
+    path = str(tmp_path / "b.sqlite")
+    w = BufferWriter(path, reactor=reactor)
+    w.open()
+    for i in range(3):
+        reactor.wait(w.append(b"[]"))
+    reactor.wait(w.claim(7, 3))
+    reactor.wait(w.close())
+    w2 = BufferWriter(path, reactor=reactor)
+    w2.open()
+    assert (w2.pending, w2.claimed) == (0, 3)
+    assert reactor.wait(w2.release(None)) == 3
+    assert w2.pending == 3
+    reactor.wait(w2.close())
+
+
+def test_mark_drained_of_released_row_counts_right(writer):
+    w, reactor = writer
+    reactor.wait(w.append(b"[]"))
+    reactor.wait(w.claim(0, 1))
+    reactor.wait(w.release(0))
+    assert reactor.wait(w.mark_drained([1])) == 1
+    assert (w.pending, w.claimed, w.drained_kept) == (0, 0, 1)
+
+
+def test_back_pressure_on_pending(writer):
+    w, reactor = writer
+    assert w.refusal() is None
+    for i in range(101):
+        reactor.wait(w.append(b"[]"))
+    assert w.refusal() == "back-pressure"
+    ids = reactor.wait(w.claim(0, 50))
+    reactor.wait(w.mark_drained(ids))
+    assert w.refusal() is None
+
+
+def test_failed_operation_fails_alone(writer):
+    w, reactor = writer
+    def boom(conn):
+        raise sqlite3.OperationalError("disk I/O error")
+    bad = w.run(boom)
+    good = w.append(b"[1]")
+    with pytest.raises(sqlite3.OperationalError):
+        reactor.wait(bad)
+    assert reactor.wait(good) is None
+    assert [r[3] for r in rows(w.path)] == [b"[1]"]
+    assert w.write_errors == 1
+
+
+def test_close_commits_what_is_queued(tmp_path):
+    reactor = ThreadReactor()
+    w = BufferWriter(str(tmp_path / "b.sqlite"), reactor=reactor)
+    w.open()
+    ds = [w.append(b"[%d]" % i) for i in range(200)]
+    closed = w.close()
+    reactor.wait(closed)
+    for d in ds:
+        reactor.wait(d)
+    assert len(rows(w.path)) == 200
+
+
+def test_housekeeping_deletes_only_old_drained(writer):
+    w, reactor = writer
+    for i in range(5):
+        reactor.wait(w.append(b"[]"))
+    ids = reactor.wait(w.claim(0, 3))
+    reactor.wait(w.mark_drained(ids[:2]))
+    result = reactor.wait(w.housekeep(safety=3600))
+    assert result["deleted"] == 0
+    result = reactor.wait(w.housekeep(safety=-1))
+    assert result["deleted"] == 2
+    assert [r[0] for r in rows(w.path)] == [3, 4, 5]
+    assert w.drained_kept == 0
+    # ids are never reused
+    reactor.wait(w.append(b"[]"))
+    assert rows(w.path)[-1][0] == 6
+
+
+def test_unwritable_buffer_refuses_to_start(tmp_path):
+    if os.geteuid() == 0:
+        # root ignores permissions: use a read-only database file instead.
+        path = str(tmp_path / "ro.sqlite")
+        w = BufferWriter(path, reactor=ThreadReactor())
+        w.open()
+        ThreadReactor().wait  # noqa
+        w.reactor.wait(w.close())
+        import subprocess
+        subprocess.run(["chattr", "+i", path], check=False)
+        if subprocess.run(["lsattr", path], capture_output=True, text=True).stdout[:20].find("i") < 0:
+            pytest.skip("cannot make a read-only file as root here")  # pragma: no cover
+        try:
+            with pytest.raises(BufferError) as e:
+                BufferWriter(path, reactor=ThreadReactor()).open()
+            assert path in str(e.value)
+        finally:
+            subprocess.run(["chattr", "-i", path], check=False)
+    else:  # pragma: no cover
+        d = tmp_path / "ro"
+        d.mkdir()
+        d.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        with pytest.raises(BufferError):
+            BufferWriter(str(d / "b.sqlite"), reactor=ThreadReactor()).open()
+
+
+def test_missing_directory_is_created(tmp_path):
+    reactor = ThreadReactor()
+    w = BufferWriter(str(tmp_path / "a" / "b" / "buf.sqlite"), reactor=reactor)
+    w.open()
+    reactor.wait(w.append(b"[]"))
+    reactor.wait(w.close())
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_buffer_moved_aside_not_crash_loop(tmp_path, damage):
+    reactor = ThreadReactor()
+    path = str(tmp_path / "b.sqlite")
+    w = BufferWriter(path, reactor=reactor)
+    w.open()
+    for i in range(300):
+        reactor.wait(w.append(b"[" + b"1," * 200 + b"1]"))
+    reactor.wait(w.close())
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        if damage == "garbage":
+            f.write(b"this is not a sqlite file at all" * 10)
+        else:
+            f.truncate(size // 2)
+    w2 = BufferWriter(path, reactor=reactor)
+    w2.open()
+    assert w2.moved_aside is not None and os.path.exists(w2.moved_aside)
+    reactor.wait(w2.append(b"[]"))
+    assert w2.pending == 1
+    reactor.wait(w2.close())

@@ -1,0 +1,107 @@
+import os
+import subprocess
+import sys
+
+import pytest
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
+
+from nightowl import tap
+
+
+def test_defaults():
+    opts = tap.parse([], environ={})
+    assert opts["listen"] == "tcp:2407:interface=127.0.0.1"
+    assert opts["health"] == "tcp:2409:interface=127.0.0.1"
+    assert opts["max-frame-bytes"] == 10 * 1024 * 1024
+    assert opts["frame-timeout"] == 10.0
+    assert opts["token"] is None
+    assert opts["dsn"] is None
+    assert opts["drain-workers"] == 2
+    assert opts["environment"] == "production"
+    assert opts["no-migrate"] is False
+
+
+def test_environment_feeds_options_and_command_line_wins():
+    env = {"NIGHTOWL_LISTEN": "tcp:9999", "NIGHTOWL_MAX_PENDING": "50",
+           "NIGHTOWL_ENVIRONMENT": "staging", "NIGHTOWL_NO_MIGRATE": "true",
+           "NIGHTOWL_FRAME_TIMEOUT": "2.5", "NIGHTOWL_HEALTH": "none"}
+    opts = tap.parse(["--max-pending", "70"], environ=env)
+    assert opts["listen"] == "tcp:9999"
+    assert opts["max-pending"] == 70
+    assert opts["environment"] == "staging"
+    assert opts["no-migrate"] is True
+    assert opts["frame-timeout"] == 2.5
+    assert opts["health"] is None
+
+
+def test_token_falls_back_to_nightwatch_token():
+    assert tap.parse([], environ={"NIGHTWATCH_TOKEN": "abc"})["token"] == "abc"
+    assert tap.parse([], environ={"NIGHTWATCH_TOKEN": "abc", "NIGHTOWL_TOKEN": "def"})["token"] == "def"
+    assert tap.parse(["--token", "x"], environ={"NIGHTOWL_TOKEN": "def"})["token"] == "x"
+
+
+def test_sizes_accept_suffixes():
+    assert tap.parse(["--max-frame-bytes", "2M"], environ={})["max-frame-bytes"] == 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize("args,env,message", [
+    (["--max-pending", "lots"], {}, "--max-pending: expected a whole number"),
+    (["--max-pending", "0"], {}, "--max-pending: must be greater than 0"),
+    ([], {"NIGHTOWL_DRAIN_WORKERS": "-1"}, "--drain-workers: must be 0 or more"),
+    (["--frame-timeout", "soon"], {}, "--frame-timeout: expected a number"),
+    (["--max-frame-bytes", "huge"], {}, "--max-frame-bytes: expected a size"),
+    (["--listen", ""], {}, "--listen: expected a strports endpoint"),
+])
+def test_bad_values_are_one_line_errors(args, env, message):
+    with pytest.raises(UsageError) as e:
+        tap.parse(args, environ=env)
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
+
+
+def test_plugin_discovered():
+    names = [p.tapname for p in getPlugins(IServiceMaker)]
+    assert "nightowl" in names
+    plugin = [p for p in getPlugins(IServiceMaker) if p.tapname == "nightowl"][0]
+    assert plugin.options is tap.Options
+
+
+def test_plugin_file_ships_in_the_package_data():
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(os.path.dirname(__file__), os.pardir, "setup.cfg"))
+    assert "twisted.plugins" in cfg["options.packages.find"]["include"]
+    assert not os.path.exists(os.path.join(os.path.dirname(__file__), os.pardir,
+                                           "twisted", "__init__.py"))
+
+
+def test_make_service_binds_listener(tmp_path):
+    from tests.fakes import MemoryThreadReactor
+    reactor = MemoryThreadReactor()
+    opts = tap.parse(["--listen", "tcp:2407:interface=127.0.0.1", "--buffer",
+                      str(tmp_path / "b.sqlite"), "--health", "none"], environ={})
+    svc = tap.makeService(opts, reactor=reactor)
+    svc.privilegedStartService()
+    svc.startService()
+    try:
+        ports = [(p[0], p[3]) for p in reactor.tcpServers]
+        assert (2407, "127.0.0.1") in ports
+    finally:
+        reactor.wait(svc.stopService())
+
+
+def test_tac_loads_same_service(tmp_path):
+    # The example .tac builds the same service from the same Options.
+    env = dict(os.environ, NIGHTOWL_BUFFER=str(tmp_path / "b.sqlite"), NIGHTOWL_HEALTH="none")
+    code = ("from twisted.application import service\n"
+            "ns = {}\n"
+            "exec(open('nightowl.tac').read(), ns)\n"
+            "svc = service.IService(ns['application'])\n"
+            "child = list(svc)[0]\n"
+            "print(type(child).__name__, child.options['buffer'])\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=os.path.join(os.path.dirname(__file__), os.pardir))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["NightowlService", str(tmp_path / "b.sqlite")]
