@@ -23,6 +23,10 @@ PING = b"PING"
 VERSION = b"v1"
 GZIP_MAGIC = b"\x1f\x8b"
 
+# JSON nesting deeper than this is refused (the PHP agent's limit; no SDK
+# record comes close).
+MAX_DEPTH = 512
+
 # The longest length prefix we read before deciding it is garbage: enough
 # digits for any frame we could accept, and then some.
 MAX_PREFIX_DIGITS = 12
@@ -229,4 +233,33 @@ def decode_payload(frame, expected_hash, max_inflated_bytes):
         raise FrameError("bad-json", str(e).split(":")[0])
     if type(value) is not list:
         raise FrameError("not-array", type(value).__name__)
+    if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH and json_depth(payload) > MAX_DEPTH:
+        raise FrameError("bad-json", "nested deeper than {}".format(MAX_DEPTH))
     return payload
+
+
+def json_depth(data):
+    """
+    The deepest nesting of arrays/objects in valid JSON ``data``, ignoring
+    brackets inside strings.  Only called when a cheap count says the
+    payload could be that deep.
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte == 0x5B or byte == 0x7B:
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif byte == 0x5D or byte == 0x7D:
+            depth -= 1
+    return deepest
