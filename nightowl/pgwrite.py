@@ -311,7 +311,8 @@ class BatchWriter:
             rows, template="(%s, %s, %s, %s, %s, %s::float8, %s::float8, %s::bigint, %s::float8)",
             page_size=len(rows), fetch=True)
         ids = dict((fp, issue_id) for issue_id, fp in got)
-        pairs = sorted((ids[records.clean(fp)], records.clean(uid)) for fp, agg in issues.items() for uid in agg[1])
+        pairs = sorted((ids[records.clean(fp)], records.clean(uid))
+                       for fp, agg in issues.items() for uid in agg[1])
         if not pairs:
             return
         psycopg2.extras.execute_values(cur, """
