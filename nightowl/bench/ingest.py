@@ -397,6 +397,14 @@ def _agent_runs(args, tmp, frames_path, bare, say):
     }
 
 
+def _bound(server_cpu, generator_cpu):
+    if server_cpu >= 85:
+        return "server-bound (its one core is saturated)"
+    if generator_cpu >= 85:
+        return "CHECK: generator-bound"
+    return "CPU contended: neither saturated, rerun on a quiet machine"
+
+
 def _table(s, bare, say):
     rows = [("", "measured", "target", "")]
     rate = s["payloads_per_s"]
@@ -425,8 +433,7 @@ def _table(s, bare, say):
                      "rows >= acked", _verdict(s["buffered"] >= s["acked"])))
     rows.append(("generator CPU vs bare", "{:.0f}% of a core".format(
         s["generator_cpu_pct_vs_bare"]), "server {:.0f}%".format(s["bare_server_cpu_pct"]),
-        "server-bound" if s["bare_server_cpu_pct"] > s["generator_cpu_pct_vs_bare"] else
-        "CHECK: generator-bound?"))
+        _bound(s["bare_server_cpu_pct"], s["generator_cpu_pct_vs_bare"])))
     say("")
     for name, measured, target, verdict in rows:
         say("{:<28} {:>20}  {:<14} {}".format(name, measured, target, verdict).rstrip())
