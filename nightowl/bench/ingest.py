@@ -372,8 +372,8 @@ def _agent_runs(args, tmp, frames_path, bare, say):
             acked += r["ok"]
             started += r["started"]
     finally:
+        code = _stop(proc)  # first: a failure below must never leave the agent running
         sampler.stop()
-        code = _stop(proc)
     if code not in (0, -signal.SIGTERM):
         say("agent exited with code {} after SIGTERM: {}".format(code, _last_line(log_path)))
     try:
