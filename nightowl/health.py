@@ -42,6 +42,7 @@ CHECK_EVERY = 5.0           # writer probe / history sampling period
 RATE_WINDOW = 60.0          # drain rates are over the last minute
 RETENTION_EVERY = 3600.0
 RETENTION_FIRST = 5.0
+RECOUNT_EVERY = 60.0        # re-read the buffer's state counts (admin edits, drift)
 
 LEVELS = ("critical", "warning", "info")
 
@@ -418,6 +419,7 @@ class HealthService(service.MultiService):
         self._restarts_seen = {}
         self._restart_times = {}
         self._check_call = None
+        self._recounted_at = None
 
         resource = _Root()
         resource.putChild(b"status", StatusResource(self))
@@ -481,11 +483,29 @@ class HealthService(service.MultiService):
         if not self.running:
             return
         try:
-            self.observe(self.reactor.seconds())
+            now = self.reactor.seconds()
+            self.observe(now)
             self.probe()
+            if self._recounted_at is None or now - self._recounted_at >= RECOUNT_EVERY:
+                self._recount(now)
         except Exception:
             self.log.failure("health check")
         self._check_call = self.reactor.callLater(self.check_every, self._check)
+
+    def _recount(self, now):
+        """
+        Have the writer re-read its state counters from the file, so rows
+        moved by `nightowl buffer requeue` (another process) show up.
+        """
+        self._recounted_at = now
+        buf = self.root.buffer
+        recount = getattr(buf, "recount", None)
+        if recount is None or getattr(buf, "_closed", False):
+            return
+        d = defer.maybeDeferred(recount)
+        d.addErrback(lambda f: self.log.error("buffer recount failed: {error}",
+                                              error=f.getErrorMessage())
+                     if self.running and not getattr(buf, "_closed", False) else None)
 
     def probe(self):
         """

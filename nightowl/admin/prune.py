@@ -1,0 +1,68 @@
+"""
+``nightowl prune``: apply retention now.  Drops the daily partitions of the
+raw tables that lie entirely before ``now - retention-days`` (and deletes
+expired rows parked in the DEFAULT partitions), via nightowl.partitions,
+the same code the agent runs every hour.  Issues and users are never touched.
+"""
+
+import os
+
+from nightowl.migrate import mask_dsn
+
+
+def configure(parser):
+    parser.add_argument("--dsn", default=None,
+                        help="PostgreSQL DSN (default: NIGHTOWL_DSN)")
+    parser.add_argument("--retention-days", type=int, default=None, metavar="N",
+                        help="keep this many days (default: NIGHTOWL_RETENTION_DAYS, else 14)")
+
+
+def _days(args):
+    from nightowl.cli import CommandError
+    value = args.retention_days
+    if value is None:
+        text = os.environ.get("NIGHTOWL_RETENTION_DAYS", "").strip() or "14"
+        try:
+            value = int(text)
+        except ValueError:
+            raise CommandError("NIGHTOWL_RETENTION_DAYS: expected a whole number, got {!r}"
+                               .format(text), code=2)
+    if value <= 0:
+        raise CommandError("--retention-days: must be greater than 0, got {}".format(value),
+                           code=2)
+    return value
+
+
+def run(args):
+    import psycopg2
+
+    from nightowl.admin.progress import Progress
+    from nightowl.cli import CommandError
+    from nightowl.health import RecordingLog, sweep
+    dsn = args.dsn or os.environ.get("NIGHTOWL_DSN")
+    if not dsn or not dsn.strip():
+        raise CommandError("no DSN: pass --dsn or set NIGHTOWL_DSN")
+    days = _days(args)
+    progress = Progress("prune", total=1)
+    log = RecordingLog()
+    try:
+        result = sweep(dsn, days, ensure=False, log=log)
+    except psycopg2.Error as e:
+        progress.finish("failed")
+        first = (str(e).strip().splitlines() or ["connection failed"])[0]
+        raise CommandError("cannot connect to {}: {}".format(mask_dsn(dsn), mask_dsn(first)))
+    progress.update(1)
+    progress.finish("{} partitions dropped".format(len(result["dropped"])))
+    for name in result["dropped"]:
+        print("dropped " + name)
+    for line in log.infos:
+        if line.startswith("retention on"):
+            print(line)
+    if not result["dropped"]:
+        print("nothing older than {} days to drop".format(days))
+    if result["errors"]:
+        for text in result["errors"]:
+            print("ERROR " + text)
+        raise CommandError("{} table(s) could not be pruned (see above)".format(
+            len(result["errors"])))
+    return 0
