@@ -21,7 +21,6 @@ LOG_EVERY = 10.0
 class IngestProtocol(Protocol):
     """Reads one frame, hands the payload to the buffer, acks after commit."""
 
-    _timer = None
     _finished = False
     _held = 0
 
@@ -29,7 +28,7 @@ class IngestProtocol(Protocol):
         factory = self.factory
         factory.metrics.connections_open += 1
         self._parser = wire.FrameParser(factory.max_frame_bytes)
-        self._timer = factory.reactor.callLater(factory.frame_timeout, self._timedOut)
+        factory.watch(self)
 
     def dataReceived(self, data):
         if self._finished:
@@ -78,9 +77,7 @@ class IngestProtocol(Protocol):
 
     def _finish(self):
         self._finished = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.factory.unwatch(self)
         if self._held:
             self.factory.metrics.inflight_bytes -= self._held
             self._held = 0
@@ -96,8 +93,7 @@ class IngestProtocol(Protocol):
             transport.write(message)
             transport.loseConnection()
 
-    def _timedOut(self):
-        self._timer = None
+    def timedOut(self):
         if self._finished:
             return
         self._finish()
@@ -112,6 +108,10 @@ class IngestProtocol(Protocol):
 
 
 class IngestFactory(Factory):
+    # Incomplete frames are found by one sweep every SWEEP_EVERY seconds
+    # rather than a timer per connection (a DelayedCall per payload costs
+    # more than the rest of the bookkeeping together).  A connection is
+    # closed between frame_timeout and frame_timeout + SWEEP_EVERY.
     """
     Builds L{IngestProtocol}s.  ``buffer`` is anything with
     ``refusal() -> reason or None`` and ``append(bytes) -> Deferred``
@@ -137,6 +137,36 @@ class IngestFactory(Factory):
         self.max_inflight_bytes = max_inflight_bytes
         self._last_logged = {}
         self._unlogged = {}
+        self._watched = {}
+        self._sweeper = None
+
+    SWEEP_EVERY = 0.5
+
+    def watch(self, proto):
+        self._watched[proto] = self.reactor.seconds()
+        if self._sweeper is None:
+            self._sweeper = self.reactor.callLater(self.SWEEP_EVERY, self._sweep)
+
+    def unwatch(self, proto):
+        self._watched.pop(proto, None)
+
+    def _sweep(self):
+        self._sweeper = None
+        cutoff = self.reactor.seconds() - self.frame_timeout
+        expired = [p for p, started in self._watched.items() if started <= cutoff]
+        for proto in expired:
+            try:
+                proto.timedOut()
+            except Exception:
+                self.log.failure("closing a timed-out connection")
+                self._watched.pop(proto, None)
+        if self._watched:
+            self._sweeper = self.reactor.callLater(self.SWEEP_EVERY, self._sweep)
+
+    def stopFactory(self):
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None
 
     def refused(self, reason, detail):
         """Count a refusal; log it, rate-limited per reason, never the payload."""

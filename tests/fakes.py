@@ -53,6 +53,9 @@ class ThreadReactor:
         import time
         return time.time()
 
+    def callLater(self, delay, f, *args, **kwargs):
+        self.calls.put((f, args, kwargs))
+
     def wait(self, d, timeout=10.0):
         results = []
         d.addBoth(results.append)
@@ -77,6 +80,12 @@ class MemoryThreadReactor(MemoryReactorClock):
 
     def callFromThread(self, f, *args, **kwargs):
         self._threaded.callFromThread(f, *args, **kwargs)
+
+    def callLater(self, delay, f, *args, **kwargs):
+        if delay == 0:
+            self._threaded.callFromThread(f, *args, **kwargs)
+            return None
+        return MemoryReactorClock.callLater(self, delay, f, *args, **kwargs)
 
     def wait(self, d, timeout=10.0):
         return self._threaded.wait(d, timeout)

@@ -127,13 +127,15 @@ class IngestProtocolTests(SynchronousTestCase):
         proto, transport = self.feed(b"100:v1:abc:[")
         self.clock.advance(9.9)
         self.assertFalse(transport.disconnecting)
-        self.clock.advance(0.2)
+        self.clock.advance(IngestFactory.SWEEP_EVERY)
         self.assertEqual(transport.value(), b"")
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.metrics.rejected["timeout"], 1)
 
     def test_no_timeout_after_complete_frame(self):
         proto, transport = self.feed(wire.encode_frame(PAYLOAD))
+        self.clock.advance(60)
+        self.assertFalse(transport.disconnecting)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.buffer.commit()
         self.assertEqual(transport.value(), b"2:OK")
