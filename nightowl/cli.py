@@ -71,4 +71,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m nightowl.cli`: use the importable module, so that
+    # subcommands raising nightowl.cli.CommandError are caught by main().
+    from nightowl.cli import main as _main
+    sys.exit(_main())

@@ -30,6 +30,20 @@ def mask_dsn(dsn):
     return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", dsn)
 
 
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description, backlog=LISTEN_BACKLOG):
+    """
+    Twisted's default listen backlog is 50.  SDK clients connect in bursts
+    and give up after 0.5 s, so a full accept queue loses their batches:
+    use a deep one unless the endpoint names its own.
+    """
+    if description.split(":", 1)[0] in ("tcp", "tcp6", "unix") and "backlog=" not in description:
+        return description + ":backlog={}".format(backlog)
+    return description
+
+
 class StartupError(Exception):
     """A reason the agent cannot start, as one line."""
 
@@ -54,7 +68,8 @@ class NightowlService(service.MultiService):
             frame_timeout=options["frame-timeout"], reactor=reactor)
         self.supervisor = self._make_supervisor()
         self.health = self._make_health()
-        self.ingest = strports.service(options["listen"], self.factory, reactor=reactor)
+        self.ingest = strports.service(with_backlog(options["listen"]), self.factory,
+                                       reactor=reactor)
         self.ingest.setName("ingest")
         # Start order; stop runs the other way.
         self.ordered = [s for s in (self.health, self.buffer, self.supervisor, self.ingest)
