@@ -42,7 +42,6 @@ CHECK_EVERY = 5.0           # writer probe / history sampling period
 RATE_WINDOW = 60.0          # drain rates are over the last minute
 RETENTION_EVERY = 3600.0
 RETENTION_FIRST = 5.0
-RECOUNT_EVERY = 60.0        # re-read the buffer's state counts (admin edits, drift)
 
 LEVELS = ("critical", "warning", "info")
 
@@ -419,7 +418,7 @@ class HealthService(service.MultiService):
         self._restarts_seen = {}
         self._restart_times = {}
         self._check_call = None
-        self._recounted_at = None
+        self.quarantined_counted = None
 
         resource = _Root()
         resource.putChild(b"status", StatusResource(self))
@@ -486,26 +485,9 @@ class HealthService(service.MultiService):
             now = self.reactor.seconds()
             self.observe(now)
             self.probe()
-            if self._recounted_at is None or now - self._recounted_at >= RECOUNT_EVERY:
-                self._recount(now)
         except Exception:
             self.log.failure("health check")
         self._check_call = self.reactor.callLater(self.check_every, self._check)
-
-    def _recount(self, now):
-        """
-        Have the writer re-read its state counters from the file, so rows
-        moved by `nightowl buffer requeue` (another process) show up.
-        """
-        self._recounted_at = now
-        buf = self.root.buffer
-        recount = getattr(buf, "recount", None)
-        if recount is None or getattr(buf, "_closed", False):
-            return
-        d = defer.maybeDeferred(recount)
-        d.addErrback(lambda f: self.log.error("buffer recount failed: {error}",
-                                              error=f.getErrorMessage())
-                     if self.running and not getattr(buf, "_closed", False) else None)
 
     def probe(self):
         """
@@ -518,13 +500,14 @@ class HealthService(service.MultiService):
         buf = self.root.buffer
         if getattr(buf, "_closed", False):
             return defer.succeed(None)
-        from nightowl.buffer import oldest_pending_age
         self.probe_since = self.reactor.seconds()
-        d = defer.maybeDeferred(buf.run, lambda conn: oldest_pending_age(conn, buf.clock()))
+        d = defer.maybeDeferred(buf.run, lambda conn: _probe_figures(conn, buf.clock()))
         self._probe = d
 
-        def answered(age):
+        def answered(figures):
+            age, quarantined = figures
             self.oldest_pending_age = float(age or 0.0)
+            self.quarantined_counted = quarantined
             self.oldest_checked_at = self.reactor.seconds()
             return age
 
@@ -688,7 +671,9 @@ class HealthService(service.MultiService):
                 "buffer_id": stats.get("buffer_id"),
                 "pending": pending,
                 "claimed": stats.get("claimed") or 0,
-                "quarantined": stats.get("quarantined") or 0,
+                "quarantined": (self.quarantined_counted
+                                if self.quarantined_counted is not None
+                                else stats.get("quarantined") or 0),
                 "drained_kept": stats.get("drained_kept") or 0,
                 "queued": stats.get("queued") or 0,
                 "oldest_pending_age_seconds": _round(oldest),
@@ -747,6 +732,17 @@ class HealthService(service.MultiService):
         if critical:
             return False, "; ".join("{}: {}".format(r["code"], r["message"]) for r in critical)
         return True, "ok"
+
+
+def _probe_figures(conn, now):
+    """
+    On the writer thread: the oldest pending row's age, and the quarantined
+    rows counted from the file (rows requeued by `nightowl buffer requeue`,
+    another process, are not in the writer's in-memory counters).
+    """
+    from nightowl.buffer import oldest_pending_age
+    quarantined = conn.execute("SELECT count(*) FROM payloads WHERE state = 2").fetchone()[0]
+    return oldest_pending_age(conn, now), quarantined
 
 
 def _round(value, digits=3):
