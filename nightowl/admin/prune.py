@@ -43,14 +43,19 @@ def run(args):
     if not dsn or not dsn.strip():
         raise CommandError("no DSN: pass --dsn or set NIGHTOWL_DSN")
     days = _days(args)
+    try:
+        conn = psycopg2.connect(dsn, connect_timeout=10, application_name="nightowl-prune")
+    except psycopg2.Error as e:
+        first = (str(e).strip().splitlines() or ["connection failed"])[0]
+        raise CommandError("cannot connect to {}: {}".format(mask_dsn(dsn), mask_dsn(first)))
     progress = Progress("prune", total=1)
     log = RecordingLog()
     try:
-        result = sweep(dsn, days, ensure=False, log=log)
+        result = sweep(dsn, days, ensure=False, log=log, connect=lambda *a, **kw: conn)
     except psycopg2.Error as e:
         progress.finish("failed")
-        first = (str(e).strip().splitlines() or ["connection failed"])[0]
-        raise CommandError("cannot connect to {}: {}".format(mask_dsn(dsn), mask_dsn(first)))
+        raise CommandError("retention failed ({}): {}".format(
+            e.pgcode or e.__class__.__name__, _first_line(str(e))))
     progress.update(1)
     progress.finish("{} partitions dropped".format(len(result["dropped"])))
     for name in result["dropped"]:
@@ -66,3 +71,7 @@ def run(args):
         raise CommandError("{} table(s) could not be pruned (see above)".format(
             len(result["errors"])))
     return 0
+
+
+def _first_line(text):
+    return (text.strip().splitlines() or [""])[0]
