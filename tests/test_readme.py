@@ -1,0 +1,123 @@
+"""
+README.rst stays true: the commands it shows exist, every command exists in
+the README, the configuration table is nightowl/tap.py's, the metric names
+are health.METRICS, and the two labelled command blocks CI reads are intact.
+"""
+
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from nightowl import health, tap
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+
+
+@pytest.fixture(scope="module")
+def readme():
+    with open(os.path.join(ROOT, "README.rst"), encoding="utf-8") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def help_commands():
+    out = subprocess.run([sys.executable, "-m", "nightowl.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    block = out.split("positional arguments:", 1)[1].split("options:", 1)[0]
+    return set(m.group(1) for m in re.finditer(r"^    (\w[\w-]*)\s", block, re.M))
+
+
+def test_every_command_shown_in_the_readme_exists(readme, help_commands):
+    # commands are shown in literals: ``nightowl X ...`` inline, or a
+    # literal block line starting with "nightowl X" (prose "nightowl is" is not one)
+    commands = set(a or b for (a, b) in re.findall(
+        r"``nightowl ([a-z][a-z-]*)|^ {4}nightowl ([a-z][a-z-]*)", readme, re.M))
+    assert commands, "no commands found in README"
+    assert commands <= help_commands, commands - help_commands
+
+
+def test_every_command_in_help_is_in_the_readme(readme, help_commands):
+    assert {"status", "ping", "buffer", "prune", "send", "migrate"} <= help_commands
+    for name in help_commands:
+        assert re.search(r"nightowl {}\b".format(name), readme), name
+
+
+def test_buffer_actions_are_documented(readme):
+    for action in ("inspect", "requeue", "verify"):
+        assert "nightowl buffer " + action in readme
+
+
+def config_rows(readme):
+    section = readme.split(":header: \"option\", \"environment\", \"default\", \"meaning\"", 1)[1]
+    lines = []
+    for line in section.splitlines()[1:]:
+        if not line.strip():
+            if lines:
+                break
+            continue
+        lines.append(line.strip())
+    return list(csv.reader(io.StringIO("\n".join(lines)), skipinitialspace=True))
+
+
+def test_the_configuration_table_matches_tap(readme):
+    expected = []
+    for (long, short, default, env, _coerce, help) in tap.PARAMETERS:
+        name = "``--{}``".format(long) + (" / ``-{}``".format(short) if short else "")
+        expected.append([name, "``{}``".format(env),
+                         "``{}``".format(default) if default is not None else "unset", help])
+    for (long, _short, env, help) in tap.FLAGS:
+        expected.append(["``--{}``".format(long), "``{}``".format(env), "off", help])
+    assert config_rows(readme) == expected
+
+
+def test_every_metric_name_is_documented(readme):
+    for name, kind, _help in health.METRICS:
+        assert "``{}`` ({})".format(name, kind) in readme, name
+
+
+def test_every_status_rule_is_documented(readme):
+    source = open(health.__file__, encoding="utf-8").read()
+    codes = set(re.findall(r'add\("([a-z-]+)", "(critical|warning|info)"', source))
+    assert len(codes) == 9
+    for code, level in codes:
+        assert re.search(r"``{}``\s+{}\s".format(re.escape(code), level), readme), code
+
+
+def test_the_ci_command_blocks_are_intact(readme):
+    run = readme.split(".. _run-command:\n\n::\n\n", 1)[1].splitlines()[0]
+    test = readme.split(".. _test-command:\n\n::\n\n", 1)[1].splitlines()[0]
+    assert run == ("    python3 -m pip install . && twistd -n nightowl --buffer "
+                   "/var/lib/nightowl/buffer.sqlite --dsn \"host=127.0.0.1 dbname=nightowl "
+                   "user=nightowl\"")
+    assert test == ("    python3 -m pip install -e '.[test]' --config-settings "
+                    "editable_mode=compat && python3 -m pytest -q")
+
+
+def test_the_schema_reference_lists_every_table_and_column(readme, fresh_pg_dsn):
+    import psycopg2
+
+    from nightowl import migrate
+    conn = psycopg2.connect(fresh_pg_dsn)
+    try:
+        migrate.apply(conn, partitions=False)
+        cur = conn.cursor()
+        cur.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                    "c.relnamespace WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') "
+                    "AND NOT c.relispartition ORDER BY 1")
+        tables = [t for (t,) in cur.fetchall()]
+        section = readme.split("Schema reference\n", 1)[1].split("Example SQL\n", 1)[0]
+        for table in tables:
+            cur.execute("SELECT column_name FROM information_schema.columns "
+                        "WHERE table_name = %s ORDER BY ordinal_position", (table,))
+            columns = [c for (c,) in cur.fetchall()]
+            m = re.search(r"^``{}``\n    (.+)$".format(table), section, re.M)
+            assert m, table
+            documented = [part.strip().split(" ")[0] for part in m.group(1).split(",")]
+            assert documented == columns, table
+    finally:
+        conn.close()
