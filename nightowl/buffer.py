@@ -386,7 +386,10 @@ class BufferWriter(service.Service):
             self.reactor.callFromThread(self._deliver, [(ops[0][2], failure)])
             return
         for key, n in deltas:
-            setattr(self, key, getattr(self, key) + n)
+            if key[0] == "=":  # an absolute count (recount), in operation order
+                setattr(self, key[1:], n)
+            else:
+                setattr(self, key, getattr(self, key) + n)
         self.appended += sum(len(op[1]) for op in ops if op[0] == "append")
         self.commits += 1
         self.last_commit_at = now
@@ -586,15 +589,24 @@ class BufferWriter(service.Service):
             conn.execute("BEGIN IMMEDIATE")
 
     def recount(self):
-        """Recompute the state counters from the file (drift repair)."""
-        def fn(conn):
-            counts = count_states(conn)
-            self.pending = counts["pending"]
-            self.claimed = counts["claimed"]
-            self.quarantined = counts["quarantined"]
-            self.drained_kept = counts["drained"]
-            return counts
-        return self.run(fn)
+        """
+        Recompute the state counters from the file (drift repair, e.g. after
+        an operator ran `nightowl buffer requeue` beside the agent).  The
+        counts are taken inside the group's transaction and replace the
+        counters at their place in operation order, so appends committed in
+        the same group are not counted twice.
+        """
+        return self._submit("recount", None)
+
+    def _op_recount(self, conn, arg, now):
+        counts = count_states(conn)
+        return counts, [("=pending", counts["pending"]), ("=claimed", counts["claimed"]),
+                        ("=quarantined", counts["quarantined"]),
+                        ("=drained_kept", counts["drained"])]
+
+    def alive(self):
+        """True while the writer thread runs and the buffer is open."""
+        return self._thread is not None and self._thread.is_alive() and not self._closed
 
     def queued(self):
         return self._queue.qsize()

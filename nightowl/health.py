@@ -576,7 +576,6 @@ class HealthService(service.MultiService):
         buf = root.buffer
         stats = buf.stats()
         refusal = buf.refusal()
-        thread = getattr(buf, "_thread", None)
         buffer_now = buf.clock()
         last_commit_at = stats.get("last_commit_at")
         pending = stats.get("pending") or 0
@@ -688,7 +687,7 @@ class HealthService(service.MultiService):
                 "last_error": stats.get("last_error"),
                 "last_write_error_seen_at": self.last_write_error_seen_at,
                 "last_commit_age_seconds": _age(buffer_now, last_commit_at),
-                "writer_alive": bool(thread is not None and thread.is_alive()),
+                "writer_alive": buf.alive(),
                 "probe_outstanding_since": self.probe_since,
                 "writer_unanswered_seconds": _age(now, self.probe_since) or 0.0,
             },

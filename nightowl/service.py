@@ -163,6 +163,7 @@ class NightowlService(service.MultiService):
 
     def _housekeep(self):
         d = self.buffer.housekeep()
+        d.addCallback(lambda _: self.buffer.recount())
         d.addErrback(lambda f: self.log.error(
             "buffer housekeeping failed: {error}", error=f.getErrorMessage()))
         return d

@@ -231,3 +231,27 @@ def test_corrupt_buffer_moved_aside_not_crash_loop(tmp_path, damage):
     reactor.wait(w2.append(b"[]"))
     assert w2.pending == 1
     reactor.wait(w2.close())
+
+
+def test_recount_grouped_with_appends_does_not_double_count(writer):
+    w, reactor = writer
+    w.group_window = 0
+    ds = [w.append(b"[]") for _ in range(5)]
+    w._flush()  # hand the appends over before the recount, same group
+    r = w.recount()
+    ds += [w.append(b"[]") for _ in range(3)]
+    for d in ds:
+        reactor.wait(d)
+    reactor.wait(r)
+    assert w.pending == 8
+    assert reactor.wait(w.recount())["pending"] == 8
+
+
+def test_alive(tmp_path):
+    reactor = ThreadReactor()
+    w = BufferWriter(str(tmp_path / "b.sqlite"), reactor=reactor)
+    assert not w.alive()
+    w.open()
+    assert w.alive()
+    reactor.wait(w.close())
+    assert not w.alive()
