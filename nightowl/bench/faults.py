@@ -660,7 +660,7 @@ def kill_trials(workdir, trials=3, seed=1, concurrency=8, log=print):
             if not agent.start():
                 raise AssertionError("agent did not start:\n" + "\n".join(agent.lines[-30:]))
             gen = loadgen.start_load("127.0.0.1", agent.port, frames_path, concurrency,
-                                     duration=kill_at + 1.5, acked_file=acked_file,
+                                     duration=kill_at + 0.6, acked_file=acked_file,
                                      seq_start=seq_start, timeout=1.0)
             time.sleep(kill_at)
             a1 = agent.accepted() or 0
@@ -1392,7 +1392,7 @@ def table(results):
                                                         t["stored_unacked"])))
             f = r["final"]
             rows.append(("sigkill", "all", "ok" if r["ok"] else "FAIL",
-                         "{} sent, {} acked, {} stored, {} missing, {} dup, {} foreign".format(
+                         "{} issued, {} acked, {} stored, {} missing, {} dup, {} foreign".format(
                              f["sent"], f["acked"], f["stored"], f["missing"],
                              f["duplicates"], f["foreign"])))
         elif r["fault"] == "back-pressure":
