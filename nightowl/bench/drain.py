@@ -195,7 +195,7 @@ def drain_once(reactor, buffer_path, dsn, total, workers, batch_size, ledger, pr
 
 
 def _profile_workers(supervisor, directory):
-    """Run each worker under cProfile (``python -m cProfile -o FILE -m nightowl.drain.worker``)."""
+    """Run each worker under cProfile (NIGHTOWL_PROFILE=FILE, dumped when it stops)."""
     import nightowl.drain.supervisor as sup_mod
     os.makedirs(directory, exist_ok=True)
     real_spawn = supervisor.reactor.spawnProcess
@@ -203,8 +203,7 @@ def _profile_workers(supervisor, directory):
     def spawn(proto, executable, args, env=None, **kw):
         if args[1:3] == ["-m", sup_mod.WORKER_MODULE] and len(args) == 3:
             out = os.path.join(directory, "worker-{}.prof".format(proto.worker_id))
-            args = [executable, "-m", "cProfile", "-o", out, "-m", sup_mod.WORKER_MODULE]
-            env = dict(env, NIGHTOWL_PROFILE_EXIT="1")
+            env = dict(env, NIGHTOWL_PROFILE=out)
         return real_spawn(proto, executable, args, env=env, **kw)
     supervisor.reactor = _ReactorProxy(supervisor.reactor, spawn)
 

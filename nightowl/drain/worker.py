@@ -554,8 +554,23 @@ def main(environ=None, argv=None):
     return code
 
 
+def _profiled_main():
+    """NIGHTOWL_PROFILE=FILE (bench only): cProfile the worker, dump at exit."""
+    out = os.environ.get("NIGHTOWL_PROFILE")
+    if not out:
+        return main()
+    import cProfile
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        return main()
+    finally:
+        profile.disable()
+        profile.dump_stats(out)
+
+
 if __name__ == "__main__":
-    code = main()
+    code = _profiled_main()
     # os._exit: the IPC reader thread sits in a blocking stdin read, and the
     # interpreter's shutdown would abort on its buffer lock
     for stream in (sys.stdout, sys.stderr):
