@@ -383,7 +383,10 @@ class BufferWriter(service.Service):
                 return
             self.write_errors += 1
             self.last_error = "{}: {}".format(failure.type.__name__, failure.getErrorMessage())
-            self.reactor.callFromThread(self._deliver, [(ops[0][2], failure)])
+            op, arg, d = ops[0]
+            # An append op carries its batch of (payload, Deferred) in arg.
+            target = arg if op == "append" else d
+            self.reactor.callFromThread(self._deliver, [(target, failure)])
             return
         for key, n in deltas:
             if key[0] == "=":  # an absolute count (recount), in operation order

@@ -255,3 +255,24 @@ def test_alive(tmp_path):
     assert w.alive()
     reactor.wait(w.close())
     assert not w.alive()
+
+
+def test_failed_append_errbacks_every_payload_and_releases_inflight(writer):
+    w, reactor = writer
+    import sqlite3 as _sqlite3
+
+    def fill_disk(conn):
+        # Cap the file at its current size: the next growth fails like a full disk.
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute("PRAGMA max_page_count = {}".format(pages)).fetchall()
+    reactor.wait(w.run(fill_disk))
+    ds = [w.append(b"[" + b"1," * 3000 + b"1]") for _ in range(3)]
+    failures = []
+    for d in ds:
+        try:
+            reactor.wait(d)
+        except _sqlite3.DatabaseError as e:
+            failures.append(str(e))
+    assert len(failures) == 3 and "full" in failures[0]
+    assert w.inflight == 0
+    assert w.write_errors >= 1
