@@ -28,8 +28,6 @@ import orjson
 # COPY text encoding
 
 NULL = "\\N"
-_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": None})
-_SPECIAL = re.compile("[\\\\\t\n\r\x00]")
 
 
 def _fffd(err):
@@ -42,9 +40,13 @@ codecs.register_error("nightowl-fffd", _fffd)
 
 def escape(s):
     """One text value in COPY text format (no NULL handling)."""
-    if _SPECIAL.search(s) is None:
-        return s
-    return s.translate(_ESCAPES)
+    # five substring scans beat one regex search (~70 vs ~160 ns on short text), and a
+    # replace chain beats str.translate with a dict table ~9x; doubling the backslashes
+    # first keeps it equal to a character-by-character translation
+    if "\\" in s or "\t" in s or "\n" in s or "\r" in s or "\x00" in s:
+        return (s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+                .replace("\r", "\\r").replace("\x00", ""))
+    return s
 
 
 def to_utf8(text):
