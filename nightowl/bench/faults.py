@@ -46,6 +46,16 @@ _REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__))
                                       os.pardir, os.pardir))
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; "
           "sys.argv[0] = 'twistd'; run()"]
+# The agent's supervisor hands its workers an explicit environment (PATH,
+# PYTHONPATH, HOME, LANG and its own NIGHTOWL_* keys), so the workers' test-only
+# fault hooks (NIGHTOWL_FAULT, NIGHTOWL_FAULT_ONCE) cannot be reached through
+# the agent's environment.  This twistd adds the two keys to the passed list
+# in the agent process only; the agent itself runs unchanged.
+WORKER_FAULT_TWISTD = [sys.executable, "-c", "import sys; "
+                       "import nightowl.drain.supervisor as s; "
+                       "s._PASSED_ENV = tuple(s._PASSED_ENV) + "
+                       "('NIGHTOWL_FAULT', 'NIGHTOWL_FAULT_ONCE'); "
+                       "from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
 LISTENING = re.compile(r"nightowl listening on ([0-9.]+):(\d+)")
 HEALTH = re.compile(r"nightowl health on [0-9.]+:(\d+)")
 ID_RE = re.compile(rb"00000000-0000-4000-8000-(\d{12})")
@@ -62,10 +72,12 @@ class Agent:
     port 0 unless ``health=False``); its output is kept in ``lines``.
     """
 
-    def __init__(self, buffer_path, args=(), health=True):
+    def __init__(self, buffer_path, args=(), health=True, env=None, worker_faults=False):
         self.buffer_path = buffer_path
         self.args = list(args)
         self.health = health
+        self.env = dict(env or {})
+        self.worker_faults = worker_faults
         self.proc = None
         self.port = None
         self.health_port = None
@@ -74,7 +86,8 @@ class Agent:
 
     def start(self, timeout=60.0):
         """Start; True once listening, False if the process exited first."""
-        argv = TWISTD + ["-n", "--pidfile=", "nightowl",
+        argv = (WORKER_FAULT_TWISTD if self.worker_faults else TWISTD) + [
+                         "-n", "--pidfile=", "nightowl",
                          "--listen", "tcp:0:interface=127.0.0.1",
                          "--buffer", self.buffer_path,
                          "--health", "tcp:0:interface=127.0.0.1" if self.health else "none"]
@@ -82,6 +95,7 @@ class Agent:
         env = dict((k, v) for k, v in os.environ.items()
                    if not k.startswith("NIGHTOWL_") and k != "NIGHTWATCH_TOKEN")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, os.environ.get("PYTHONPATH")) if p)
+        env.update(self.env)
         cwd = _REPO if os.path.isdir(os.path.join(_REPO, "twisted", "plugins")) else None
         self.lines = []
         self.port = self.health_port = None
@@ -1319,6 +1333,471 @@ def hostile_trial(workdir, generated=300, idle=500, slowloris=10, valid_rate=200
             idle=idle, sc=res["slowloris_closed"], sl=slowloris, b=rss_before, p=sampler.peak,
             a=rss_after, verdict="ok" if not violations else "; ".join(
                 v.splitlines()[0][:300] for v in violations[:10])))
+    return res
+
+
+# -- drain side: Postgres is the store ------------------------------------------
+#
+# The drain trials run the agent with its workers and a real Postgres and
+# judge Postgres itself: every acked id has its rows there exactly once, and
+# no row carries an id never sent.  payload_with_id stamps one trace id on
+# every record of a payload (trace_id, execution_id); in Postgres those are
+# one request, two queries, one cache event and one log.  The user record
+# carries no trace id, so only the raw tables below are counted.
+
+PER_PAYLOAD = {"nightowl_requests": 1, "nightowl_queries": 2, "nightowl_cache_events": 1,
+               "nightowl_logs": 1}
+DRAIN_ARGS = ["--drain-workers", "2", "--batch-size", "200"]
+
+
+def pg_counts(dsn):
+    """``{seq: {table: rows}}`` over the raw tables (seq None: not a payload_with_id id)."""
+    import psycopg2
+    conn = psycopg2.connect(dsn)
+    try:
+        out = {}
+        cur = conn.cursor()
+        for table in PER_PAYLOAD:
+            try:
+                cur.execute("SELECT trace_id::text, count(*) FROM {} GROUP BY 1".format(table))
+            except psycopg2.errors.UndefinedTable:
+                conn.rollback()  # not migrated (yet): nothing stored
+                continue
+            for trace, n in cur.fetchall():
+                per = out.setdefault(payloads.id_of(trace), {})
+                per[table] = per.get(table, 0) + n
+        return out
+    finally:
+        conn.close()
+
+
+def pg_stored(counts):
+    """
+    Oracle rows from L{pg_counts}: a payload is stored k times when every raw
+    table holds exactly k times its rows; otherwise it is torn (part of a
+    payload committed, which one transaction per batch rules out), listed
+    apart and counted once.
+    """
+    rows, torn = [], []
+    for seq, per in counts.items():
+        copies = set(per.get(table, 0) / n for table, n in PER_PAYLOAD.items())
+        k = copies.pop() if len(copies) == 1 else None
+        if seq is None or k is None or k != int(k) or k < 1:
+            if seq is not None:
+                torn.append(seq)
+            rows.append((None, None, seq))
+            continue
+        rows.extend([(None, None, seq)] * int(k))
+    return rows, sorted(torn)
+
+
+def ledger_duplicates(dsn):
+    """Buffer ids the delivery ledger holds more than once (one buffer per trial run)."""
+    import psycopg2
+    conn = psycopg2.connect(dsn)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT count(*) - count(DISTINCT (buffer_id, i)) "
+                    "FROM nightowl_ingest_ledger, unnest(ids) AS i")
+        return cur.fetchone()[0] or 0
+    except psycopg2.Error:
+        return None  # no ledger table yet (nothing migrated)
+    finally:
+        conn.close()
+
+
+def pg_check(oracle, dsn):
+    """The set-membership oracle over Postgres, plus torn payloads and ledger duplicates."""
+    rows, torn = pg_stored(pg_counts(dsn))
+    check = oracle.check(rows)
+    if torn:
+        check["violations"].append("{} payloads only partly in Postgres (e.g. {})".format(
+            len(torn), torn[:5]))
+    dup = ledger_duplicates(dsn)
+    if dup:
+        check["violations"].append("the ledger holds {} buffer ids twice".format(dup))
+    check.update({"torn": len(torn), "ledger_duplicates": dup})
+    return check
+
+
+def caught_up(agent):
+    """The drain has caught up: nothing pending, claimed or queued in the buffer."""
+    s = agent.status()
+    if not s:
+        return False
+    b = s["buffer"]
+    migrated = s["drain"].get("migrated") or not s["drain"].get("enabled")
+    return migrated and b["pending"] == 0 and b["claimed"] == 0 and not b.get("queued")
+
+
+def _status_figures(agent):
+    s = agent.status() or {}
+    b, d, w = s.get("buffer", {}), s.get("drain", {}), s.get("workers") or []
+    return {"accepted": s.get("ingest", {}).get("accepted"),
+            "pending": b.get("pending"), "claimed": b.get("claimed"),
+            "drained": d.get("payloads"), "skipped": d.get("skipped"),
+            "batches_failed": d.get("batches_failed"),
+            "postgres_reachable": d.get("postgres_reachable"),
+            "restarts": sum(int(x.get("restarts") or 0) for x in w),
+            "worker_pids": [x["pid"] for x in w if x.get("alive") and x.get("pid")]}
+
+
+RELEASED = re.compile(r"released (\d+) payloads claimed by (drain worker|a previous run)")
+
+
+def released(lines):
+    """Payloads the supervisor handed back for a retry: (from dead workers, from a previous run)."""
+    worker = previous = 0
+    for line in lines:
+        m = RELEASED.search(line)
+        if m:
+            if m.group(2) == "drain worker":
+                worker += int(m.group(1))
+            else:
+                previous += int(m.group(1))
+    return worker, previous
+
+
+def pid_alive(pid):
+    """A live (not zombie) process."""
+    try:
+        with open("/proc/{}/stat".format(pid)) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _catch_up(agent, timeout, violations, what):
+    """Wait (generously) for the drain; a violation with the status if it never catches up."""
+    if wait_for(lambda: caught_up(agent), timeout, every=0.5):
+        return True
+    violations.append("{}: the drain did not catch up in {:.0f} s (status {})".format(
+        what, timeout, _status_figures(agent)))
+    return False
+
+
+def _frames_file(workdir, name):
+    path = os.path.join(workdir, name)
+    loadgen.write_frames([payloads.frame(id_payload(0))], path)
+    return path
+
+
+def _finish_gen(gen, timeout=120):
+    out, err = gen.communicate(timeout=timeout)
+    return loadgen.parse_result(out, err)
+
+
+def _stop_gen(gen):
+    if gen is not None and gen.poll() is None:
+        gen.kill()
+    if gen is not None:
+        gen.wait()
+
+
+def agent_kill_drain_trials(workdir, dsn, trials=3, seed=1, rate=1500, concurrency=8,
+                            catchup=300.0, log=print):
+    """
+    SIGKILL the agent, with its drain workers and a real Postgres, at a
+    random moment under load; restart it on the same buffer, let the drain
+    catch up and judge Postgres; repeat.  Anti-vacuity per kill: acks were
+    flowing and the buffer was not empty (pending or claimed rows in the
+    file just after the kill); over the run: some kill caught a worker
+    holding a claim (those rows had to be drained again) and the drain
+    delivered between kills.
+    """
+    rng = random.Random(seed)
+    path = os.path.join(workdir, "akill-buffer.sqlite")
+    frames_path = _frames_file(workdir, "akill-frames.bin")
+    args = DRAIN_ARGS + ["--dsn", dsn]
+    oracle = Oracle()
+    rows = []
+    violations = []
+    orphans_total = 0
+    for trial in range(trials + 1):
+        agent = Agent(path, args)
+        gen = None
+        worker_pids = []
+        try:
+            if not agent.start():
+                raise AssertionError("agent did not start:\n" + "\n".join(agent.lines[-30:]))
+            caught = _catch_up(agent, catchup, violations, "restart {}".format(trial))
+            check = pg_check(oracle, dsn)
+            if rows:  # judge the previous kill, now that its backlog is drained
+                rows[-1].update({"caught_up": caught, "pg_stored": check["stored"],
+                                 "released_on_restart": released(agent.lines)[1],
+                                 "violations": rows[-1]["violations"] + check["violations"]})
+                rows[-1]["ok"] = not rows[-1]["violations"]
+                r = rows[-1]
+                log("agent kill {trial}: kill at {kill_at_s}s, {acked} acked, buffer at kill "
+                    "{pending_at_kill} pending + {claimed_at_kill} claimed, {pg_stored} payloads "
+                    "in Postgres: {v}".format(v="ok" if r["ok"] else "; ".join(r["violations"]),
+                                              **r))
+            if trial == trials:
+                agent.stop()
+                if not agent.stopped_cleanly():
+                    violations.append("no orderly shutdown on SIGTERM after the kills")
+                break
+            seq_start = (trial + 1) * 10000000 + 1
+            kill_at = 1.0 + rng.random() * 2.5
+            acked_file = os.path.join(workdir, "akill-acked-{}.txt".format(trial))
+            gen = loadgen.start_load("127.0.0.1", agent.port, frames_path, concurrency,
+                                     duration=kill_at + 0.6, rate=rate, acked_file=acked_file,
+                                     seq_start=seq_start, timeout=1.0)
+            time.sleep(kill_at)
+            before = _status_figures(agent)
+            time.sleep(0.05)
+            at = _status_figures(agent)
+            worker_pids = at["worker_pids"]
+            agent.kill()
+            result = _finish_gen(gen)
+            gen = None
+        finally:
+            agent.kill()
+            _stop_gen(gen)
+            # the workers follow the agent (EOF on their stdin); never leave one behind
+            if worker_pids:
+                gone = wait_for(lambda: not any(pid_alive(p) for p in worker_pids), 30.0)
+                if not gone:
+                    left = [p for p in worker_pids if pid_alive(p)]
+                    orphans_total += len(left)
+                    violations.append("drain workers outlived the agent: {}".format(left))
+                    for p in left:
+                        try:
+                            os.kill(p, signal.SIGKILL)
+                        except OSError:
+                            pass
+        if trial == trials:
+            break
+        oracle.send(range(seq_start, seq_start + result["started"]))
+        acked = read_acked(acked_file)
+        oracle.ack(acked)
+        states = [st for (_r, st, _s) in read_buffer(path)]
+        pending = sum(1 for st in states if st == 0)
+        claimed = sum(1 for st in states if st is not None and st >= 100)
+        vacuous = []
+        if not ((at["accepted"] or 0) > (before["accepted"] or 0) > 0):
+            vacuous.append("acks were not flowing at the kill ({} then {})".format(
+                before["accepted"], at["accepted"]))
+        if pending + claimed == 0:
+            vacuous.append("the buffer was empty at the kill")
+        if not acked:
+            vacuous.append("no acks in this trial")
+        rows.append({"trial": trial, "kill_at_s": round(kill_at, 2), "acked": len(acked),
+                     "pending_at_kill": pending, "claimed_at_kill": claimed,
+                     "drained_before_kill": at["drained"], "violations": vacuous,
+                     "ok": not vacuous})
+    final = pg_check(oracle, dsn)
+    if not any(r["claimed_at_kill"] for r in rows):
+        violations.append("vacuous: no kill caught a worker holding a claim")
+    for r in rows:
+        if r["claimed_at_kill"] and r.get("released_on_restart", 0) < r["claimed_at_kill"]:
+            r["violations"].append("{} rows were claimed at the kill but the restart released "
+                                   "{}".format(r["claimed_at_kill"], r.get("released_on_restart")))
+            r["ok"] = False
+    if not final["stored"]:
+        violations.append("vacuous: nothing reached Postgres")
+    violations += final["violations"]
+    return {"fault": "agent-kill-drain", "trials": rows, "final": final,
+            "orphan_workers": orphans_total,
+            "ok": all(r["ok"] for r in rows) and not violations,
+            "violations": violations + [v for r in rows for v in r["violations"]]}
+
+
+WORKER_FAULTS = ("external", "kill-mid-copy", "kill-after-commit")
+
+
+def worker_kill_trials(workdir, dsn, trials=3, seed=1, rate=1500, concurrency=8,
+                       kinds=WORKER_FAULTS, load_s=4.0, catchup=300.0, log=print):
+    """
+    SIGKILL one drain worker per trial while the agent takes load, kinds in
+    turn: ``external`` (a SIGKILL from outside at a random moment, the pid
+    from /status), ``kill-mid-copy`` (the worker's own hook: dies inside the
+    Nth batch's COPY) and ``kill-after-commit`` (dies between the Postgres
+    commit and the SQLite mark).  Then the drain catches up and Postgres is
+    judged.  Anti-vacuity: the fault fired and the supervisor respawned the
+    worker; an after-commit kill must show the ledger skipping the
+    committed batch on its retry; some external kill hit with claimed rows.
+    """
+    rng = random.Random(seed)
+    path = os.path.join(workdir, "wkill-buffer.sqlite")
+    frames_path = _frames_file(workdir, "wkill-frames.bin")
+    oracle = Oracle()
+    rows = []
+    for trial in range(trials):
+        kind = kinds[trial % len(kinds)]
+        seq_start = (trial + 1) * 10000000 + 1
+        acked_file = os.path.join(workdir, "wkill-acked-{}.txt".format(trial))
+        marker = os.path.join(workdir, "wkill-fired-{}".format(trial))
+        env = {}
+        nth = None
+        if kind != "external":
+            nth = rng.randint(1, 4)
+            env = {"NIGHTOWL_FAULT": "{}:{}".format(kind, nth), "NIGHTOWL_FAULT_ONCE": marker}
+        agent = Agent(path, DRAIN_ARGS + ["--dsn", dsn], env=env, worker_faults=bool(env))
+        gen = None
+        violations = []
+        row = {"trial": trial, "kind": kind, "nth": nth}
+        try:
+            if not agent.start():
+                raise AssertionError("agent did not start:\n" + "\n".join(agent.lines[-30:]))
+            _catch_up(agent, catchup, violations, "before the load")
+            gen = loadgen.start_load("127.0.0.1", agent.port, frames_path, concurrency,
+                                     duration=load_s, rate=rate, acked_file=acked_file,
+                                     seq_start=seq_start, timeout=2.0)
+            if kind == "external":
+                time.sleep(0.5 + rng.random() * (load_s - 1.5))
+                fig = _status_figures(agent)
+                victim = rng.choice(fig["worker_pids"]) if fig["worker_pids"] else None
+                row["claimed_at_kill"] = fig["claimed"]
+                if victim is not None:
+                    os.kill(victim, signal.SIGKILL)
+                fired = victim is not None
+            else:
+                fired = bool(wait_for(lambda: os.path.exists(marker), load_s + 30.0, every=0.1))
+            result = _finish_gen(gen)
+            gen = None
+            respawned = wait_for(lambda: _status_figures(agent)["restarts"] >= 1, 60.0, every=0.5)
+            _catch_up(agent, catchup, violations, "after the fault")
+            fig = _status_figures(agent)
+            agent.stop()
+            tracebacks = agent.tracebacks()
+        finally:
+            agent.kill()
+            _stop_gen(gen)
+        oracle.send(range(seq_start, seq_start + result["started"]))
+        acked = read_acked(acked_file)
+        oracle.ack(acked)
+        check = pg_check(oracle, dsn)
+        retried = released(agent.lines)[0]
+        if not fired:
+            violations.append("vacuous: the {} fault never fired".format(kind))
+        if not respawned:
+            violations.append("the killed worker was not respawned")
+        if kind != "external" and fired and retried <= 0:
+            # the hooks fire with a claimed batch (committed, for after-commit): its rows
+            # must come back for a retry, which the ledger then makes a no-op
+            violations.append("vacuous: the killed worker's claimed rows were never released "
+                              "for a retry")
+        if not acked:
+            violations.append("vacuous: no acks in this trial")
+        if tracebacks:
+            violations.append("{} tracebacks in the agent's log".format(tracebacks))
+        violations += check["violations"]
+        row.update({"acked": len(acked), "pg_stored": check["stored"], "restarts": fig["restarts"],
+                    "retried": retried, "violations": violations, "ok": not violations})
+        rows.append(row)
+        log("worker kill {trial} ({kind}{n}): {acked} acked, {pg_stored} payloads in Postgres, "
+            "{restarts} restarts, {retried} claimed payloads released for a retry: {v}".format(
+                n="" if nth is None else ":{}".format(nth),
+                v="ok" if row["ok"] else "; ".join(violations), **row))
+    final = pg_check(oracle, dsn)
+    violations = list(final["violations"])
+    external = [r for r in rows if r["kind"] == "external"]
+    if external and not any(r.get("claimed_at_kill") for r in external):
+        violations.append("vacuous: no external kill hit while rows were claimed")
+    return {"fault": "worker-kill", "trials": rows, "final": final,
+            "ok": all(r["ok"] for r in rows) and not violations,
+            "violations": violations + [v for r in rows for v in r["violations"]]}
+
+
+def _pgcluster():
+    """tests/integration/pgcluster.py: the throwaway cluster (in the repository only)."""
+    if _REPO not in sys.path:
+        sys.path.insert(0, _REPO)
+    from tests.integration.pgcluster import PgCluster
+    return PgCluster
+
+
+def outage_trial(workdir, seed=1, rate=1000, concurrency=8, outage_s=4.0, catchup=300.0,
+                 cluster=None, log=print):
+    """
+    Stop Postgres (a throwaway cluster, ``pg_ctl stop -m immediate``) while
+    the drain works under load, keep sending through the outage, start it
+    again: ingest keeps acking into the buffer, the backlog drains by itself,
+    and Postgres holds every acked id once.  Anti-vacuity: the drain had
+    delivered before the stop, a worker saw Postgres unreachable, acks came
+    in during the outage and the buffer grew, batches failed and were
+    retried.
+    """
+    rng = random.Random(seed)
+    path = os.path.join(workdir, "outage-buffer.sqlite")
+    frames_path = _frames_file(workdir, "outage-frames.bin")
+    acked_file = os.path.join(workdir, "outage-acked.txt")
+    oracle = Oracle()
+    violations = []
+    res = {"fault": "pg-outage", "outage_s": outage_s}
+    own = cluster is None
+    if own:
+        cluster = _pgcluster()()
+        cluster.init()
+    gen = None
+    agent = None
+    try:
+        if own or not cluster.running:
+            cluster.start()
+        dsn = cluster.create_database("outage_{}".format(rng.randrange(1 << 30)))
+        agent = Agent(path, DRAIN_ARGS + ["--dsn", dsn])
+        if not agent.start():
+            raise AssertionError("agent did not start:\n" + "\n".join(agent.lines[-30:]))
+        # long enough to span the stop, the outage and the restart (the
+        # generator prints its result, and flushes the acked ids, only at the end)
+        total = 6.0 + outage_s + 4.0
+        gen = loadgen.start_load("127.0.0.1", agent.port, frames_path, concurrency,
+                                 duration=total, rate=rate, acked_file=acked_file,
+                                 seq_start=1, timeout=2.0)
+        started = wait_for(lambda: (_status_figures(agent)["drained"] or 0) > 0, 60.0, every=0.2)
+        time.sleep(rng.random())
+        cluster.stop("immediate")
+        noticed = wait_for(lambda: _status_figures(agent)["postgres_reachable"] is False,
+                           60.0, every=0.2)
+        during0 = _status_figures(agent)
+        time.sleep(outage_s)
+        during1 = _status_figures(agent)
+        cluster.start()
+        result = _finish_gen(gen)
+        gen = None
+        _catch_up(agent, catchup, violations, "after Postgres came back")
+        after = _status_figures(agent)
+        agent.stop()
+        if agent.tracebacks():
+            violations.append("{} tracebacks in the agent's log".format(agent.tracebacks()))
+        acked = read_acked(acked_file)
+        oracle.send(range(1, 1 + result["started"]))
+        oracle.ack(acked)
+        check = pg_check(oracle, dsn)
+    finally:
+        _stop_gen(gen)
+        if agent is not None:
+            agent.kill()
+        if own:
+            cluster.destroy()
+    acked_during = (during1["accepted"] or 0) - (during0["accepted"] or 0)
+    backlog0 = (during0["pending"] or 0) + (during0["claimed"] or 0)
+    backlog1 = (during1["pending"] or 0) + (during1["claimed"] or 0)
+    if not started:
+        violations.append("vacuous: the drain delivered nothing before the stop")
+    if not noticed:
+        violations.append("vacuous: no worker reported Postgres unreachable")
+    if acked_during <= 0:
+        violations.append("ingest did not ack during the outage")
+    if backlog1 <= backlog0:
+        violations.append("vacuous: the buffer did not grow during the outage ({} -> {})".format(
+            backlog0, backlog1))
+    if not (after["batches_failed"] or 0):
+        violations.append("vacuous: no failed batch (no retry happened)")
+    if after["postgres_reachable"] is not True:
+        violations.append("workers still report Postgres unreachable after the restart")
+    violations += check["violations"]
+    res.update({"acked": check["acked"], "pg_stored": check["stored"],
+                "acked_during_outage": acked_during, "backlog_before": backlog0,
+                "backlog_after": backlog1,
+                "drained_during_outage": (during1["drained"] or 0) - (during0["drained"] or 0),
+                "batches_failed": after["batches_failed"], "oracle": check,
+                "violations": violations, "ok": not violations})
+    log("pg outage: {acked_during_outage} acked during a {outage_s} s outage, backlog "
+        "{backlog_before} -> {backlog_after}, {batches_failed} failed batches, {acked} acked, "
+        "{pg_stored} in Postgres: {v}".format(v="ok" if res["ok"] else "; ".join(violations),
+                                              **res))
     return res
 
 

@@ -1,0 +1,58 @@
+"""
+Drain-side fault injection, short version (``nightowl bench faults`` with
+``--only agent-kill,worker-kill,pg-outage`` is the long one): the agent runs
+with its drain workers and a real Postgres; every payload carries a unique
+id, an id counts as acked only on ``2:OK``, and once the drain has caught up
+Postgres must hold every acked id exactly once and no id never sent.  Each
+trial also proves it was not vacuous (the kill hit a non-empty buffer, the
+fault fired, the worker was respawned, the ledger skipped a committed
+batch, Postgres really was unreachable while acks went on).
+
+The trials live in nightowl/bench/faults.py; these tests run them small and
+fail with their violations.
+"""
+
+from nightowl.bench import faults
+from tests.integration.faultlib import Oracle, assert_trial
+
+
+# -- the Postgres oracle can fail ----------------------------------------------------
+
+def test_pg_oracle_counts_copies_and_torn_payloads():
+    full = dict(faults.PER_PAYLOAD)
+    twice = dict((t, 2 * n) for t, n in full.items())
+    part = dict(full, nightowl_queries=1)
+    rows, torn = faults.pg_stored({1: full, 2: twice, 3: part, None: {"nightowl_logs": 4}})
+    assert sorted(s for (_r, _st, s) in rows if s is not None) == [1, 2, 2, 3]
+    assert torn == [3]
+    oracle = Oracle()
+    oracle.send([1, 2, 3, 4])
+    oracle.ack([1, 2, 4])
+    check = oracle.check(rows)
+    assert (check["missing"], check["duplicates"], check["foreign"]) == (1, 1, 1)
+
+
+# -- 1. SIGKILL the agent with its workers under load ------------------------------------
+
+def test_sigkill_agent_with_workers_loses_and_duplicates_nothing(tmp_path, fresh_pg_dsn):
+    result = faults.agent_kill_drain_trials(str(tmp_path), fresh_pg_dsn, trials=3, seed=5)
+    assert len(result["trials"]) == 3
+    assert_trial(result)
+
+
+# -- 2. SIGKILL a drain worker: from outside, mid-COPY, between commit and mark -------------
+
+def test_sigkill_worker_loses_and_duplicates_nothing(tmp_path, fresh_pg_dsn):
+    result = faults.worker_kill_trials(str(tmp_path), fresh_pg_dsn, trials=3, seed=7)
+    assert [t["kind"] for t in result["trials"]] == list(faults.WORKER_FAULTS)
+    assert_trial(result)
+    hooked = [t for t in result["trials"] if t["kind"] != "external"]
+    assert all(t["retried"] > 0 for t in hooked)
+
+
+# -- 3. Postgres stopped (immediate) mid-drain and started again ---------------------------
+
+def test_postgres_outage_mid_drain_keeps_acking_and_catches_up(tmp_path):
+    result = faults.outage_trial(str(tmp_path), seed=3, outage_s=3.0)
+    assert_trial(result)
+    assert result["acked_during_outage"] > 0
