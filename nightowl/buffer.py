@@ -197,6 +197,9 @@ class BufferWriter(service.Service):
         self.last_commit_at = None
         self.last_error = None
         self.back_pressure = False
+        # Every row with a smaller id is finished (drained, quarantined or
+        # deleted): the drain may forget its Postgres ledger entries below it.
+        self.low_water = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -488,7 +491,9 @@ class BufferWriter(service.Service):
         expired = conn.execute(
             "DELETE FROM payloads WHERE state = 2 AND state_at < ?",
             (now - quarantine_keep,)).rowcount
-        return {"deleted": deleted, "expired_quarantine": expired}, [
+        self.low_water = low_water(conn)
+        return {"deleted": deleted, "expired_quarantine": expired,
+                "low_water": self.low_water}, [
             ("drained_kept", -deleted), ("quarantined", -expired)]
 
     # -- the API (reactor thread) -------------------------------------------
@@ -645,6 +650,21 @@ class BufferWriter(service.Service):
             "back_pressure": self.back_pressure,
             "max_pending": self.max_pending,
         }
+
+
+def low_water(conn):
+    """
+    The smallest id not yet finished (pending or claimed), or one past the
+    largest id ever given out when everything is finished.
+    """
+    candidates = [row[0] for row in (
+        conn.execute("SELECT min(id) FROM payloads WHERE state = 0").fetchone(),
+        conn.execute("SELECT min(id) FROM payloads WHERE state >= 100").fetchone())
+        if row[0] is not None]
+    if candidates:
+        return min(candidates)
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'payloads'").fetchone()
+    return (row[0] if row else 0) + 1
 
 
 def oldest_pending_age(conn, now):

@@ -209,6 +209,37 @@ class BatchWriter:
                            records=merged.records, rows_by_table=merged.rows_by_table(),
                            skipped=dict(merged.skipped))
 
+    def prune_ledger(self, low_water, other_buffers_after_days=30):
+        """
+        Forget ledger rows this buffer no longer needs: every id below
+        ``low_water`` is finished in the buffer (drained or quarantined),
+        so it can never be drained again.  Rows of other buffer identities
+        (a buffer file replaced or moved aside) go after a long grace period.
+        Returns the number of rows deleted.
+        """
+        if not self.ledger or low_water is None:
+            return 0
+        conn = self._connection()
+        try:
+            cur = conn.cursor()
+            cur.execute(TRANSACTION_GUARDS)
+            cur.execute("DELETE FROM nightowl_ingest_ledger WHERE buffer_id = %s AND last_id < %s",
+                        (self.buffer_id, int(low_water)))
+            n = cur.rowcount
+            cur.execute("DELETE FROM nightowl_ingest_ledger WHERE buffer_id <> %s "
+                        "AND committed_at < now() - make_interval(days => %s)",
+                        (self.buffer_id, other_buffers_after_days))
+            n += cur.rowcount
+            conn.commit()
+        except psycopg2.Error as e:
+            self._rollback()
+            if classify(e) == "connection":
+                self._discard()
+                raise PostgresUnavailable("PostgreSQL unavailable ({})".format(
+                    e.pgcode or type(e).__name__), e.pgcode)
+            raise
+        return n
+
     # -- internals --------------------------------------------------------
 
     def _write_bisect(self, items, now, drained, quarantined, written):

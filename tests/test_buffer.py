@@ -276,3 +276,19 @@ def test_failed_append_errbacks_every_payload_and_releases_inflight(writer):
     assert len(failures) == 3 and "full" in failures[0]
     assert w.inflight == 0
     assert w.write_errors >= 1
+
+
+def test_low_water_is_the_smallest_unfinished_id(writer):
+    w, reactor = writer
+    for i in range(6):
+        reactor.wait(w.append(b"[]"))
+    ids = reactor.wait(w.claim(0, 2))          # 1, 2 claimed
+    reactor.wait(w.mark_drained([1]))
+    assert reactor.wait(w.housekeep(safety=3600))["low_water"] == 2
+    reactor.wait(w.mark_drained([2]))
+    reactor.wait(w.claim(1, 4))                # 3-6 claimed
+    reactor.wait(w.quarantine([(3, "x")]))
+    assert reactor.wait(w.housekeep(safety=3600))["low_water"] == 4
+    reactor.wait(w.mark_drained([4, 5, 6]))
+    assert reactor.wait(w.housekeep(safety=-1))["low_water"] == 7  # all finished, even deleted
+    assert w.low_water == 7

@@ -370,7 +370,11 @@ class DrainSupervisor(service.Service):
         d = defer.maybeDeferred(self.buffer_writer.claim, proto.worker_id, limit)
 
         def reply(ids):
-            proto.send({"op": ipc.CLAIMED, "ids": list(ids or ())})
+            message = {"op": ipc.CLAIMED, "ids": list(ids or ())}
+            low = getattr(self.buffer_writer, "low_water", None)
+            if low is not None:
+                message["low_water"] = low
+            proto.send(message)
 
         def failed(f):
             self.log.failure("claiming for drain worker {worker}", f, worker=proto.worker_id)
@@ -471,6 +475,10 @@ class DrainSupervisor(service.Service):
         else:
             slot.delay = min(slot.delay * 2, RESPAWN_MAX)
         slot.restarts += 1
+        m["restarts"] = slot.restarts
+        times = m.setdefault("restart_times", [])
+        times.append(now)
+        del times[:-20]
         self.log.warn("respawning drain worker {worker} in {delay} s (restart {restarts})",
                       worker=worker_id, delay=slot.delay, restarts=slot.restarts)
         d.addBoth(lambda _: self._scheduleRespawn(slot))

@@ -42,6 +42,7 @@ IDLE_SECONDS = 0.1
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 10.0
 STATS_EVERY = 2.0
+LEDGER_PRUNE_EVERY = 60.0  # seconds between ledger clean-ups
 READ_CHUNK = 500
 
 
@@ -278,6 +279,7 @@ class Worker:
         self.commits = 0
         self.last_success = None
         self.last_stats_sent = None
+        self.last_prune = None
         self.stats = {
             "worker": config.worker_id, "pid": os.getpid(),
             "batches": 0, "payloads": 0, "records": 0, "rows": 0, "rows_by_table": {},
@@ -324,6 +326,7 @@ class Worker:
             reply = self.channel.expect(ipc.CLAIMED)
             if reply is None:
                 return 0
+            self._maybe_prune_ledger(reply.get("low_water"))
             ids = [int(i) for i in reply.get("ids") or ()]
             if not ids:
                 self._maybe_send_stats()
@@ -342,6 +345,23 @@ class Worker:
             self.last_stats_sent = self.clock()
         self.log("info", "worker {} stopped".format(self.config.worker_id))
         return 0
+
+    def _maybe_prune_ledger(self, low_water):
+        """Now and then, drop ledger rows of ids the buffer has finished with."""
+        if low_water is None or self.writer is None:
+            return
+        now = self.clock()
+        if self.last_prune is not None and now - self.last_prune < LEDGER_PRUNE_EVERY:
+            return
+        self.last_prune = now
+        try:
+            n = self.writer.prune_ledger(int(low_water))
+        except Exception as e:
+            self.log("warn", "pruning the delivery ledger failed ({}); will retry".format(
+                _describe(e)))
+            return
+        if n:
+            self.log("info", "pruned {} delivery ledger rows below id {}".format(n, low_water))
 
     def drain(self, ids):
         """Write one claimed batch; the ``done`` message, or None when stopping."""

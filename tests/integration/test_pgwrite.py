@@ -309,3 +309,27 @@ def test_classify():
     assert classify(E("25006")) == "schema"
     assert classify(E("3D000")) == "schema"
     assert classify(E("28P01")) == "schema"
+
+
+def test_prune_ledger_forgets_only_finished_ids(db, fixtures):
+    buffer_id = str(uuid.uuid4())
+    rows = _payloads(fixtures)
+    w = writer(db, buffer_id=buffer_id)
+    w.write(rows[:3])   # ids 10-12
+    w.write(rows[3:6])  # ids 13-15
+    other = writer(db)
+    other.write(rows[:1])
+    # ids below 13 are finished in the buffer; 13.. may still be re-drained
+    assert w.prune_ledger(13) == 1
+    assert fetch(db, "SELECT buffer_id::text, first_id FROM nightowl_ingest_ledger "
+                     "WHERE buffer_id = %s", buffer_id) == [(buffer_id, 13)]
+    # the entry that is still needed keeps protecting against duplicates
+    again = w.write(rows[3:6])
+    assert again.records == 0 and again.drained == [13, 14, 15]
+    # another buffer's rows survive until the long grace period
+    assert fetch(db, "SELECT count(*) FROM nightowl_ingest_ledger WHERE buffer_id <> %s",
+                 buffer_id) == [(1,)]
+    with psycopg2.connect(db) as conn:
+        conn.cursor().execute("UPDATE nightowl_ingest_ledger SET committed_at = now() - "
+                              "interval '31 days' WHERE buffer_id <> %s", (buffer_id,))
+    assert w.prune_ledger(13) == 1
