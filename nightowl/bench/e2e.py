@@ -1,0 +1,455 @@
+"""
+``nightowl bench e2e [--duration 60] [--step-seconds 15]``
+
+End to end on this machine: the real agent (``twistd -n nightowl``) with its
+drain workers, a scratch database on the local cluster (``--admin-dsn``,
+created and dropped here), driven at a fixed rate by the C load generator
+(one SDK frame per connection) with the realistic payload mix
+(bench.payloads.fixture_mix, 5-7 records each).
+
+The question is the sustainable rate: the highest rate at which ingest and
+drain keep pace, i.e. the buffer stays flat.  A rate search steps up from
+``--start-rate`` by ``--rate-step`` in ``--step-seconds`` steps until a step
+is not flat, bisects once between the last flat and the first unflat rate,
+then confirms the best rate for ``--duration``.
+
+A step is **flat** when the backlog (pending + claimed rows, from /status)
+at the end of the step is no more than ``bound`` above the backlog at its
+start, where ``bound = max(2 x batch size, 1 s of traffic)`` (a claim takes
+up to a batch at a time per worker, so the backlog saws by about that much);
+and **sustained** when the generator really sent at the rate (>= 95 %) and
+every frame got ``2:OK``.  A step passes when it is both.
+
+Per step: achieved rate, ack latency p50/p99 (from the generator), backlog
+start/end/peak, CPU % of the agent, its workers and the Postgres backends of
+the scratch database (plus the cluster's background processes), agent RSS
+peak.  The last line printed is one JSON object with every figure.  When the
+target is missed (or with ``--profile``) the agent and one worker are
+sampled with py-spy at the first unflat rate and the top frames printed.
+"""
+
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+DEFAULT_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+TARGET = {"rate": 8000, "p99_ms": 20.0, "rss_mb": 150.0}
+
+
+def configure(parser):
+    parser.add_argument("--duration", type=float, default=60.0,
+                        help="seconds of the confirmation run at the best rate (default 60)")
+    parser.add_argument("--step-seconds", type=float, default=15.0,
+                        help="seconds per rate-search step (default 15)")
+    parser.add_argument("--start-rate", type=int, default=4000,
+                        help="first rate tried, payloads/s (default 4000)")
+    parser.add_argument("--rate-step", type=int, default=2000,
+                        help="rate increase per step, payloads/s (default 2000)")
+    parser.add_argument("--max-rate", type=int, default=30000,
+                        help="stop searching above this rate (default 30000)")
+    parser.add_argument("--rates", default=None,
+                        help="comma-separated rates to measure instead of searching")
+    parser.add_argument("--workers", type=int, default=2, help="drain workers (default 2)")
+    parser.add_argument("--batch-size", type=int, default=5000,
+                        help="payloads per claim (default 5000)")
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="generator connections in flight at most (default 64)")
+    parser.add_argument("--mix", type=int, default=500,
+                        help="distinct payloads in the realistic mix (default 500)")
+    parser.add_argument("--admin-dsn", default=os.environ.get("NIGHTOWL_BENCH_ADMIN_DSN",
+                                                              DEFAULT_ADMIN_DSN),
+                        help="a Postgres DSN allowed to CREATE DATABASE (a scratch database "
+                             "is made and dropped)")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="always profile (py-spy raw files in DIR); by default the agent "
+                             "is profiled only when the target is missed, into a temp dir")
+    parser.add_argument("--no-profile", action="store_true", help="never profile")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+
+
+# -- pure rules (tests/test_bench_e2e.py) ------------------------------------------
+
+def flat_bound(rate, batch_size):
+    """How far the backlog may rise over a step and still count as flat."""
+    return max(2 * batch_size, int(rate))
+
+
+def is_flat(backlog_start, backlog_end, rate, batch_size):
+    """The buffer kept pace: the backlog rose by no more than L{flat_bound}."""
+    return backlog_end - backlog_start <= flat_bound(rate, batch_size)
+
+
+def is_sustained(target_rate, achieved_rate, ok, started):
+    """The generator really sent at the rate and every frame was acked."""
+    return achieved_rate >= 0.95 * target_rate and started > 0 and ok == started
+
+
+def rate_search(probe, start, step, max_rate):
+    """
+    Step up from ``start`` by ``step`` while ``probe(rate)`` is true (and
+    the rate is at most ``max_rate``); after the first failure bisect once
+    between the last good and the failing rate.  Returns ``(best, tried)``:
+    best is the highest rate that passed (None if none did) and tried the
+    ``[(rate, passed)]`` in order.
+    """
+    tried = []
+    best = None
+    rate = start
+    while rate <= max_rate:
+        ok = bool(probe(rate))
+        tried.append((rate, ok))
+        if not ok:
+            low = best if best is not None else 0
+            mid = (low + rate) // 2
+            # one bisection, rounded to 100/s, only when it lands strictly inside
+            mid = mid - mid % 100
+            if mid > low and mid < rate:
+                ok_mid = bool(probe(mid))
+                tried.append((mid, ok_mid))
+                if ok_mid:
+                    best = mid
+            break
+        best = rate
+        rate += step
+    return best, tried
+
+
+def cpu_pct(ticks_before, ticks_after, seconds, clk_tck=100):
+    """CPU % over ``seconds`` summed over the pids present in both samples."""
+    common = set(ticks_before) & set(ticks_after)
+    used = sum(ticks_after[p] - ticks_before[p] for p in common)
+    return 100.0 * used / clk_tck / seconds if seconds > 0 else 0.0
+
+
+def top_frames(raw_lines, n=15):
+    """
+    From py-spy ``--format raw`` (collapsed stacks: ``a;b;c COUNT``): the
+    top ``n`` leaf frames by samples (self time) and the top ``n`` frames by
+    inclusive samples, each ``[(frame, samples, pct)]``.
+    """
+    leaf, incl = collections.Counter(), collections.Counter()
+    total = 0
+    for line in raw_lines:
+        line = line.rstrip("\n")
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        total += c
+        frames = stack.split(";")
+        leaf[frames[-1]] += c
+        for f in set(frames):
+            incl[f] += c
+
+    def pct(counter):
+        return [(f, c, round(100.0 * c / total, 1)) for f, c in counter.most_common(n)]
+
+    return {"samples": total, "self": pct(leaf), "inclusive": pct(incl)}
+
+
+# -- measurements ------------------------------------------------------------------
+
+def _ticks(pid):
+    try:
+        with open("/proc/{}/stat".format(pid)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _ticks_of(pids):
+    out = {}
+    for pid in pids:
+        t = _ticks(pid)
+        if t is not None:
+            out[pid] = t
+    return out
+
+
+def _pg_pids(admin_dsn, dbname):
+    """(backends of ``dbname``, the cluster's background processes) from pg_stat_activity."""
+    import psycopg2
+    conn = psycopg2.connect(admin_dsn)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT pid, datname, backend_type FROM pg_stat_activity "
+                    "WHERE pid <> pg_backend_pid()")
+        backends, background = [], []
+        for pid, datname, backend_type in cur.fetchall():
+            if datname == dbname:
+                backends.append(pid)
+            elif backend_type != "client backend":
+                background.append(pid)
+        return backends, background
+    finally:
+        conn.close()
+
+
+class _Sampler(threading.Thread):
+    """Backlog (pending + claimed) from /status and agent RSS, every ``every`` s."""
+
+    def __init__(self, agent, every=0.5):
+        threading.Thread.__init__(self, daemon=True)
+        self.agent, self.every = agent, every
+        self.backlog = []
+        self.rss_peak_kb = 0
+        self.workers = set()
+        self._done = threading.Event()
+
+    def run(self):
+        from nightowl.bench.faults import rss_kb
+        while not self._done.is_set():
+            s = self.agent.status()
+            if s:
+                b = s["buffer"]
+                self.backlog.append((time.monotonic(), b["pending"] + b["claimed"]))
+                self.workers.update(w["pid"] for w in s.get("workers") or () if w.get("pid"))
+            rss = rss_kb(self.agent.pid)
+            if rss:
+                self.rss_peak_kb = max(self.rss_peak_kb, rss)
+            self._done.wait(self.every)
+
+    def stop(self):
+        self._done.set()
+        self.join()
+
+
+def _backlog(agent):
+    s = agent.status()
+    if not s:
+        return None
+    return s["buffer"]["pending"] + s["buffer"]["claimed"]
+
+
+def _workers(agent):
+    s = agent.status() or {}
+    return [w["pid"] for w in s.get("workers") or () if w.get("alive") and w.get("pid")]
+
+
+def step(agent, frames_path, rate, seconds, concurrency, batch_size, admin_dsn, dbname,
+         settle=120.0):
+    """One fixed-rate step; the figures, with ``flat``, ``sustained`` and ``passed``."""
+    from nightowl.bench import loadgen
+    from nightowl.bench.faults import wait_for
+    # start from a drained buffer, so a step does not inherit the last one's backlog
+    wait_for(lambda: (_backlog(agent) or 0) <= batch_size, settle, every=0.5)
+    backends, background = _pg_pids(admin_dsn, dbname)
+    workers = _workers(agent)
+    t_agent, t_workers = _ticks_of([agent.pid]), _ticks_of(workers)
+    t_pg, t_bg = _ticks_of(backends), _ticks_of(background)
+    b0 = _backlog(agent) or 0
+    sampler = _Sampler(agent)
+    sampler.start()
+    t0 = time.monotonic()
+    gen = loadgen.start_load("127.0.0.1", agent.port, frames_path, concurrency,
+                             duration=seconds, rate=rate, timeout=5.0)
+    try:
+        out, err = gen.communicate(timeout=seconds + 120)
+    finally:
+        if gen.poll() is None:
+            gen.kill()
+            gen.wait()
+    elapsed = time.monotonic() - t0
+    b1 = _backlog(agent) or 0
+    backends2, background2 = _pg_pids(admin_dsn, dbname)
+    sampler.stop()
+    res = loadgen.parse_result(out, err)
+    clk = os.sysconf("SC_CLK_TCK")
+    cpu = {
+        "agent": cpu_pct(t_agent, _ticks_of([agent.pid]), elapsed, clk),
+        "workers": cpu_pct(t_workers, _ticks_of(workers), elapsed, clk),
+        "postgres": cpu_pct(t_pg, _ticks_of(backends), elapsed, clk),
+        "pg_background": cpu_pct(t_bg, _ticks_of(background), elapsed, clk),
+        "generator": 100.0 * (res.get("cpu_user_s", 0) + res.get("cpu_sys_s", 0)) / elapsed,
+    }
+    if set(workers) != set(_workers(agent)) or set(backends) != set(backends2):
+        cpu["note"] = "worker or backend pids changed during the step"
+    achieved = res["payloads_per_s"]
+    flat = is_flat(b0, b1, rate, batch_size)
+    sustained = is_sustained(rate, achieved, res["ok"], res["started"])
+    return {"rate": rate, "seconds": round(elapsed, 1), "achieved": round(achieved, 1),
+            "ok": res["ok"], "started": res["started"], "not_ok": res["started"] - res["ok"],
+            "p50_ms": res["p50_ms"], "p99_ms": res["p99_ms"], "max_ms": res["max_ms"],
+            "backlog_start": b0, "backlog_end": b1,
+            "backlog_peak": max([v for (_t, v) in sampler.backlog] or [0]),
+            "bound": flat_bound(rate, batch_size),
+            "cpu_pct": dict((k, round(v, 1) if isinstance(v, float) else v)
+                            for k, v in cpu.items()),
+            "rss_peak_mb": round(sampler.rss_peak_kb / 1024.0, 1),
+            "flat": flat, "sustained": sustained, "passed": flat and sustained}
+
+
+def _row(s):
+    c = s["cpu_pct"]
+    return ("{rate:>6} {achieved:>9.0f} {p50:>7.2f} {p99:>7.2f} {b0:>7} {b1:>7} {bp:>7} "
+            "{ca:>6.0f} {cw:>6.0f} {cp:>6.0f} {cb:>5.0f} {cg:>5.0f} {rss:>6.0f}  {v}".format(
+                rate=s["rate"], achieved=s["achieved"], p50=s["p50_ms"], p99=s["p99_ms"],
+                b0=s["backlog_start"], b1=s["backlog_end"], bp=s["backlog_peak"],
+                ca=c["agent"], cw=c["workers"], cp=c["postgres"], cb=c["pg_background"],
+                cg=c["generator"], rss=s["rss_peak_mb"],
+                v="ok" if s["passed"] else ", ".join(
+                    x for x, bad in (("NOT FLAT", not s["flat"]),
+                                     ("NOT SUSTAINED", not s["sustained"])) if bad)))
+
+
+HEADER = ("  rate  achieved p50(ms) p99(ms) backlog   ->end    peak  agent% wrkrs%   pg%  "
+          "bg%  gen%  rss(MB)")
+
+
+def profile(agent, seconds, directory, say):
+    """py-spy the agent and one worker for ``seconds``; their top frames."""
+    spy = shutil.which("py-spy")
+    if not spy:
+        say("py-spy not found: no profile")
+        return None
+    os.makedirs(directory, exist_ok=True)
+    targets = [("agent", agent.pid)] + [("worker", p) for p in _workers(agent)[:1]]
+    procs = []
+    for name, pid in targets:
+        out = os.path.join(directory, "{}-{}.txt".format(name, pid))
+        procs.append((name, out, subprocess.Popen(
+            [spy, "record", "-p", str(pid), "-f", "raw", "-d", str(int(seconds)), "-o", out,
+             "--threads", "--nonblocking"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)))
+    found = {}
+    for name, out, proc in procs:
+        try:
+            _o, err = proc.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            err = "timed out"
+        if os.path.exists(out):
+            with open(out) as f:
+                found[name] = dict(top_frames(f), file=out)
+        else:
+            say("py-spy on the {}: {}".format(name, (err or "").strip()[-300:]))
+    return found
+
+
+def _say_profile(found, say):
+    for name, prof in (found or {}).items():
+        say("profile of the {} ({} samples, {}): top self time".format(
+            name, prof["samples"], prof["file"]))
+        for frame, _c, pct in prof["self"][:12]:
+            say("  {:5.1f}%  {}".format(pct, frame[:150]))
+        say("  ... inclusive:")
+        for frame, _c, pct in prof["inclusive"][:12]:
+            say("  {:5.1f}%  {}".format(pct, frame[:150]))
+
+
+def run(args):
+    from nightowl.bench import drain as drain_bench
+    from nightowl.bench import loadgen, payloads
+    from nightowl.bench.faults import Agent
+
+    def say(line):
+        print(line, flush=True)
+
+    tmp = tempfile.mkdtemp(prefix="nightowl-e2e-")
+    name = None
+    agent = None
+    summary = {"target": TARGET}
+    try:
+        frames_path = os.path.join(tmp, "frames.bin")
+        mix = payloads.fixture_mix(args.mix)
+        loadgen.write_frames([payloads.frame(p) for p in mix], frames_path)
+        avg_records = sum(len(json.loads(p)) for p in mix) / float(len(mix))
+        avg_bytes = sum(len(p) for p in mix) / float(len(mix))
+        name, dsn = drain_bench.create_database(args.admin_dsn)
+        agent = Agent(os.path.join(tmp, "buffer.sqlite"),
+                      ["--drain-workers", str(args.workers), "--batch-size",
+                       str(args.batch_size), "--dsn", dsn])
+        if not agent.start():
+            raise RuntimeError("the agent did not start:\n" + "\n".join(agent.lines[-30:]))
+        from nightowl.bench.faults import wait_for
+        if not wait_for(lambda: (agent.status() or {}).get("drain", {}).get("migrated"),
+                        120.0, every=0.5):
+            raise RuntimeError("the scratch database was not migrated:\n" +
+                               "\n".join(agent.lines[-30:]))
+        say("e2e: agent pid {} + {} workers, scratch database {}, mix of {} payloads "
+            "({:.1f} records, {:.0f} bytes each on average), {} connections".format(
+                agent.pid, args.workers, name, len(mix), avg_records, avg_bytes,
+                args.concurrency))
+        # warm up: imports, partitions, first claims
+        step(agent, frames_path, args.start_rate // 2, 5.0, args.concurrency,
+             args.batch_size, args.admin_dsn, name)
+        steps = []
+
+        def probe(rate):
+            s = step(agent, frames_path, rate, args.step_seconds, args.concurrency,
+                     args.batch_size, args.admin_dsn, name)
+            steps.append(s)
+            say(_row(s))
+            return s["passed"]
+
+        say("rate search: {} s steps".format(args.step_seconds))
+        say(HEADER)
+        if args.rates:
+            for rate in [int(r) for r in args.rates.split(",")]:
+                probe(rate)
+            best = max([s["rate"] for s in steps if s["passed"]] or [None],
+                       key=lambda r: r or 0)
+        else:
+            best, _tried = rate_search(probe, args.start_rate, args.rate_step, args.max_rate)
+        summary["steps"] = steps
+        summary["best_flat_rate"] = best
+        confirm = None
+        if best:
+            say("confirmation at {}/s for {} s".format(best, args.duration))
+            say(HEADER)
+            confirm = step(agent, frames_path, best, args.duration, args.concurrency,
+                           args.batch_size, args.admin_dsn, name)
+            say(_row(confirm))
+        summary["confirmation"] = confirm
+        held = confirm is not None and confirm["passed"]
+        met = {
+            "rate": bool(held and confirm["rate"] >= TARGET["rate"]),
+            "p99_ms": bool(confirm and confirm["p99_ms"] <= TARGET["p99_ms"]),
+            "rss_mb": bool(confirm and confirm["rss_peak_mb"] <= TARGET["rss_mb"]),
+        }
+        summary["target_met"] = met
+        summary["sustained_rows_per_s"] = (round(best * avg_records) if held else None)
+        summary["records_per_payload"] = round(avg_records, 2)
+        say("best flat rate {} payloads/s (~{} records/s), confirmed: {}; p99 {} ms, "
+            "agent RSS peak {} MB; target (>= {rate}/s, p99 <= {p99_ms} ms, RSS <= {rss_mb} "
+            "MB): {}".format(best, summary["sustained_rows_per_s"], held,
+                             confirm and confirm["p99_ms"], confirm and confirm["rss_peak_mb"],
+                             "met" if all(met.values()) else "NOT met ({})".format(
+                                 ", ".join(k for k, v in met.items() if not v)), **TARGET))
+        if not args.no_profile and (args.profile or not all(met.values())):
+            failing = [s["rate"] for s in steps if not s["passed"]]
+            rate = min(failing) if failing else (best or args.start_rate)
+            directory = args.profile or os.path.join(tmp, "profile")
+            say("profiling at {}/s (py-spy, 10 s)".format(rate))
+            from nightowl.bench import loadgen as lg
+            gen = lg.start_load("127.0.0.1", agent.port, frames_path, args.concurrency,
+                                duration=14.0, rate=rate, timeout=5.0)
+            try:
+                time.sleep(2.0)
+                found = profile(agent, 10, directory, say)
+            finally:
+                gen.communicate(timeout=120)
+            _say_profile(found, say)
+            summary["profile"] = dict((k, {"self": v["self"][:10], "file": v["file"]})
+                                      for k, v in (found or {}).items())
+        summary["agent_tracebacks"] = agent.tracebacks()
+    finally:
+        if agent is not None:
+            agent.stop()
+        if name:
+            drain_bench.drop_database(args.admin_dsn, name)
+        if args.keep:
+            print("kept {}".format(tmp), file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(summary, sort_keys=True, default=str))
+    return 0

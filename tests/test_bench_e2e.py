@@ -1,0 +1,57 @@
+"""The pure rules of ``nightowl bench e2e``: flatness, the rate search, CPU and profile sums."""
+
+from nightowl.bench import e2e
+
+
+def test_flat_allows_a_sawtooth_of_batches_but_not_growth():
+    assert e2e.flat_bound(4000, 5000) == 10000
+    assert e2e.flat_bound(20000, 5000) == 20000
+    assert e2e.is_flat(3000, 12000, 4000, 5000)          # +9000 <= 2 batches
+    assert not e2e.is_flat(3000, 14000, 4000, 5000)      # +11000: the drain fell behind
+    assert e2e.is_flat(50000, 1000, 8000, 5000)          # shrinking is flat
+
+
+def test_sustained_needs_the_rate_and_every_ack():
+    assert e2e.is_sustained(8000, 7700, 1000, 1000)
+    assert not e2e.is_sustained(8000, 7000, 1000, 1000)  # the generator could not keep up
+    assert not e2e.is_sustained(8000, 8000, 999, 1000)   # one frame not acked
+    assert not e2e.is_sustained(8000, 8000, 0, 0)
+
+
+def test_rate_search_steps_up_then_bisects_once():
+    calls = []
+
+    def probe(rate):
+        calls.append(rate)
+        return rate <= 9000
+
+    best, tried = e2e.rate_search(probe, 4000, 2000, 30000)
+    assert calls == [4000, 6000, 8000, 10000, 9000]
+    assert best == 9000
+    assert tried[-2:] == [(10000, False), (9000, True)]
+
+
+def test_rate_search_bisect_failing_keeps_the_last_good_rate():
+    best, tried = e2e.rate_search(lambda r: r <= 8500, 4000, 2000, 30000)
+    assert best == 8000 and tried[-1] == (9000, False)
+
+
+def test_rate_search_first_step_fails_and_ceiling_stops_it():
+    best, tried = e2e.rate_search(lambda r: r <= 1000, 4000, 2000, 30000)
+    assert tried == [(4000, False), (2000, False)] and best is None
+    best, tried = e2e.rate_search(lambda r: True, 4000, 2000, 8000)
+    assert best == 8000 and [r for r, _ in tried] == [4000, 6000, 8000]
+
+
+def test_cpu_pct_sums_only_pids_seen_twice():
+    assert e2e.cpu_pct({1: 100, 2: 50}, {1: 300, 3: 999}, 2.0, clk_tck=100) == 100.0
+
+
+def test_top_frames_from_py_spy_raw():
+    raw = ["main (a.py:1);loop (a.py:5);parse (w.py:9) 30\n",
+           "main (a.py:1);loop (a.py:5);commit (b.py:3) 10\n",
+           "garbage line\n"]
+    top = e2e.top_frames(raw)
+    assert top["samples"] == 40
+    assert top["self"][0] == ("parse (w.py:9)", 30, 75.0)
+    assert ("loop (a.py:5)", 40, 100.0) in top["inclusive"]
