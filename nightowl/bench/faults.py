@@ -16,7 +16,11 @@ a trial that passes because nothing happened is reported as a failure.
 
 Ingest-side faults (this module): SIGKILL of the agent under load,
 back-pressure past ``--max-pending``, a full disk under the buffer, a corrupt
-buffer at startup, hostile input beside valid traffic.  The trials are plain
+buffer at startup, hostile input beside valid traffic.  Drain-side faults,
+judged over Postgres once the drain caught up (acked ⊆ rows, one copy each,
+no row never sent): SIGKILL of the agent with its workers, SIGKILL of one
+worker (from outside, mid-COPY, between commit and mark), Postgres stopped
+(``-m immediate``) mid-drain and started again.  The trials are plain
 functions returning a result dict (``ok``, ``violations``, figures), shared by
 the CI tests (tests/integration/test_faults_ingest.py, small sizes) and by
 this command (long sizes).  The last line on stdout is one JSON object.
@@ -1720,6 +1724,7 @@ def outage_trial(workdir, seed=1, rate=1000, concurrency=8, outage_s=4.0, catchu
     retried.
     """
     rng = random.Random(seed)
+    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "outage-buffer.sqlite")
     frames_path = _frames_file(workdir, "outage-frames.bin")
     acked_file = os.path.join(workdir, "outage-acked.txt")
@@ -1822,9 +1827,20 @@ def configure(parser):
         "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"),
         help="DSN used to create and drop a scratch database when --dsn is not given; "
              "'none' to drain out of band instead")
+    parser.add_argument("--agent-kill-trials", type=int, default=20,
+                        help="SIGKILL trials of the agent with its drain workers and Postgres "
+                             "(default 20)")
+    parser.add_argument("--worker-kill-trials", type=int, default=21,
+                        help="SIGKILL trials of one drain worker: from outside, mid-COPY, "
+                             "between commit and mark, in turn (default 21)")
+    parser.add_argument("--outage-trials", type=int, default=2,
+                        help="Postgres stopped (immediate) mid-drain and started again "
+                             "(default 2)")
+    parser.add_argument("--drain-rate", type=int, default=1500,
+                        help="payloads/s sent during the drain trials (default 1500)")
     parser.add_argument("--only", default=None,
                         help="comma-separated faults to run: sigkill, back-pressure, "
-                             "disk-full, corrupt, hostile")
+                             "disk-full, corrupt, hostile, agent-kill, worker-kill, pg-outage")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
@@ -1874,6 +1890,42 @@ def table(results):
                          "{} issued, {} acked, {} stored, {} missing, {} dup, {} foreign".format(
                              f["sent"], f["acked"], f["stored"], f["missing"],
                              f["duplicates"], f["foreign"])))
+        elif r["fault"] == "agent-kill-drain":
+            for t in r["trials"]:
+                rows.append(("agent-kill", "#{}".format(t["trial"]), "ok" if t["ok"] else "FAIL",
+                             "kill at {}s: {} acked, buffer {} pending + {} claimed, {} released "
+                             "on restart, {} in Postgres".format(
+                                 t["kill_at_s"], t["acked"], t["pending_at_kill"],
+                                 t["claimed_at_kill"], t.get("released_on_restart"),
+                                 t.get("pg_stored"))))
+            f = r["final"]
+            rows.append(("agent-kill", "all", "ok" if r["ok"] else "FAIL",
+                         "{} issued, {} acked, {} in Postgres, {} missing, {} dup, {} foreign, "
+                         "{} torn, {} orphan workers".format(
+                             f["sent"], f["acked"], f["stored"], f["missing"], f["duplicates"],
+                             f["foreign"], f["torn"], r["orphan_workers"])))
+        elif r["fault"] == "worker-kill":
+            for t in r["trials"]:
+                rows.append(("worker-kill", "#{} {}{}".format(
+                    t["trial"], t["kind"], "" if t["nth"] is None else ":{}".format(t["nth"])),
+                    "ok" if t["ok"] else "FAIL",
+                    "{} acked, {} restarts, {} released for retry{}, {} in Postgres".format(
+                        t["acked"], t["restarts"], t["retried"],
+                        "" if "claimed_at_kill" not in t else ", {} claimed at kill".format(
+                            t["claimed_at_kill"]), t["pg_stored"])))
+            f = r["final"]
+            rows.append(("worker-kill", "all", "ok" if r["ok"] else "FAIL",
+                         "{} issued, {} acked, {} in Postgres, {} missing, {} dup, {} foreign, "
+                         "{} torn".format(f["sent"], f["acked"], f["stored"], f["missing"],
+                                          f["duplicates"], f["foreign"], f["torn"])))
+        elif r["fault"] == "pg-outage":
+            o = r["oracle"]
+            rows.append(("pg-outage", "{} s".format(r["outage_s"]), "ok" if r["ok"] else "FAIL",
+                         "{} acked during the outage, backlog {}->{}, {} failed batches; "
+                         "{} acked, {} in Postgres, {} missing, {} dup, {} foreign".format(
+                             r["acked_during_outage"], r["backlog_before"], r["backlog_after"],
+                             r["batches_failed"], o["acked"], o["stored"], o["missing"],
+                             o["duplicates"], o["foreign"])))
         elif r["fault"] == "back-pressure":
             rows.append(("back-pressure", "max {}".format(r["max_pending"]),
                          "ok" if r["ok"] else "FAIL",
@@ -1906,7 +1958,8 @@ def table(results):
 def run(args):
     seed = args.seed if args.seed is not None else int(time.time())
     only = set(args.only.split(",")) if args.only else {
-        "sigkill", "back-pressure", "disk-full", "corrupt", "hostile"}
+        "sigkill", "back-pressure", "disk-full", "corrupt", "hostile", "agent-kill",
+        "worker-kill", "pg-outage"}
     tmp = tempfile.mkdtemp(prefix="nightowl-faults-")
     results = []
     errors = []
@@ -1943,6 +1996,34 @@ def run(args):
         if "corrupt" in only:
             for case in CORRUPTIONS:
                 attempt("corrupt " + case, corrupt_trial, tmp, case, seed=seed, log=log)
+        drain_faults = only & {"agent-kill", "worker-kill"}
+        if drain_faults:
+            dsn, name = args.dsn, None
+            if dsn is None:
+                if args.admin_dsn == "none":
+                    errors.append("agent-kill/worker-kill: need --dsn or --admin-dsn (skipped)")
+                    drain_faults = set()
+            for fault in sorted(drain_faults):
+                if args.dsn is None:  # a fresh database per fault: the oracle counts all rows
+                    name, dsn = _scratch_db(args.admin_dsn)
+                try:
+                    if fault == "agent-kill":
+                        attempt("agent-kill", agent_kill_drain_trials, tmp, dsn,
+                                trials=args.agent_kill_trials, seed=seed, rate=args.drain_rate,
+                                log=log)
+                    else:
+                        attempt("worker-kill", worker_kill_trials, tmp, dsn,
+                                trials=args.worker_kill_trials, seed=seed, rate=args.drain_rate,
+                                log=log)
+                finally:
+                    if name:
+                        _drop_db(args.admin_dsn, name)
+                        name = None
+        if "pg-outage" in only:
+            for k in range(args.outage_trials):
+                attempt("pg-outage", outage_trial, os.path.join(tmp, "outage-{}".format(k)),
+                        seed=seed + k, rate=min(args.drain_rate, 1000),
+                        outage_s=3.0 + 2.0 * k, log=log)
         if "hostile" in only:
             made = hypothesis_frames(args.generated)
             log("hostile: {} frames generated by {}".format(
@@ -1965,7 +2046,7 @@ def run(args):
                                                    r[2], widths[2], r[3]))
     for e in errors:
         print("ERROR  " + e)
-    trials = sum(len(r["trials"]) if r["fault"] == "sigkill" else 1 for r in results)
+    trials = sum(len(r["trials"]) if "trials" in r else 1 for r in results)
     failed = [r["fault"] + ("/" + r["case"] if "case" in r else "")
               for r in results if not r["ok"]]
     summary = {"seed": seed, "trials": trials, "failed": failed, "harness_errors": errors,
