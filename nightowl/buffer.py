@@ -9,7 +9,8 @@ docs/design.rst for the schema and the state machine.
 Durability: WAL mode with ``synchronous=NORMAL``.  A committed transaction
 survives the agent being killed at any moment; after an OS crash or power
 loss the last commits may roll back (the file is never corrupted).
-``--buffer-sync full`` would trade throughput for power-loss durability.
+``--buffer-sync full`` (``synchronous=FULL``: every commit waits for the
+disk) trades throughput for durability across power loss.
 """
 
 import os
@@ -70,11 +71,13 @@ class BufferError(Exception):
     """The buffer cannot be opened or written."""
 
 
-def connect(path, timeout=5.0):
+def connect(path, timeout=5.0, sync="normal"):
     """Open a connection with the pragmas in the right order; create the schema."""
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
                            check_same_thread=False)
     for pragma in PRAGMAS:
+        if pragma == "PRAGMA synchronous=NORMAL" and sync == "full":
+            pragma = "PRAGMA synchronous=FULL"
         if pragma.startswith("PRAGMA journal_mode"):
             for attempt in range(10):
                 try:
@@ -168,7 +171,7 @@ class BufferWriter(service.Service):
     name = "buffer"
 
     def __init__(self, path, reactor=None, max_queue=20000, max_pending=1000000,
-                 clock=time.time, group_window=GROUP_WINDOW):
+                 clock=time.time, group_window=GROUP_WINDOW, sync="normal"):
         if reactor is None:
             from twisted.internet import reactor
         self.path = path
@@ -177,6 +180,7 @@ class BufferWriter(service.Service):
         self.max_pending = max_pending
         self.clock = clock
         self.group_window = group_window
+        self.sync = sync
         self.buffer_id = None
         self.moved_aside = None
         self._queue = queue.SimpleQueue()
@@ -256,7 +260,7 @@ class BufferWriter(service.Service):
                 raise BufferError("cannot create buffer directory {}: {}".format(
                     directory, e.strerror))
         try:
-            conn = connect(self.path)
+            conn = connect(self.path, sync=self.sync)
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 conn.close()
@@ -277,7 +281,7 @@ class BufferWriter(service.Service):
             except OSError as e2:
                 raise BufferError("buffer {} is corrupt ({}) and cannot be moved aside: {}"
                                   .format(self.path, message, e2.strerror))
-            conn = connect(self.path)
+            conn = connect(self.path, sync=self.sync)
         try:
             conn.execute("BEGIN IMMEDIATE")
             self.buffer_id = buffer_identity(conn)

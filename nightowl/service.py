@@ -60,7 +60,8 @@ class NightowlService(service.MultiService):
         self.metrics = Metrics(reactor)
         self.buffer = BufferWriter(os.path.abspath(options["buffer"]), reactor=reactor,
                                    max_queue=options["max-queue"],
-                                   max_pending=options["max-pending"])
+                                   max_pending=options["max-pending"],
+                                   sync=options["buffer-sync"])
         self.factory = IngestFactory(
             self.buffer, self.metrics, token=options["token"],
             max_frame_bytes=options["max-frame-bytes"],

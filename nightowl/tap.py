@@ -93,6 +93,16 @@ def _strports(name, allow_none=False):
     return coerce
 
 
+def _choice(name, choices):
+    def coerce(value):
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise usage.UsageError("--{}: expected one of {}, got {!r}".format(
+                name, "/".join(choices), value))
+        return text
+    return coerce
+
+
 def _text(name):
     def coerce(value):
         return str(value)
@@ -114,6 +124,9 @@ PARAMETERS = [
      _size("max-inflated-bytes"), "Largest payload a gzip frame may inflate to."),
     ("frame-timeout", None, 10.0, "NIGHTOWL_FRAME_TIMEOUT", _positive_float("frame-timeout"),
      "Seconds a connection may take to deliver its frame."),
+    ("buffer-sync", None, "normal", "NIGHTOWL_BUFFER_SYNC", _choice("buffer-sync", ("normal", "full")),
+     "SQLite synchronous mode: 'normal' survives an agent crash; 'full' also survives "
+     "power loss, at a throughput cost."),
     ("max-pending", None, 1000000, "NIGHTOWL_MAX_PENDING", _positive_int("max-pending"),
      "Back-pressure: refuse new payloads while more than this many rows wait in the buffer."),
     ("max-queue", None, 20000, "NIGHTOWL_MAX_QUEUE", _positive_int("max-queue"),

@@ -292,3 +292,13 @@ def test_low_water_is_the_smallest_unfinished_id(writer):
     reactor.wait(w.mark_drained([4, 5, 6]))
     assert reactor.wait(w.housekeep(safety=-1))["low_water"] == 7  # all finished, even deleted
     assert w.low_water == 7
+
+
+@pytest.mark.parametrize("sync,expected", [("normal", 1), ("full", 2)])
+def test_buffer_sync_mode(tmp_path, sync, expected):
+    reactor = ThreadReactor()
+    w = BufferWriter(str(tmp_path / "b.sqlite"), reactor=reactor, sync=sync)
+    w.open()
+    assert reactor.wait(w.run(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])) \
+        == expected
+    reactor.wait(w.close())
