@@ -171,7 +171,8 @@ class BufferWriter(service.Service):
     name = "buffer"
 
     def __init__(self, path, reactor=None, max_queue=20000, max_pending=1000000,
-                 clock=time.time, group_window=GROUP_WINDOW, sync="normal"):
+                 clock=time.time, group_window=GROUP_WINDOW, sync="normal",
+                 validate=None):
         if reactor is None:
             from twisted.internet import reactor
         self.path = path
@@ -181,6 +182,12 @@ class BufferWriter(service.Service):
         self.clock = clock
         self.group_window = group_window
         self.sync = sync
+        if validate is None:
+            from nightowl.wire import check_json_array as validate
+        # Run on the writer thread, on each payload before it is inserted:
+        # raising refuses that payload alone (the SDK gets 5:ERROR).  Here,
+        # parsing overlaps the reactor thread's socket system calls.
+        self.validate = validate
         self.buffer_id = None
         self.moved_aside = None
         self._queue = queue.SimpleQueue()
@@ -362,16 +369,30 @@ class BufferWriter(service.Service):
         now = self.clock()
         results = []
         deltas = []
+        validate = self.validate
+        valid = {}
+        for op, batch, _d in ops:
+            if op != "append":
+                continue
+            good = []
+            for item in batch:
+                try:
+                    validate(item[0])
+                except Exception:
+                    results.append(([item], Failure()))
+                else:
+                    good.append(item)
+            valid[id(batch)] = good
         try:
             conn.execute("BEGIN IMMEDIATE")
             appends = [(now, payload) for (op, batch, _d) in ops if op == "append"
-                       for (payload, _pd) in batch]
+                       for (payload, _pd) in valid[id(batch)]]
             if appends:
                 insert_many(conn, appends)
                 deltas.append(("pending", len(appends)))
             for op, arg, d in ops:
                 if op == "append":
-                    results.append((arg, None))
+                    results.append((valid[id(arg)], None))
                 else:
                     value, delta = getattr(self, "_op_" + op)(conn, arg, now)
                     deltas.extend(delta)
@@ -400,7 +421,7 @@ class BufferWriter(service.Service):
                 setattr(self, key[1:], n)
             else:
                 setattr(self, key, getattr(self, key) + n)
-        self.appended += sum(len(op[1]) for op in ops if op[0] == "append")
+        self.appended += sum(len(valid[id(op[1])]) for op in ops if op[0] == "append")
         self.commits += 1
         self.last_commit_at = now
         self.reactor.callFromThread(self._deliver, results)

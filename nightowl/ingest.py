@@ -50,7 +50,7 @@ class IngestProtocol(Protocol):
             return
         self._finish()
         try:
-            payload = wire.decode_payload(frame, factory.token_hash, factory.max_inflated_bytes)
+            payload = wire.open_frame(frame, factory.token_hash, factory.max_inflated_bytes)
         except wire.FrameError as e:
             self._refuse(e)
             return
@@ -72,7 +72,11 @@ class IngestProtocol(Protocol):
         self._reply(wire.OK)
 
     def _notStored(self, failure):
-        self.factory.refused("buffer-error", failure.getErrorMessage())
+        if failure.check(wire.FrameError):
+            # the buffer refused the payload itself (not JSON, not an array)
+            self.factory.refused(failure.value.reason, failure.value.detail)
+        else:
+            self.factory.refused("buffer-error", failure.getErrorMessage())
         self._reply(wire.ERROR)
 
     def _finish(self):

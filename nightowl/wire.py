@@ -213,12 +213,14 @@ def check_token(frame_hash, expected):
     return hmac.compare_digest(frame_hash, expected)
 
 
-def decode_payload(frame, expected_hash, max_inflated_bytes):
+def open_frame(frame, expected_hash, max_inflated_bytes):
     """
-    Validate a complete frame's payload.  Returns ``PING`` for a ping
-    (which skips the token check, as the SDK's health check expects), or the
-    payload bytes exactly as received (inflated if gzipped), which are a
-    JSON array.  Raises L{FrameError} otherwise.
+    Open a complete frame's payload: inflate it if gzipped; ``PING`` for a
+    ping (which skips the token check, as the SDK's health check expects);
+    otherwise check the token and return the payload bytes exactly as
+    received (inflated).  The JSON itself is checked by
+    L{check_json_array}, which the buffer's writer thread runs so that the
+    reactor thread does not pay for parsing.
     """
     payload = frame.payload
     if payload[:2] == GZIP_MAGIC:
@@ -227,6 +229,11 @@ def decode_payload(frame, expected_hash, max_inflated_bytes):
         return PING
     if not check_token(frame.token_hash, expected_hash):
         raise FrameError("bad-token")
+    return payload
+
+
+def check_json_array(payload):
+    """Raise L{FrameError} unless ``payload`` is a JSON array (and not absurdly deep)."""
     try:
         value = orjson.loads(payload)
     except orjson.JSONDecodeError as e:
@@ -235,6 +242,13 @@ def decode_payload(frame, expected_hash, max_inflated_bytes):
         raise FrameError("not-array", type(value).__name__)
     if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH and json_depth(payload) > MAX_DEPTH:
         raise FrameError("bad-json", "nested deeper than {}".format(MAX_DEPTH))
+
+
+def decode_payload(frame, expected_hash, max_inflated_bytes):
+    """L{open_frame} and L{check_json_array} together: ``PING`` or the payload bytes."""
+    payload = open_frame(frame, expected_hash, max_inflated_bytes)
+    if payload is not PING:
+        check_json_array(payload)
     return payload
 
 

@@ -21,6 +21,12 @@ class MemoryBuffer:
         return self.refuse_with
 
     def append(self, payload):
+        # Like BufferWriter: the JSON is checked before the payload is taken.
+        from nightowl import wire
+        try:
+            wire.check_json_array(payload)
+        except wire.FrameError as e:
+            return defer.fail(e)
         d = defer.Deferred()
         self.waiting.append((payload, d))
         return d

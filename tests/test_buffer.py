@@ -67,7 +67,7 @@ def test_append_fires_after_commit_and_is_visible(writer):
 
 def test_payload_bytes_kept_exactly(writer):
     w, reactor = writer
-    odd = b'[{"m":"\\u0000 \xc3\xa9 \t\n"}]'
+    odd = b'[{"m":"\\u0000 \xc3\xa9 \\t"},  1.50, "\\/"]'
     reactor.wait(w.append(odd))
     assert rows(w.path)[0][3] == odd
 
@@ -302,3 +302,16 @@ def test_buffer_sync_mode(tmp_path, sync, expected):
     assert reactor.wait(w.run(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])) \
         == expected
     reactor.wait(w.close())
+
+
+def test_invalid_payload_refused_alone_in_its_group(writer):
+    w, reactor = writer
+    from nightowl import wire
+    ds = [w.append(b"[1]"), w.append(b'{"not":"array"}'), w.append(b"[2"), w.append(b"[3]")]
+    assert reactor.wait(ds[0]) is None and reactor.wait(ds[3]) is None
+    for d, reason in ((ds[1], "not-array"), (ds[2], "bad-json")):
+        with pytest.raises(wire.FrameError) as e:
+            reactor.wait(d)
+        assert e.value.reason == reason
+    assert [r[3] for r in rows(w.path)] == [b"[1]", b"[3]"]
+    assert w.inflight == 0 and w.pending == 2 and w.appended == 2
