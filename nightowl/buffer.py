@@ -57,7 +57,10 @@ PRAGMAS = (
 
 # Drained rows are kept this long before deletion, so an operator can still
 # see what was drained recently and a late duplicate report is harmless.
-SAFETY_WINDOW = 300.0
+SAFETY_WINDOW = 10.0
+# Drained rows deleted per transaction: small enough that the writer thread
+# is never held long (acks queue behind it), repeated until none are left.
+DELETE_CHUNK = 4000
 QUARANTINE_KEEP = 7 * 86400.0
 WAL_TRUNCATE_BYTES = 64 * 1024 * 1024
 MAX_GROUP = 4096  # operations per transaction at most
@@ -512,7 +515,7 @@ class BufferWriter(service.Service):
         safety, quarantine_keep = arg
         deleted = conn.execute(
             "DELETE FROM payloads WHERE id IN (SELECT id FROM payloads WHERE state = 1 "
-            "AND state_at < ? ORDER BY id LIMIT 50000)", (now - safety,)).rowcount
+            "AND state_at < ? ORDER BY id LIMIT ?)", (now - safety, DELETE_CHUNK)).rowcount
         expired = conn.execute(
             "DELETE FROM payloads WHERE state = 2 AND state_at < ?",
             (now - quarantine_keep,)).rowcount
@@ -597,10 +600,18 @@ class BufferWriter(service.Service):
         quarantine, then checkpoint the WAL (TRUNCATE when it grew large) and
         give freed pages back to the file system in small slices.
         """
-        d = self._submit("housekeep", (safety, quarantine_keep))
-        d.addCallback(lambda result: self._submit("run", self._compact).addCallback(
-            lambda extra: dict(result, **extra)))
-        return d
+        total = {"deleted": 0}
+
+        def chunk(result=None):
+            if result is not None:
+                total["deleted"] += result["deleted"]
+                total.update((k, v) for k, v in result.items() if k != "deleted")
+                if result["deleted"] < DELETE_CHUNK:
+                    return self._submit("run", self._compact).addCallback(
+                        lambda extra: dict(total, **extra))
+            # one chunk per transaction; appends queued meanwhile go between
+            return self._submit("housekeep", (safety, quarantine_keep)).addCallback(chunk)
+        return chunk()
 
     def _compact(self, conn):
         # Runs inside BEGIN IMMEDIATE; checkpoints and incremental vacuum

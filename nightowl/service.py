@@ -18,7 +18,8 @@ from nightowl.buffer import BufferError, BufferWriter
 from nightowl.ingest import IngestFactory
 from nightowl.metrics import Metrics
 
-HOUSEKEEP_EVERY = 30.0
+HOUSEKEEP_EVERY = 5.0
+RECOUNT_EVERY = 12  # housekeeping rounds between full recounts (a table scan)
 
 
 def mask_dsn(dsn):
@@ -163,8 +164,10 @@ class NightowlService(service.MultiService):
                       pending=self.buffer.pending)
 
     def _housekeep(self):
+        self._rounds = getattr(self, "_rounds", 0) + 1
         d = self.buffer.housekeep()
-        d.addCallback(lambda _: self.buffer.recount())
+        if self._rounds % RECOUNT_EVERY == 0:
+            d.addCallback(lambda _: self.buffer.recount())
         d.addErrback(lambda f: self.log.error(
             "buffer housekeeping failed: {error}", error=f.getErrorMessage()))
         return d

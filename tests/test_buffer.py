@@ -315,3 +315,17 @@ def test_invalid_payload_refused_alone_in_its_group(writer):
         assert e.value.reason == reason
     assert [r[3] for r in rows(w.path)] == [b"[1]", b"[3]"]
     assert w.inflight == 0 and w.pending == 2 and w.appended == 2
+
+
+def test_housekeeping_deletes_in_chunks_until_done(writer, monkeypatch):
+    w, reactor = writer
+    monkeypatch.setattr(buf, "DELETE_CHUNK", 7)
+    for i in range(30):
+        reactor.wait(w.append(b"[]"))
+    ids = reactor.wait(w.claim(0, 30))
+    reactor.wait(w.mark_drained(ids[:25]))
+    commits = w.commits
+    result = reactor.wait(w.housekeep(safety=-1))
+    assert result["deleted"] == 25
+    assert w.commits - commits >= 4   # 7 + 7 + 7 + 4, one transaction each
+    assert [r[0] for r in rows(w.path)] == list(range(26, 31))
