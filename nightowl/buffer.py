@@ -57,7 +57,7 @@ PRAGMAS = (
 
 # Drained rows are kept this long before deletion, so an operator can still
 # see what was drained recently and a late duplicate report is harmless.
-SAFETY_WINDOW = 10.0
+SAFETY_WINDOW = 2.0
 # Drained rows deleted per transaction: small enough that the writer thread
 # is never held long (acks queue behind it), repeated until none are left.
 DELETE_CHUNK = 4000
