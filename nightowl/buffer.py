@@ -60,9 +60,12 @@ PRAGMAS = (
 SAFETY_WINDOW = 2.0
 # Drained rows deleted per transaction: small enough that the writer thread
 # is never held long (acks queue behind it), repeated until none are left.
-DELETE_CHUNK = 4000
+DELETE_CHUNK = 1000
 QUARANTINE_KEEP = 7 * 86400.0
 WAL_TRUNCATE_BYTES = 64 * 1024 * 1024
+CHECKPOINT_EVERY = 1.0
+VACUUM_MIN_PAGES = 4096   # 16 MB of free pages before any is given back
+VACUUM_SLICE = 1024       # pages per housekeeping round (short writer hold)
 MAX_GROUP = 4096  # operations per transaction at most
 # Group commit window under load (seconds), and what counts as "under load":
 # another operation arrived within this long of the previous commit.
@@ -214,6 +217,9 @@ class BufferWriter(service.Service):
         # Every row with a smaller id is finished (drained, quarantined or
         # deleted): the drain may forget its Postgres ledger entries below it.
         self.low_water = None
+        self.checkpoints = 0
+        self.last_checkpoint = None
+        self.checkpoint_error = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -235,6 +241,10 @@ class BufferWriter(service.Service):
             self._thread.join()
             self._thread = None
             raise outcome["error"]
+        self._checkpoint_stop = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                              name="nightowl-buffer-checkpoint", daemon=True)
+        self._checkpointer.start()
         if self.moved_aside:
             self.log.error(
                 "buffer {path} was corrupt ({reason}); moved aside to {aside} and started "
@@ -255,6 +265,9 @@ class BufferWriter(service.Service):
             return defer.succeed(None)
         self._flush()
         self._closed = True
+        stop = getattr(self, "_checkpoint_stop", None)
+        if stop is not None:
+            stop.set()
         d = defer.Deferred()
         self._queue.put(("close", None, d))
         return d
@@ -292,6 +305,11 @@ class BufferWriter(service.Service):
                 raise BufferError("buffer {} is corrupt ({}) and cannot be moved aside: {}"
                                   .format(self.path, message, e2.strerror))
             conn = connect(self.path, sync=self.sync)
+        # Checkpoints copy WAL pages into the file and fsync it: done on the
+        # writer thread (SQLite's auto-checkpoint runs inside COMMIT) they
+        # stall every ack queued behind them.  The checkpointer thread does
+        # them instead, on its own connection, beside the writer.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         try:
             conn.execute("BEGIN IMMEDIATE")
             self.buffer_id = buffer_identity(conn)
@@ -310,6 +328,35 @@ class BufferWriter(service.Service):
         self.quarantined = counts["quarantined"]
         self.drained_kept = counts["drained"]
         return conn
+
+    def _checkpoint_loop(self):
+        """
+        The checkpointer: every CHECKPOINT_EVERY seconds a PASSIVE checkpoint
+        (never blocks the writer); when the WAL has grown past
+        WAL_TRUNCATE_BYTES, a TRUNCATE checkpoint to give the space back
+        (it waits briefly for the writer, so only then).  It writes no rows.
+        """
+        try:
+            conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=1000")
+        except sqlite3.Error as e:
+            self.checkpoint_error = str(e)
+            return
+        stop = self._checkpoint_stop
+        try:
+            while not stop.wait(CHECKPOINT_EVERY):
+                mode = "TRUNCATE" if self.wal_size() > WAL_TRUNCATE_BYTES else "PASSIVE"
+                try:
+                    busy, _frames, _done = conn.execute(
+                        "PRAGMA wal_checkpoint({})".format(mode)).fetchone()
+                    self.checkpoints += 1
+                    self.last_checkpoint = mode if not busy else mode + " (busy)"
+                    self.checkpoint_error = None
+                except sqlite3.Error as e:
+                    self.checkpoint_error = str(e)
+        finally:
+            conn.close()
 
     def _run(self, ready, outcome):
         try:
@@ -614,23 +661,24 @@ class BufferWriter(service.Service):
         return chunk()
 
     def _compact(self, conn):
-        # Runs inside BEGIN IMMEDIATE; checkpoints and incremental vacuum
-        # need to run outside a transaction, so commit first.
-        conn.execute("COMMIT")
-        try:
-            freed = 0
-            free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
-            if free_pages > 2048:
-                conn.execute("PRAGMA incremental_vacuum(2048)").fetchall()
-                freed = min(free_pages, 2048)
-            wal = self.wal_size()
-            mode = "TRUNCATE" if wal > WAL_TRUNCATE_BYTES else "PASSIVE"
-            busy, log_frames, ckpt = conn.execute(
-                "PRAGMA wal_checkpoint({})".format(mode)).fetchone()
-            return {"freed_pages": freed, "checkpoint": mode, "wal_bytes_before": wal,
-                    "checkpoint_busy": bool(busy)}
-        finally:
-            conn.execute("BEGIN IMMEDIATE")
+        """
+        Give free pages back to the file system, a slice at a time, once
+        they are a large share of the file (after a backlog drained); in
+        steady state new rows reuse them and there is nothing to do.
+        """
+        free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        freed = 0
+        if free_pages > VACUUM_MIN_PAGES and free_pages * 4 > pages:
+            # incremental_vacuum must run outside a transaction
+            conn.execute("COMMIT")
+            try:
+                conn.execute("PRAGMA incremental_vacuum({})".format(VACUUM_SLICE)).fetchall()
+                freed = min(free_pages, VACUUM_SLICE)
+            finally:
+                conn.execute("BEGIN IMMEDIATE")
+        return {"freed_pages": freed, "free_pages": free_pages - freed,
+                "wal_bytes": self.wal_size(), "checkpoint": self.last_checkpoint}
 
     def recount(self):
         """
@@ -684,6 +732,9 @@ class BufferWriter(service.Service):
             "file_bytes": self.file_size(),
             "wal_bytes": self.wal_size(),
             "back_pressure": self.back_pressure,
+            "checkpoints": self.checkpoints,
+            "last_checkpoint": self.last_checkpoint,
+            "checkpoint_error": self.checkpoint_error,
             "max_pending": self.max_pending,
         }
 

@@ -329,3 +329,19 @@ def test_housekeeping_deletes_in_chunks_until_done(writer, monkeypatch):
     assert result["deleted"] == 25
     assert w.commits - commits >= 4   # 7 + 7 + 7 + 4, one transaction each
     assert [r[0] for r in rows(w.path)] == list(range(26, 31))
+
+
+def test_checkpoints_happen_off_the_writer_thread(writer, monkeypatch):
+    w, reactor = writer
+    assert reactor.wait(w.run(
+        lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])) == 0
+    size_before = os.path.getsize(w.path)
+    for i in range(200):
+        reactor.wait(w.append(b"[" + b"1," * 1000 + b"1]"))
+    import time as _time
+    deadline = _time.time() + 10
+    while w.checkpoints < 2 and _time.time() < deadline:
+        _time.sleep(0.1)
+    assert w.checkpoints >= 2 and w.checkpoint_error is None
+    # the checkpointer copied the WAL's pages into the main file
+    assert os.path.getsize(w.path) > size_before + 200 * 2000
