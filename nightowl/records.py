@@ -423,13 +423,6 @@ for _t in TABLES:
     COLUMNS[TABLES[_t][0]] = _columns(_t)
 del _t
 
-# per type: (table, ((key, coerce), ...), frozenset of known keys)
-_PLAN = {}
-for _t, (_table, _spec) in TABLES.items():
-    _PLAN[_t] = (_table, tuple((k, f) for _, k, f in _spec),
-                 frozenset(PREFIX_KEYS) | frozenset(k for _, k, _ in _spec))
-_USER_KEYS = frozenset(("t", "v", "timestamp", "id", "name", "username"))
-del _t, _table, _spec
 
 
 def copy_sql(table):
@@ -591,15 +584,16 @@ def encode_records(records, environment, now, out=None):
     env = escape(environment)
     lines = out.lines
     skipped = out.skipped
-    plans = _PLAN
+    issues = out.issues
+    encoders = _ENCODERS
     n = 0
     for rec in records:
         if type(rec) is not dict:
             skipped["not-object"] = skipped.get("not-object", 0) + 1
             continue
         t = rec.get("t")
-        plan = plans.get(t) if type(t) is str else None
-        if plan is None:
+        enc = encoders.get(t) if type(t) is str else None
+        if enc is None:
             if t == "user":
                 n += _user(rec, now, out)
                 continue
@@ -609,40 +603,11 @@ def encode_records(records, environment, now, out=None):
                 key = "unknown-t:" + (t[:64] if type(t) is str else type(t).__name__)
             skipped[key] = skipped.get(key, 0) + 1
             continue
-        table, spec, known = plan
-        raw_ts = rec.get("timestamp")
-        ts, guarded = event_time(raw_ts, now)
-        user = rec.get("user")
-        fields = [
-            format_time(ts),
-            "t" if guarded else "f",
-            c_float(raw_ts),
-            c_int(rec.get("v")),
-            env,
-            c_text(rec.get("server")),
-            c_text(rec.get("deploy")),
-            c_uuid(rec.get("trace_id")),
-            c_text(rec.get("_group")),
-            NULL if user is None or user == "" else c_text(user),
-        ]
-        get = rec.get
-        fields.extend([f(get(k)) for k, f in spec])
-        if table == "nightowl_jobs":
-            fields.append(t)
-        elif t == "exception":
-            fp = _fingerprint(rec)
-            fields.append(escape(fp))
-            _issue(out.issues, fp, rec, ts, user)
-        extra = rec.keys() - known
-        if extra:
-            fields.append(escape(_dumps({k: rec[k] for k in sorted(extra)})))
-        else:
-            fields.append(NULL)
-        fields[-1] += "\n"
+        table, encode = enc
         tl = lines.get(table)
         if tl is None:
             tl = lines[table] = []
-        tl.append("\t".join(fields))
+        tl.append(encode(rec, env, now, issues))
         n += 1
     out.records += n
     return out
@@ -690,3 +655,189 @@ def encode_payloads(payloads, environment, now):
         if isinstance(records, list):
             encode_records(records, environment, now, enc)
     return enc.copy_data()
+
+
+# ---------------------------------------------------------------------------
+# Per-type line encoders, generated from TABLES at import
+#
+# One function per record type builds the whole COPY line with one f-string:
+# each field is fetched with a direct ``rec.get`` and takes an inline fast path
+# for its common case (a str, an int within bigint, a bool, a uuid already seen
+# valid, a trivial JSON string); anything else goes through the field's
+# coercion function above, which stays the definition of the stored value.
+# ``encoder_source(t)`` shows the generated code.
+#
+# Text fields: the fast path doubles backslashes only; whether any raw text
+# value holds a tab, newline, CR or NUL is asked once per record, of all text
+# fields concatenated (coercion output never holds one: it is escaped).  When
+# one does, every text field is made again by its coercion function.
+
+#: the prefix columns after created_at, time_guarded, timestamp (see ``PREFIX``):
+#: (json key, coercion); environment and user_id are special
+_PREFIX_FIELDS = (("v", INT), ("environment", None), ("server", TEXT), ("deploy", TEXT),
+                  ("trace_id", UUID), ("_group", TEXT), ("user", None))
+
+_BIGINT = "-9223372036854775808 <= {v} <= 9223372036854775807"
+
+#: coercion -> inline code; {v} the variable, {k} the key literal, {f} the coercion.
+#: Each leaves in {v} the field text, or an int whose str() is the field text.
+_FAST = {
+    c_text: ("{v} = get({k})",
+             "if type({v}) is str:",
+             "    if '\\\\' in {v}: {v} = {v}.replace('\\\\', '\\\\\\\\')",
+             "else: {v} = NULL if {v} is None else {f}({v})"),
+    c_text_notnull: ("{v} = get({k})",
+                     "if type({v}) is str:",
+                     "    if '\\\\' in {v}: {v} = {v}.replace('\\\\', '\\\\\\\\')",
+                     "else: {v} = '' if {v} is None else {f}({v})"),
+    c_int: ("{v} = get({k})",
+            "if type({v}) is not int or not " + _BIGINT + ":",
+            "    {v} = NULL if {v} is None else {f}({v})"),
+    c_count: ("{v} = get({k})",
+              "if type({v}) is not int or not " + _BIGINT + ":",
+              "    {v} = '0' if {v} is None else {f}({v})"),
+    c_bool: ("{v} = get({k})",
+             "{v} = 't' if {v} is True else 'f' if {v} is False else NULL if {v} is None else {f}({v})"),
+    c_uuid: ("{v} = get({k})",
+             "if type({v}) is not str or {v} not in _uuids_seen:",
+             "    {v} = NULL if {v} is None else _uuid({v})"),
+    c_json_string: ("{v} = get({k})",
+                    "if type({v}) is str and {v} in _JSON_TRIVIAL: {v} = _JSON_TRIVIAL[{v}]",
+                    "else: {v} = NULL if {v} is None else {f}({v})"),
+}
+_GENERIC = ("{v} = {f}(get({k}))",)
+_TEXTS = (c_text, c_text_notnull)
+
+#: JSON-in-string values whose stored text is known without parsing (= c_json_string)
+_JSON_TRIVIAL = {"": NULL, "{}": "{}", "[]": "[]"}
+
+#: uuid strings already found valid (bounded): a set lookup instead of a regex match
+_uuids_seen = set()
+
+
+def _uuid(v):
+    out = c_uuid(v)
+    if out is not NULL:
+        if len(_uuids_seen) >= 4096:
+            _uuids_seen.clear()
+        _uuids_seen.add(out)
+    return out
+
+
+#: repr(ts) before the '.' -> 'YYYY-MM-DD HH:MM:SS.' (bounded)
+_sec_text = {}
+
+
+def _created(ts, stamp):
+    """format_time(ts) for a float ``ts`` whose repr is ``stamp``.
+
+    For 2**20 <= ts < 2**32 whose repr has at most 6 decimals, round(ts * 1e6)
+    is exactly those digits (ts is within half an ulp, <= 2.4e-7, of its repr),
+    so created_at is the second's text plus the decimals: the encoders look
+    ``_sec_text`` up themselves and call here only on a miss.
+    """
+    text = format_time(ts)
+    sec, _, frac = stamp.partition(".")
+    if len(frac) <= 6 and sec.isdigit() and 1048576 <= int(sec) < 4294967296:
+        if len(_sec_text) >= 8192:
+            _sec_text.clear()
+        _sec_text[sec] = text[:20]
+    return text
+
+
+def _extra(rec, known):
+    return escape(_dumps({k: rec[k] for k in sorted(rec.keys() - known)}))
+
+
+def _encoder_source(t):
+    """(source of ``encode(rec, env, now, issues) -> line``, its namespace) for type ``t``."""
+    table, spec = TABLES[t]
+    ns = {"NULL": NULL, "PAST_LIMIT": PAST_LIMIT, "FUTURE_LIMIT": FUTURE_LIMIT,
+          "event_time": event_time, "format_time": format_time, "c_float": c_float,
+          "c_text": c_text, "escape": escape, "_uuid": _uuid, "_uuids_seen": _uuids_seen,
+          "_JSON_TRIVIAL": _JSON_TRIVIAL, "_sec_text": _sec_text, "_created": _created,
+          "_extra": _extra, "_fingerprint": _fingerprint, "_issue": _issue, "record_type": t,
+          "known": frozenset(PREFIX_KEYS) | frozenset(k for _, k, _ in spec)}
+    body = [
+        "get = rec.get",
+        "raw = get('timestamp')",
+        "# event_time(), c_float() and format_time() inlined for an in-range float",
+        "if type(raw) is float and now - PAST_LIMIT <= raw <= now + FUTURE_LIMIT:",
+        "    ts = raw",
+        "    guarded = 'f'",
+        "    stamp = repr(raw)",
+        "    sec, _, frac = stamp.partition('.')",
+        "    created = _sec_text.get(sec)",
+        "    if created is not None and len(frac) <= 6: created = f'{created}{frac:0<6}+00'",
+        "    else: created = _created(raw, stamp)",
+        "else:",
+        "    ts, guarded = event_time(raw, now)",
+        "    guarded = 't' if guarded else 'f'",
+        "    stamp = c_float(raw)",
+        "    created = format_time(ts)",
+    ]
+    out = ["created", "guarded", "stamp"]
+    texts = []    # (variable, key, coercion name) of the text fields
+
+    def field(key, coerce):
+        v = "f{}".format(len(out))
+        fname = "c{}".format(len(out))
+        ns[fname] = coerce
+        for line in _FAST.get(coerce, _GENERIC):
+            body.append(line.format(v=v, k=repr(key), f=fname))
+        if coerce in _TEXTS:
+            texts.append((v, key, fname))
+        out.append(v)
+
+    for key, coerce in _PREFIX_FIELDS:
+        if key == "environment":
+            out.append("env")
+        elif key == "user":
+            body.extend([
+                "user = get('user')",
+                "if user is None or user == '': uid = NULL",
+                "elif type(user) is not str: uid = c_text(user)",
+                "elif '\\\\' in user: uid = user.replace('\\\\', '\\\\\\\\')",
+                "else: uid = user",
+            ])
+            out.append("uid")
+        else:
+            field(key, coerce)
+    for _, key, coerce in spec:
+        field(key, coerce)
+    probe = "".join("{%s}" % v for v in ["uid"] + [v for v, _, _ in texts])
+    body.extend([
+        "probe = f'%s'" % probe,
+        "if '\\t' in probe or '\\n' in probe or '\\r' in probe or '\\x00' in probe:",
+        "    uid = NULL if user is None or user == '' else c_text(user)",
+    ] + ["    %s = %s(get(%r))" % (v, fname, key) for v, key, fname in texts])
+    if table == "nightowl_jobs":
+        out.append("record_type")
+    elif t == "exception":
+        body.extend(["fp = _fingerprint(rec)",
+                     "_issue(issues, fp, rec, ts, user)",
+                     "fingerprint = escape(fp)"])
+        out.append("fingerprint")
+    body.append("extra = NULL if known.issuperset(rec) else _extra(rec, known)")
+    out.append("extra")
+    body.append("return f'" + "\\t".join("{%s}" % v for v in out) + "\\n'")
+    src = "def encode(rec, env, now, issues):\n" + "".join("    " + line + "\n" for line in body)
+    return src, ns
+
+
+def encoder_source(t):
+    """The generated encoder of record type ``t``, as Python source (for reading)."""
+    return _encoder_source(t)[0]
+
+
+def _make_encoders():
+    encoders = {}
+    for t, (table, _) in TABLES.items():
+        src, ns = _encoder_source(t)
+        exec(compile(src, "<nightowl.records encoder {}>".format(t), "exec"), ns)
+        encoders[t] = (table, ns["encode"])
+    return encoders
+
+
+#: record type -> (table, encode(rec, env, now, issues) -> COPY line)
+_ENCODERS = _make_encoders()
