@@ -224,3 +224,101 @@ def test_issue_aggregate():
     assert (n, users, first, last, msg) == (3, {"u1", "u2"}, NOW - 30, NOW - 10, "new")
     other = [fp for fp in enc.issues if fp != "g1"]
     assert len(other) == 1 and len(other[0]) == 32  # md5(class|code|file|line)
+
+
+# -- the generated per-type encoders against the coercion functions -------------
+
+def reference_line(rec, environment, now):
+    """One record's COPY line built field by field from TABLES and the coercion
+    functions, the way encode_records did before its encoders were generated."""
+    t = rec["t"]
+    table, spec = records.TABLES[t]
+    raw_ts = rec.get("timestamp")
+    ts, guarded = records.event_time(raw_ts, now)
+    user = rec.get("user")
+    fields = [records.format_time(ts), "t" if guarded else "f", records.c_float(raw_ts),
+              records.c_int(rec.get("v")), escape(environment), records.c_text(rec.get("server")),
+              records.c_text(rec.get("deploy")), records.c_uuid(rec.get("trace_id")),
+              records.c_text(rec.get("_group")),
+              NULL if user is None or user == "" else records.c_text(user)]
+    fields += [coerce(rec.get(key)) for _, key, coerce in spec]
+    if table == "nightowl_jobs":
+        fields.append(t)
+    elif t == "exception":
+        fields.append(escape(records._fingerprint(rec)))
+    extra = rec.keys() - set(records.PREFIX_KEYS) - {key for _, key, _ in spec}
+    fields.append(escape(records._dumps({k: rec[k] for k in sorted(extra)})) if extra else NULL)
+    return "\t".join(fields) + "\n"
+
+
+_KEYS = sorted(set(records.PREFIX_KEYS) - {"t"}
+               | {key for _, spec in records.TABLES.values() for _, key, _ in spec}
+               | {"unknown_key", "id"})
+_TEXTS = st.sampled_from(["", " ", "plain", "App\\Jobs\\Send", "a\tb", "a\nb", "a\rb", "nul\x00",
+                          "\\N", "{}", "[]", '{"a":1}', '{"a":"x\\u0000y"}', "not json", "42", " 7 ",
+                          "4.9", "true", "off", "maybe", "1e400", "nan", "x\ud800y", "日本語",
+                          "00000000-0000-0000-0000-000000000000",
+                          "6F1B1D6E-0000-4000-8000-000000000001",
+                          "6F1B1D6E-0000-4000-8000-00000000000g"]) | st.text(max_size=12)
+_SCALARS = (st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70)
+            | st.sampled_from([0, 1, -1, (1 << 63) - 1, 1 << 63, -(1 << 63), -(1 << 63) - 1])
+            | st.floats() | _TEXTS)
+_VALUES = _SCALARS | st.lists(_SCALARS, max_size=3) | st.dictionaries(_TEXTS, _SCALARS, max_size=3)
+_STAMPS = (st.floats(NOW - 400 * 86400, NOW + 2 * 86400).flatmap(
+    lambda f: st.integers(0, 9).map(lambda d: round(f, d))) | st.integers(0, 2 * int(NOW)) | _VALUES)
+
+
+@given(st.sampled_from(sorted(records.TABLES)), st.dictionaries(st.sampled_from(_KEYS), _VALUES),
+       _STAMPS, st.sampled_from(["production", "a\tb\\"]))
+def test_generated_encoder_matches_coercions(t, fields, stamp, environment):
+    rec = dict(fields, t=t, timestamp=stamp)
+    try:
+        expected = reference_line(rec, environment, NOW)
+    except ValueError:
+        # _dumps' stdlib fallback refuses NaN next to a value orjson refuses: the same either way
+        with pytest.raises(ValueError):
+            encode_records([rec], environment, NOW)
+        return
+    enc = encode_records([rec], environment, NOW)
+    (lines,) = enc.lines.values()
+    assert lines == [expected]
+
+
+def test_generated_encoders_match_on_fixture_mix():
+    from nightowl.bench import payloads
+    now = 1714694400.0 + 100
+    for payload in payloads.fixture_mix(300):
+        recs = [r for r in records.decode_payload(payload) if r["t"] != "user"]
+        enc = encode_records(recs, "production", now)
+        got = [line for lines in enc.lines.values() for line in lines]
+        assert sorted(got) == sorted(reference_line(r, "production", now) for r in recs)
+
+
+@given(st.floats(1048576.0, 4294967295.0).flatmap(lambda f: st.integers(0, 9).map(lambda d: round(f, d))))
+def test_created_at_from_repr_matches_format_time(ts):
+    # the encoders build created_at from repr(ts) and a per-second prefix
+    stamp = repr(ts)
+    assert records._created(ts, stamp) == records.format_time(ts)
+    sec, _, frac = stamp.partition(".")
+    prefix = records._sec_text.get(sec)
+    if prefix is not None and len(frac) <= 6:
+        assert "{}{:0<6}+00".format(prefix, frac) == records.format_time(ts)
+
+
+def test_encoder_source_reads_every_key_of_its_type():
+    for t, (_, spec) in records.TABLES.items():
+        src = records.encoder_source(t)
+        for key in [k for _, k, _ in spec] + ["timestamp", "v", "server", "deploy", "trace_id",
+                                               "_group", "user"]:
+            assert "get({!r})".format(key) in src, (t, key)
+
+
+def test_created_at_within_one_second():
+    # the second's prefix is cached after the first record; later ones take the shortcut
+    stamps = [NOW - 7 + x for x in (0.0, 0.5, 0.123456, 0.1234567, 0.12345678, 0.999999, 0.9999996,
+                                    0.0000004, 0.0000005, 0.0000006)]
+    recs = [{"t": "log", "timestamp": ts, "message": "m"} for ts in stamps * 2]
+    enc = encode_records(recs, "production", NOW)
+    assert enc.lines["nightowl_logs"] == [reference_line(r, "production", NOW) for r in recs]
+    assert [line.split("\t")[0] for line in enc.lines["nightowl_logs"]] == [
+        records.format_time(ts) for ts in stamps * 2]
