@@ -202,10 +202,13 @@ def c_uuid(v):
 
 
 def _strip_nul(obj):
-    """Remove NUL characters from every string inside a JSON value."""
+    """Remove NUL characters from every string inside a JSON value; NaN and
+    infinities become None (JSON has no such numbers; orjson writes null)."""
     t = type(obj)
     if t is str:
         return obj.replace("\x00", "")
+    if t is float and not math.isfinite(obj):
+        return None
     if t is list:
         return [_strip_nul(x) for x in obj]
     if t is dict:
