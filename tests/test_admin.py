@@ -90,8 +90,7 @@ def test_status_exit_codes_follow_degraded_and_critical(tmp_path, capsys):
     path = str(tmp_path / "q.sqlite")
     conn = nbuffer.connect(path)
     nbuffer.buffer_identity(conn)
-    conn.execute("INSERT INTO payloads (received_at, state, state_at, error, payload) "
-                 "VALUES (?, 2, ?, 'DataError (22P02)', x'5b5d')", (time.time(), time.time()))
+    nbuffer.add_row(conn, b"[]", state=2, state_at=time.time(), error="DataError (22P02)")
     conn.close()
     a = AgentProcess(path, health=True, args=["--health", "tcp:0:interface=127.0.0.1",
                                               "--max-pending", "1"]).start()
@@ -181,13 +180,11 @@ def make_buffer(path, pending=3, quarantined=2):
     nbuffer.buffer_identity(conn)
     now = time.time()
     for i in range(pending):
-        conn.execute("INSERT INTO payloads (received_at, payload) VALUES (?, ?)",
-                     (now - 100 + i, b"[" + b"1," * i + b"0]"))
+        nbuffer.add_row(conn, b"[" + b"1," * i + b"0]", received_at=now - 100 + i)
     for i in range(quarantined):
-        conn.execute("INSERT INTO payloads (received_at, state, state_at, error, payload) "
-                     "VALUES (?, 2, ?, ?, x'5b5d')", (now - 50, now, "DataError (22P02) #%d" % i))
-    conn.execute("INSERT INTO payloads (received_at, state, payload) VALUES (?, 101, x'5b5d')",
-                 (now,))
+        nbuffer.add_row(conn, b"[]", received_at=now - 50, state=2, state_at=now,
+                        error="DataError (22P02) #%d" % i)
+    nbuffer.add_row(conn, b"[]", received_at=now, state=101)
     conn.close()
     return str(path)
 
@@ -204,7 +201,7 @@ def test_buffer_inspect(tmp_path, capsys):
     path = make_buffer(tmp_path / "b.sqlite")
     assert cli.main(["buffer", "inspect", "--buffer", path, "--limit", "2"]) == 0
     out = capsys.readouterr().out
-    assert "(id " in out and "schema 1)" in out
+    assert "(id " in out and "schema 2)" in out
     lines = out.splitlines()
     assert any(line.split()[:2] == ["pending", "3"] for line in lines)
     assert any(line.split()[:2] == ["quarantined", "2"] for line in lines)
@@ -258,7 +255,7 @@ def test_buffer_verify_ok(tmp_path, capsys):
     path = make_buffer(tmp_path / "b.sqlite")
     assert cli.main(["buffer", "verify", "--buffer", path]) == 0
     assert one_line(capsys.readouterr().out).endswith(
-        ": ok (integrity_check ok, buffer id present, schema 1)")
+        ": ok (integrity_check ok, buffer id present, schema 2)")
 
 
 def test_buffer_verify_missing_identity(tmp_path, capsys):
@@ -366,7 +363,7 @@ def test_send_every_scenario_lands(agent, scenario, capsys):
     assert "ok 12, error 0" in captured.out
     conn = sqlite3.connect(agent.buffer_path)
     try:
-        bodies = [row[0] for row in conn.execute("SELECT payload FROM payloads")]
+        bodies = [row[0] for row in conn.execute("SELECT payload FROM payload_bodies")]
     finally:
         conn.close()
     assert len(bodies) == 12

@@ -27,7 +27,8 @@ def writer(tmp_path):
 def rows(path):
     conn = sqlite3.connect(path)
     try:
-        return conn.execute("SELECT id, state, error, payload FROM payloads ORDER BY id").fetchall()
+        return conn.execute("SELECT p.id, p.state, p.error, b.payload FROM payloads p "
+                            "JOIN payload_bodies b ON b.id = p.id ORDER BY p.id").fetchall()
     finally:
         conn.close()
 
@@ -345,3 +346,29 @@ def test_checkpoints_happen_off_the_writer_thread(writer, monkeypatch):
     assert w.checkpoints >= 2 and w.checkpoint_error is None
     # the checkpointer copied the WAL's pages into the main file
     assert os.path.getsize(w.path) > size_before + 200 * 2000
+
+
+def test_layout_1_buffer_is_migrated_with_its_rows(tmp_path):
+    # A buffer written by the first dev builds: the bytes in the payloads row.
+    path = str(tmp_path / "old.sqlite")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript("""
+        PRAGMA journal_mode=WAL;
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE payloads (id INTEGER PRIMARY KEY AUTOINCREMENT, received_at REAL NOT NULL,
+            state INTEGER NOT NULL DEFAULT 0, state_at REAL, error TEXT, payload BLOB NOT NULL);
+        INSERT INTO meta VALUES ('buffer_id', 'b0b0b0b0-0000-4000-8000-000000000001');
+        INSERT INTO meta VALUES ('schema', '1');
+        INSERT INTO payloads (received_at, state, payload) VALUES (1, 0, x'5b315d');
+        INSERT INTO payloads (received_at, state, error, payload) VALUES (1, 2, 'x', x'5b325d');
+    """)
+    conn.close()
+    reactor = ThreadReactor()
+    w = BufferWriter(path, reactor=reactor)
+    w.open()
+    assert w.buffer_id == "b0b0b0b0-0000-4000-8000-000000000001"
+    assert (w.pending, w.quarantined) == (1, 1)
+    reactor.wait(w.append(b"[3]"))
+    reactor.wait(w.close())
+    assert [(r[0], r[1], r[3]) for r in rows(path)] == [(1, 0, b"[1]"), (2, 2, b"[2]"),
+                                                          (3, 0, b"[3]")]

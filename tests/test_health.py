@@ -425,8 +425,7 @@ def test_quarantined_rows_degrade_a_real_agent(tmp_path):
     path = str(tmp_path / "b.sqlite")
     conn = nbuffer.connect(path)
     nbuffer.buffer_identity(conn)
-    conn.execute("INSERT INTO payloads (received_at, state, state_at, error, payload) "
-                 "VALUES (?, 2, ?, 'DataError (22P02)', x'5b5d')", (time.time(), time.time()))
+    nbuffer.add_row(conn, b"[]", state=2, state_at=time.time(), error="DataError (22P02)")
     conn.close()
     a = AgentProcess(path, health=True, args=["--health", "tcp:0:interface=127.0.0.1"]).start()
     try:

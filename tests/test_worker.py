@@ -244,19 +244,12 @@ def test_config_from_environ():
 
 
 def make_buffer(path, count):
-    conn = sqlite3.connect(path)
-    conn.executescript("""
-        PRAGMA journal_mode=WAL;
-        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE IF NOT EXISTS payloads (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, received_at REAL NOT NULL,
-            state INTEGER NOT NULL DEFAULT 0, state_at REAL, error TEXT, payload BLOB NOT NULL);
-    """)
-    buffer_id = str(uuid.uuid4())
-    conn.execute("INSERT INTO meta VALUES ('buffer_id', ?)", (buffer_id,))
-    conn.executemany("INSERT INTO payloads (received_at, payload) VALUES (?, ?)",
-                     [(time.time(), b'[{"n":%d}]' % i) for i in range(count)])
-    conn.commit()
+    from nightowl import buffer as nbuffer
+    conn = nbuffer.connect(path)
+    conn.execute("BEGIN IMMEDIATE")
+    buffer_id = nbuffer.buffer_identity(conn)
+    nbuffer.insert_many(conn, [(time.time(), b'[{"n":%d}]' % i) for i in range(count)])
+    conn.execute("COMMIT")
     return conn, buffer_id
 
 

@@ -20,6 +20,7 @@ import time
 from nightowl import buffer as nbuffer
 
 CHUNK = 500
+SCHEMA_VERSION = "2"  # nightowl.buffer's layout (meta.schema)
 
 
 def configure(parser):
@@ -82,13 +83,13 @@ def inspect(path, limit, out=print):
         try:
             meta = dict(conn.execute("SELECT key, value FROM meta"))
             states = list(conn.execute(
-                "SELECT state, count(*), coalesce(sum(length(payload)), 0) FROM payloads "
+                "SELECT state, count(*), coalesce(sum(size), 0) FROM payloads "
                 "GROUP BY state ORDER BY state"))
             oldest = list(conn.execute(
-                "SELECT id, received_at, length(payload) FROM payloads WHERE state = 0 "
+                "SELECT id, received_at, size FROM payloads WHERE state = 0 "
                 "ORDER BY id LIMIT ?", (limit,)))
             quarantined = list(conn.execute(
-                "SELECT id, received_at, state_at, length(payload), error FROM payloads "
+                "SELECT id, received_at, state_at, size, error FROM payloads "
                 "WHERE state = 2 ORDER BY id LIMIT ?", (limit,)))
         except sqlite3.DatabaseError as e:
             raise CommandError("cannot read {}: {}".format(path, e))
@@ -181,8 +182,9 @@ def verify(path):
             meta = dict(conn.execute("SELECT key, value FROM meta"))
             if not meta.get("buffer_id"):
                 problems.append("meta buffer_id is missing: the buffer has no identity")
-            if meta.get("schema") != "1":
-                problems.append("meta schema is {!r}, expected '1'".format(meta.get("schema")))
+            if meta.get("schema") != SCHEMA_VERSION:
+                problems.append("meta schema is {!r}, expected {!r}".format(
+                    meta.get("schema"), SCHEMA_VERSION))
         if "payloads" in tables:
             bad = conn.execute(
                 "SELECT count(*) FROM payloads WHERE state NOT IN (0, 1, 2) AND state < 100"
@@ -218,5 +220,5 @@ def run(args):
             print("PROBLEM " + problem)
         print("{}: {} problem(s)".format(path, len(problems)))
         return 1
-    print("{}: ok (integrity_check ok, buffer id present, schema 1)".format(path))
+    print("{}: ok (integrity_check ok, buffer id present, schema {})".format(path, SCHEMA_VERSION))
     return 0

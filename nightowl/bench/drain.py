@@ -93,8 +93,7 @@ def fill_buffer(path, payloads):
         conn.execute("BEGIN IMMEDIATE")
         buffer_id = buffer.buffer_identity(conn)
         now = time.time()
-        conn.executemany("INSERT INTO payloads (received_at, payload) VALUES (?, ?)",
-                         [(now, p) for p in payloads])
+        buffer.insert_many(conn, [(now, p) for p in payloads])
         conn.execute("COMMIT")
     finally:
         conn.close()

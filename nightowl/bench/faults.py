@@ -337,8 +337,8 @@ def read_buffer(path):
         conn = sqlite3.connect(copy)
         try:
             rows = []
-            for rowid, state, payload in conn.execute(
-                    "SELECT id, state, payload FROM payloads ORDER BY id"):
+            from nightowl.buffer import read_payloads
+            for rowid, state, payload in read_payloads(conn):
                 found = set(ID_RE.findall(bytes(payload)))
                 rows.append((rowid, state, int(found.pop()) if len(found) == 1 else None))
             return rows
@@ -962,9 +962,9 @@ def _populate(path, n, seq_start=1, crash_image_of_wal=False):
         conn.execute("COMMIT")
         if not crash_image_of_wal:
             conn.execute("BEGIN IMMEDIATE")
+        from nightowl.buffer import insert_many
         for i in range(n):
-            conn.execute("INSERT INTO payloads (received_at, payload) VALUES (?, ?)",
-                         (time.time(), id_payload(seq_start + i)))
+            insert_many(conn, [(time.time(), id_payload(seq_start + i))])
         if crash_image_of_wal:
             for suffix in ("", "-wal"):
                 shutil.copyfile(src + suffix, path + suffix)

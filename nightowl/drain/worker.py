@@ -195,7 +195,7 @@ class BufferReader:
             for start in range(0, len(ids), READ_CHUNK):
                 chunk = ids[start:start + READ_CHUNK]
                 out.extend(conn.execute(
-                    "SELECT id, payload FROM payloads WHERE id IN ({}) ORDER BY id".format(
+                    "SELECT id, payload FROM payload_bodies WHERE id IN ({}) ORDER BY id".format(
                         ",".join("?" * len(chunk))), chunk).fetchall())
         finally:
             conn.execute("COMMIT")

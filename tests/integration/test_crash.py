@@ -18,7 +18,7 @@ from tests.integration.agent import AgentProcess, send_frame
 def buffered_ids(path):
     conn = sqlite3.connect(path)
     try:
-        return [orjson.loads(r[0])[0]["id"] for r in conn.execute("SELECT payload FROM payloads")]
+        return [orjson.loads(r[0])[0]["id"] for r in conn.execute("SELECT payload FROM payload_bodies")]
     finally:
         conn.close()
 

@@ -144,13 +144,15 @@ class DrainEndToEnd(DrainTestBase):
         dsn = self.scratch_db()
         good = list(range(1, 101))
         payloads = [payload_with_id(n) for n in good]
-        payloads[10:10] = [b"{not json"]
-        payloads[50:50] = [b'{"t":"request"}']
+        # Valid JSON the agent accepts, but a value Postgres refuses
+        # (v is smallint): 22003 numeric_value_out_of_range.
+        payloads[10:10] = [b'[{"t":"log","v":99999,"message":"poison one"}]']
+        payloads[50:50] = [b'[{"t":"request","v":70000,"url":"/poison"}]']
         yield self.append(payloads)
         conn = sqlite3.connect(self.path)
         try:
             poison = {i for (i,) in conn.execute(
-                "SELECT id FROM payloads WHERE payload IN (?, ?)", payloads[10:11] + payloads[50:51])}
+                "SELECT id FROM payload_bodies WHERE payload IN (?, ?)", payloads[10:11] + payloads[50:51])}
         finally:
             conn.close()
         self.assertEqual(len(poison), 2)
@@ -166,7 +168,8 @@ class DrainEndToEnd(DrainTestBase):
         self.assertEqual({i for i, _ in rows}, poison)
         for _, reason in rows:
             self.assertTrue(reason)
-            self.assertNotIn("not json", reason)      # a class, never the data
+            self.assertTrue(reason.startswith("22003 "), reason)  # a class, never the data
+            self.assertNotIn("poison", reason)
         self.assertExactlyOnce(dsn, good)
 
 

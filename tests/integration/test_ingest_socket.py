@@ -24,7 +24,7 @@ def agent(tmp_path):
 def buffered(path):
     conn = sqlite3.connect(path)
     try:
-        return [r[0] for r in conn.execute("SELECT payload FROM payloads ORDER BY id")]
+        return [r[0] for r in conn.execute("SELECT payload FROM payload_bodies ORDER BY id")]
     finally:
         conn.close()
 
