@@ -174,14 +174,15 @@ def next_id(conn):
     return (row[0] if row else 0) + 1
 
 
-def insert_many(conn, rows, state=PENDING):
+def insert_many(conn, rows, state=PENDING, first_id=None):
     """
     Insert ``(received_at, payload)`` rows, inside the caller's transaction,
     with explicit consecutive ids and multi-row statements: one sqlite3_step
     per few hundred rows, so the writer thread gives up and re-takes the GIL
     a few times per commit instead of once per row.  Returns the first id.
+    ``first_id``: the caller knows the next id (the writer thread keeps it).
     """
-    first = start_id = next_id(conn)
+    first = start_id = next_id(conn) if first_id is None else first_id
     for start in range(0, len(rows), INSERT_CHUNK):
         chunk = rows[start:start + INSERT_CHUNK]
         n = len(chunk)
@@ -296,6 +297,7 @@ class BufferWriter(service.Service):
         self.low_water = None
         self.checkpoints = 0
         self.rewinds = 0
+        self._next_id = None  # writer thread: the next payload id, once known
         self._last_rewind = 0.0
         self.last_checkpoint = None
         self.checkpoint_error = None
@@ -545,7 +547,10 @@ class BufferWriter(service.Service):
             appends = [(now, payload) for (op, batch, _d) in ops if op == "append"
                        for (payload, _pd) in valid[id(batch)]]
             if appends:
-                insert_many(conn, appends)
+                if self._next_id is None:
+                    self._next_id = next_id(conn)
+                insert_many(conn, appends, first_id=self._next_id)
+                self._next_id += len(appends)
                 deltas.append(("pending", len(appends)))
             for op, arg, d in ops:
                 if op == "append":
@@ -557,6 +562,7 @@ class BufferWriter(service.Service):
             conn.execute("COMMIT")
         except Exception:
             failure = Failure()
+            self._next_id = None  # re-read after a rollback
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
