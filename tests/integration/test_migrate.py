@@ -8,6 +8,8 @@ import pytest
 from nightowl import cli, migrate
 from nightowl.records import COLUMNS, RAW_TABLES
 
+ALL = [name for name, _sql in migrate.migrations()]
+
 
 def fetch(dsn, sql, *args):
     conn = psycopg2.connect(dsn)
@@ -43,7 +45,7 @@ def test_applies_then_noop(fresh_pg_dsn, capsys):
 
 def test_cli_prints_applied(fresh_pg_dsn, capsys):
     assert cli.main(["migrate", "--dsn", fresh_pg_dsn]) == 0
-    assert capsys.readouterr().out == "applied 0001_base.sql\n"
+    assert capsys.readouterr().out == "".join("applied {}\n".format(n) for n in ALL)
 
 
 def test_cli_cannot_connect_masks_password(capsys):
@@ -76,14 +78,27 @@ def test_concurrent_apply(fresh_pg_dsn):
     for t in threads:
         t.join()
     assert errors == []
-    assert sorted(results, key=len) == [[], [], [], ["0001_base.sql"]]
-    assert fetch(fresh_pg_dsn, "SELECT name FROM nightowl_migrations") == [("0001_base.sql",)]
+    assert sorted(results, key=len) == [[], [], [], ALL]
+    assert fetch(fresh_pg_dsn, "SELECT name FROM nightowl_migrations ORDER BY name") == [
+        (n,) for n in ALL]
 
 
 def test_apply_accepts_a_connection(fresh_pg_dsn):
     conn = psycopg2.connect(fresh_pg_dsn)
     try:
-        assert migrate.apply(conn) == ["0001_base.sql"]
+        assert migrate.apply(conn) == ALL
         assert not conn.closed
     finally:
         conn.close()
+
+
+def test_created_at_is_brin_indexed_not_btree(fresh_pg_dsn):
+    migrate.apply(fresh_pg_dsn)
+    rows = fetch(fresh_pg_dsn, """
+        SELECT c.relname, am.amname FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
+        JOIN pg_class t ON t.oid = i.indrelid
+        WHERE t.relname = 'nightowl_requests' AND c.relname LIKE '%%created_at%%'
+        ORDER BY 1""")
+    assert ("nightowl_requests_created_at_brin", "brin") in rows
+    assert ("nightowl_requests_created_at_idx", "btree") not in rows
