@@ -345,3 +345,13 @@ def test_process_keeps_claim_while_postgres_is_unreachable(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_worker_lowers_its_priority(monkeypatch):
+    calls = []
+    monkeypatch.setattr(w.os, "nice", lambda n: calls.append(n) or n)
+    logged = []
+    w._lower_priority({}, lambda level, msg: logged.append(msg))
+    w._lower_priority({"NIGHTOWL_WORKER_NICE": "0"}, lambda level, msg: None)
+    w._lower_priority({"NIGHTOWL_WORKER_NICE": "12"}, lambda level, msg: None)
+    assert calls == [w.DEFAULT_NICE, 12]
