@@ -127,7 +127,7 @@ class IngestFactory(Factory):
     noisy = False
 
     def __init__(self, buffer, metrics, token=None, max_frame_bytes=10 * 1024 * 1024,
-                 max_inflated_bytes=200 * 1024 * 1024, frame_timeout=10.0,
+                 max_inflated_bytes=64 * 1024 * 1024, frame_timeout=10.0,
                  max_inflight_bytes=MAX_INFLIGHT_BYTES, reactor=None):
         if reactor is None:
             from twisted.internet import reactor

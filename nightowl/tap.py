@@ -120,7 +120,7 @@ PARAMETERS = [
      "Falls back to NIGHTWATCH_TOKEN."),
     ("max-frame-bytes", None, 10 * 1024 * 1024, "NIGHTOWL_MAX_FRAME_BYTES",
      _size("max-frame-bytes"), "Largest frame accepted on the wire."),
-    ("max-inflated-bytes", None, 200 * 1024 * 1024, "NIGHTOWL_MAX_INFLATED_BYTES",
+    ("max-inflated-bytes", None, 64 * 1024 * 1024, "NIGHTOWL_MAX_INFLATED_BYTES",
      _size("max-inflated-bytes"), "Largest payload a gzip frame may inflate to."),
     ("frame-timeout", None, 10.0, "NIGHTOWL_FRAME_TIMEOUT", _positive_float("frame-timeout"),
      "Seconds a connection may take to deliver its frame."),
