@@ -16,32 +16,27 @@ DEFAULT_LISTEN = "tcp:2407:interface=127.0.0.1"
 DEFAULT_HEALTH = "tcp:2409:interface=127.0.0.1"
 
 
-def _positive_int(name):
+def _int_at_least(name, minimum):
     def coerce(value):
         try:
             number = int(str(value).strip())
         except ValueError:
             raise usage.UsageError(
                 "--{}: expected a whole number, got {!r}".format(name, value))
-        if number <= 0:
-            raise usage.UsageError(
-                "--{}: must be greater than 0, got {}".format(name, number))
+        if number < minimum:
+            raise usage.UsageError("--{}: must be {}, got {}".format(
+                name, "greater than 0" if minimum == 1 else "{} or more".format(minimum),
+                number))
         return number
     return coerce
+
+
+def _positive_int(name):
+    return _int_at_least(name, 1)
 
 
 def _non_negative_int(name):
-    def coerce(value):
-        try:
-            number = int(str(value).strip())
-        except ValueError:
-            raise usage.UsageError(
-                "--{}: expected a whole number, got {!r}".format(name, value))
-        if number < 0:
-            raise usage.UsageError(
-                "--{}: must be 0 or more, got {}".format(name, number))
-        return number
-    return coerce
+    return _int_at_least(name, 0)
 
 
 def _positive_float(name):

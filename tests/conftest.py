@@ -66,6 +66,18 @@ def drop_database(name):
         conn.close()
 
 
+def fetch(dsn, sql, *args):
+    """Run one query on its own connection; all rows."""
+    import psycopg2
+    conn = psycopg2.connect(dsn)
+    try:
+        cur = conn.cursor()
+        cur.execute(sql, args)
+        return cur.fetchall()
+    finally:
+        conn.close()
+
+
 @pytest.fixture(scope="module")
 def pg_dsn():
     name, dsn = create_database()

@@ -18,6 +18,7 @@ import sqlite3
 import time
 
 from nightowl import buffer as nbuffer
+from nightowl.admin.progress import human_size
 
 CHUNK = 500
 SCHEMA_VERSION = "2"  # nightowl.buffer's layout (meta.schema)
@@ -55,12 +56,6 @@ def open_readonly(path):
     return conn
 
 
-def _size(n):
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return ("{:.0f} {}" if unit == "B" else "{:.1f} {}").format(n, unit)
-        n /= 1024
 
 
 def _state_name(state):
@@ -98,23 +93,23 @@ def inspect(path, limit, out=print):
     wal = path + "-wal"
     out("buffer {} (id {}, schema {})".format(path, meta.get("buffer_id", "MISSING"),
                                               meta.get("schema", "?")))
-    out("file {}, WAL {}".format(_size(os.path.getsize(path)),
-                                 _size(os.path.getsize(wal) if os.path.exists(wal) else 0)))
+    out("file {}, WAL {}".format(human_size(os.path.getsize(path)),
+                                 human_size(os.path.getsize(wal) if os.path.exists(wal) else 0)))
     if not states:
         out("no rows")
     total = 0
     for state, count, nbytes in states:
         total += count
-        out("  {:<22} {:>10} rows  {:>10}".format(_state_name(state), count, _size(nbytes)))
+        out("  {:<22} {:>10} rows  {:>10}".format(_state_name(state), count, human_size(nbytes)))
     if oldest:
         out("oldest pending rows:")
         for id_, received_at, size in oldest:
-            out("  id {:<10} age {:>10.1f} s  size {}".format(id_, now - received_at, _size(size)))
+            out("  id {:<10} age {:>10.1f} s  size {}".format(id_, now - received_at, human_size(size)))
     if quarantined:
         out("quarantined rows (fix the cause, then `nightowl buffer requeue`):")
         for id_, received_at, state_at, size, error in quarantined:
             out("  id {:<10} age {:>10.1f} s  size {:<10} error: {}".format(
-                id_, now - received_at, _size(size), error or "(none recorded)"))
+                id_, now - received_at, human_size(size), error or "(none recorded)"))
     return total
 
 

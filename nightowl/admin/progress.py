@@ -84,3 +84,12 @@ class Progress:
             self.stream.write("\n")
         text = summary if summary is not None else "{} done".format(self.done)
         self._line("{}: {} in {:.1f} s".format(self.label, text, elapsed))
+
+
+def human_size(n):
+    """Bytes as B / KiB / MiB / GiB for people."""
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return ("{:.0f} {}" if unit == "B" else "{:.1f} {}").format(n, unit)
+        n /= 1024

@@ -9,6 +9,8 @@ import os
 import urllib.error
 import urllib.request
 
+from nightowl.admin.progress import human_size
+
 EXIT = {"healthy": 0, "degraded": 1, "critical": 2}
 UNREACHABLE = 3
 
@@ -58,12 +60,6 @@ def fetch(url, timeout=5.0):
     return doc
 
 
-def _size(n):
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return ("{:.0f} {}" if unit == "B" else "{:.1f} {}").format(n, unit)
-        n /= 1024
 
 
 def _duration(seconds):
@@ -100,7 +96,7 @@ def summary(doc):
                  "file {} + WAL {}, back-pressure {}, write errors {}, last commit {} ago".format(
                      buf.get("pending", 0), buf.get("claimed", 0), buf.get("quarantined", 0),
                      _duration(buf.get("oldest_pending_age_seconds") or 0),
-                     _size(buf.get("file_bytes")), _size(buf.get("wal_bytes")),
+                     human_size(buf.get("file_bytes")), human_size(buf.get("wal_bytes")),
                      "ON" if buf.get("back_pressure") else "off", buf.get("write_errors", 0),
                      _duration(buf.get("last_commit_age_seconds"))))
     drain = doc.get("drain") or {}
@@ -123,7 +119,7 @@ def summary(doc):
             w.get("restarts_last_10min", 0), ", CRASH LOOP" if w.get("crash_loop") else ""))
     proc = doc.get("process") or {}
     lines.append("process  pid {}, RSS {}, {} threads".format(
-        proc.get("pid"), _size(proc.get("rss_bytes")), proc.get("threads")))
+        proc.get("pid"), human_size(proc.get("rss_bytes")), proc.get("threads")))
     return lines
 
 

@@ -44,6 +44,7 @@ import time
 import urllib.error
 import urllib.request
 
+from nightowl.bench import drain as scratch  # scratch databases: create_database, drop_database
 from nightowl.bench import loadgen, payloads
 
 _REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -1876,35 +1877,6 @@ def configure(parser):
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
 
-def _scratch_db(admin_dsn):
-    import uuid
-    import psycopg2
-    name = "nightowl_faults_" + uuid.uuid4().hex[:12]
-    conn = psycopg2.connect(admin_dsn)
-    conn.autocommit = True
-    try:
-        conn.cursor().execute("CREATE DATABASE " + name)
-    finally:
-        conn.close()
-    dsn = re.sub(r"dbname=\S+", "dbname=" + name, admin_dsn)
-    if "dbname=" + name not in dsn:
-        dsn += " dbname=" + name
-    return name, dsn
-
-
-def _drop_db(admin_dsn, name):
-    import psycopg2
-    conn = psycopg2.connect(admin_dsn)
-    conn.autocommit = True
-    try:
-        cur = conn.cursor()
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                    (name,))
-        cur.execute("DROP DATABASE IF EXISTS " + name)
-    finally:
-        conn.close()
-
-
 def table(results):
     """Rows ``fault | trial | outcome | detail`` for every trial."""
     rows = []
@@ -2013,12 +1985,12 @@ def run(args):
         if "back-pressure" in only:
             dsn, name = args.dsn, None
             if dsn is None and args.admin_dsn != "none":
-                name, dsn = _scratch_db(args.admin_dsn)
+                name, dsn = scratch.create_database(args.admin_dsn)
             try:
                 attempt("back-pressure", backpressure_trial, tmp, args.max_pending, dsn, log=log)
             finally:
                 if name:
-                    _drop_db(args.admin_dsn, name)
+                    scratch.drop_database(args.admin_dsn, name)
         if "disk-full" in only:
             if can_mount():
                 attempt("disk-full", diskfull_trial, tmp, log=log)
@@ -2036,7 +2008,7 @@ def run(args):
                     drain_faults = set()
             for fault in sorted(drain_faults):
                 if args.dsn is None:  # a fresh database per fault: the oracle counts all rows
-                    name, dsn = _scratch_db(args.admin_dsn)
+                    name, dsn = scratch.create_database(args.admin_dsn)
                 try:
                     if fault == "agent-kill":
                         attempt("agent-kill", agent_kill_drain_trials, tmp, dsn,
@@ -2048,7 +2020,7 @@ def run(args):
                                 log=log)
                 finally:
                     if name:
-                        _drop_db(args.admin_dsn, name)
+                        scratch.drop_database(args.admin_dsn, name)
                         name = None
         if "pg-outage" in only:
             for k in range(args.outage_trials):

@@ -5,20 +5,11 @@ import threading
 import psycopg2
 import pytest
 
+from tests.conftest import fetch
 from nightowl import cli, migrate
 from nightowl.records import COLUMNS, RAW_TABLES
 
 ALL = [name for name, _sql in migrate.migrations()]
-
-
-def fetch(dsn, sql, *args):
-    conn = psycopg2.connect(dsn)
-    try:
-        cur = conn.cursor()
-        cur.execute(sql, args)
-        return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def test_applies_then_noop(fresh_pg_dsn, capsys):

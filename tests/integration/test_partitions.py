@@ -7,22 +7,13 @@ import orjson
 import psycopg2
 import pytest
 
+from tests.conftest import fetch
 from nightowl import migrate, partitions
 from nightowl.pgwrite import BatchWriter
 from nightowl.records import RAW_TABLES
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2024, 5, 3, 12, 0, tzinfo=UTC)
-
-
-def fetch(dsn, sql, *args):
-    conn = psycopg2.connect(dsn)
-    try:
-        cur = conn.cursor()
-        cur.execute(sql, args)
-        return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def children(dsn, table):

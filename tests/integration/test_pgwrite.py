@@ -8,21 +8,12 @@ import orjson
 import psycopg2
 import pytest
 
+from tests.conftest import fetch
 from nightowl import migrate
 from nightowl.pgwrite import BatchWriter, PostgresSchemaError, PostgresUnavailable, classify
 
 NOW = 1714694500.0  # the fixtures' day (2024-05-03 UTC)
 ENV = "production"
-
-
-def fetch(dsn, sql, *args):
-    conn = psycopg2.connect(dsn)
-    try:
-        cur = conn.cursor()
-        cur.execute(sql, args)
-        return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def load(fixtures, name):
