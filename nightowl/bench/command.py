@@ -1,5 +1,5 @@
 """
-``nightowl bench ingest|drain|e2e|faults``: one module per benchmark under
+``nightowl bench ingest|drain|e2e|soak|faults``: one module per benchmark under
 ``nightowl.bench``, each exposing ``configure(subparser)`` and ``run(args)``.
 A benchmark whose module does not exist yet is simply not offered.
 """
