@@ -479,8 +479,14 @@ class BufferWriter(service.Service):
             closing = [op for op in ops if op[0] == "close"]
             work = [op for op in ops if op[0] != "close"]
             if work:
-                self._commit_group(work)
-                self._maybe_rewind_wal()
+                try:
+                    self._commit_group(work)
+                    self._maybe_rewind_wal()
+                except Exception:
+                    # A bug, not a database error (those are handled inside):
+                    # never let the writer thread die with callers waiting.
+                    self.write_errors += 1
+                    self.reactor.callFromThread(self._failUnfired, work, Failure())
             if closing:
                 # Anything queued behind the close still gets committed.
                 try:
@@ -588,6 +594,18 @@ class BufferWriter(service.Service):
         self.commits += 1
         self.last_commit_at = now
         self.reactor.callFromThread(self._deliver, results)
+
+    def _failUnfired(self, ops, failure):
+        """Errback every Deferred of ``ops`` that has not fired yet (reactor thread)."""
+        self.log.failure("buffer writer: unexpected error; failing the operations "
+                         "of this group", failure)
+        for op, arg, d in ops:
+            targets = [pd for (_payload, pd) in arg] if op == "append" else [d]
+            for target in targets:
+                if not target.called:
+                    if op == "append":
+                        self.inflight -= 1
+                    target.errback(failure)
 
     def _deliver(self, results):
         for target, value in results:

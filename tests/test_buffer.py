@@ -390,3 +390,22 @@ def test_wal_rewinds_under_steady_writes(tmp_path, monkeypatch):
     assert w.rewinds > 0
     # bounded: the limit plus what a few groups add, nowhere near 400 x 4 KB
     assert w.wal_size() < 1024 * 1024
+
+
+def test_a_bug_in_the_writer_fails_the_group_and_the_thread_lives(writer, monkeypatch):
+    w, reactor = writer
+    from twisted.logger import globalLogPublisher
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    original = w._commit_group
+    monkeypatch.setattr(w, "_commit_group", lambda ops: 1 / 0)
+    try:
+        d = w.append(b"[1]")
+        with pytest.raises(ZeroDivisionError):
+            reactor.wait(d)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any(e.get("log_failure") for e in events)
+    monkeypatch.setattr(w, "_commit_group", original)
+    assert reactor.wait(w.append(b"[2]")) is None
+    assert w.alive() and w.inflight == 0
