@@ -121,3 +121,22 @@ def test_the_schema_reference_lists_every_table_and_column(readme, fresh_pg_dsn)
             assert documented == columns, table
     finally:
         conn.close()
+
+
+def test_the_example_sql_runs_on_the_schema(readme, fresh_pg_dsn):
+    import psycopg2
+    from nightowl import migrate
+    section = readme[readme.index("Example SQL"):readme.index("\nBenchmarks\n")]
+    blocks = re.findall(r"::\n\n((?:    .*\n|\n)+)", section)
+    queries = ["\n".join(line[4:] for line in block.strip("\n").splitlines()) for block in blocks]
+    assert len(queries) == 4
+    migrate.apply(fresh_pg_dsn)
+    conn = psycopg2.connect(fresh_pg_dsn)
+    try:
+        for sql in queries:
+            cur = conn.cursor()
+            cur.execute(sql)
+            cur.fetchall()
+            conn.rollback()
+    finally:
+        conn.close()
