@@ -117,7 +117,11 @@ class DrainEndToEnd(DrainTestBase):
         yield self.until(self.drained(400), "400 payloads drained")
         self.assertEqual(buffer_states(self.path), {1: 400})
         self.assertExactlyOnce(dsn, numbers)
-        # both workers did work and reported it
+        # both workers did work and reported it (the file shows a mark as soon as the
+        # writer commits it; the supervisor counts it a reactor turn later)
+        yield self.until(lambda: sum(m.get("marked_payloads", 0)
+                                     for m in self.metrics.drain.values()) >= 400,
+                         "the supervisor to count 400 marks")
         self.assertEqual(sum(m.get("marked_payloads", 0) for m in self.metrics.drain.values()),
                          400)
         conn = psycopg2.connect(dsn)
