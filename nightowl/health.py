@@ -170,7 +170,7 @@ class _Series:
 
 
 _WORKER_COUNTERS = ("batches", "payloads", "records", "rows", "quarantined", "skipped",
-                    "failures")
+                    "ledger_skipped", "failures")
 
 
 class RecordingLog:
@@ -703,6 +703,7 @@ class HealthService(service.MultiService):
                 "batches_failed": total("failures"),
                 "quarantined": total("quarantined"),
                 "skipped": total("skipped"),
+                "ledger_skipped": total("ledger_skipped"),
                 "payload_rate": _round(self._payload_series.rate(now)),
                 "row_rate": _round(self._row_series.rate(now)),
                 "postgres_reachable": postgres_reachable,
@@ -791,6 +792,8 @@ METRICS = [
     ("nightowl_drain_batches_total", "counter", "Batches committed to Postgres."),
     ("nightowl_drain_batches_failed_total", "counter", "Batch attempts that failed."),
     ("nightowl_drain_quarantined_total", "counter", "Payloads the drain quarantined."),
+    ("nightowl_drain_ledger_skipped_total", "counter",
+     "Payloads found already committed by the delivery ledger (retries after a crash)."),
     ("nightowl_drain_payload_rate", "gauge", "Payloads drained per second, last minute."),
     ("nightowl_drain_lag_seconds", "gauge", "Age of the oldest pending payload."),
     ("nightowl_drain_postgres_up", "gauge",
@@ -873,6 +876,7 @@ class _Collector:
         yield counter("nightowl_drain_batches_total", drain["batches"])
         yield counter("nightowl_drain_batches_failed_total", drain["batches_failed"])
         yield counter("nightowl_drain_quarantined_total", drain["quarantined"])
+        yield counter("nightowl_drain_ledger_skipped_total", drain["ledger_skipped"])
         yield gauge("nightowl_drain_payload_rate", drain["payload_rate"])
         yield gauge("nightowl_drain_lag_seconds", drain["lag_seconds"])
         up = drain["postgres_reachable"]

@@ -75,6 +75,7 @@ class BatchResult(NamedTuple):
     records: int
     rows_by_table: dict
     skipped: dict
+    ledger_skipped: int = 0  # payloads already committed (a retry after a crash): not rewritten
 
 
 class _DataError(Exception):
@@ -118,6 +119,7 @@ class BatchWriter:
         if log is not None:
             self.log = log
         self._conn = None
+        self._ledger_skipped = 0
         self._step = None  # table (or step) the current statement writes: for quarantine reasons
 
     # -- connection -------------------------------------------------------
@@ -184,6 +186,7 @@ class BatchWriter:
         attempt = 0
         while True:
             attempt += 1
+            self._ledger_skipped = 0
             try:
                 drained, q, written = [], [], []
                 self._write_bisect(items, now, drained, q, written)
@@ -207,7 +210,7 @@ class BatchWriter:
                           reasons=sorted(set(r for _, r in quarantined)))
         return BatchResult(drained=sorted(drained), quarantined=quarantined,
                            records=merged.records, rows_by_table=merged.rows_by_table(),
-                           skipped=dict(merged.skipped))
+                           skipped=dict(merged.skipped), ledger_skipped=self._ledger_skipped)
 
     def prune_ledger(self, low_water, other_buffers_after_days=30):
         """
@@ -314,6 +317,7 @@ class BatchWriter:
         except BaseException:
             self._rollback()
             raise
+        self._ledger_skipped += len(items) - len(todo)
         return [i for i, _ in items], todo
 
     def _upsert_issues(self, cur, issues):

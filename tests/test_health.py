@@ -297,7 +297,7 @@ BUFFER_FIELDS = {"path", "buffer_id", "pending", "claimed", "quarantined", "drai
                  "writer_unanswered_seconds"}
 DRAIN_FIELDS = {"enabled", "dsn_configured", "workers_configured", "payloads", "rows",
                 "records", "rows_by_table", "batches", "batches_failed", "quarantined",
-                "skipped", "payload_rate", "row_rate", "postgres_reachable", "last_error",
+                "skipped", "ledger_skipped", "payload_rate", "row_rate", "postgres_reachable", "last_error",
                 "lag_seconds", "migrated"}
 
 

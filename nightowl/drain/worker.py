@@ -283,7 +283,8 @@ class Worker:
         self.stats = {
             "worker": config.worker_id, "pid": os.getpid(),
             "batches": 0, "payloads": 0, "records": 0, "rows": 0, "rows_by_table": {},
-            "quarantined": 0, "skipped": 0, "failures": 0, "last_error": None,
+            "quarantined": 0, "skipped": 0, "ledger_skipped": 0, "failures": 0,
+            "last_error": None,
             "pg_reachable": None, "seconds_since_success": None,
         }
 
@@ -312,6 +313,7 @@ class Worker:
             s["rows"] += int(n)
         s["quarantined"] += len(getattr(result, "quarantined", None) or ())
         s["skipped"] += _count(getattr(result, "skipped", None))
+        s["ledger_skipped"] += int(getattr(result, "ledger_skipped", 0) or 0)
         s["pg_reachable"] = True
         self.last_success = self.clock()
 

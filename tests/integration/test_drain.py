@@ -202,6 +202,9 @@ class DrainWorkerDeath(DrainTestBase):
     def test_sigkill_between_commit_and_mark_duplicates_nothing(self):
         dsn = yield self._killed("kill-after-commit:2")
         # the killed batch was committed, released, re-claimed and skipped by the ledger
+        yield self.until(lambda: sum(m.get("ledger_skipped", 0)
+                                     for m in self.metrics.drain.values()) >= 1,
+                         "a worker to report payloads the ledger skipped")
         conn = psycopg2.connect(dsn)
         try:
             cur = conn.cursor()

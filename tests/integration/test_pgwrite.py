@@ -217,6 +217,7 @@ def test_ledger_prevents_duplicates(db, fixtures):
     assert first.drained == list(range(10, 16))
     assert again.drained == list(range(10, 20))
     assert again.records == 8  # only the 4 new payloads were written
+    assert (first.ledger_skipped, again.ledger_skipped) == (0, 6)
     assert fetch(db, "SELECT count(*), count(DISTINCT message) FROM nightowl_logs") == [(10, 10)]
     assert fetch(db, "SELECT count(*) FROM nightowl_requests") == [(10,)]
     assert fetch(db, "SELECT first_id, last_id, ids FROM nightowl_ingest_ledger ORDER BY first_id") == [
