@@ -84,10 +84,6 @@ REWIND_EVERY = 1.0
 VACUUM_MIN_PAGES = 4096   # 16 MB of free pages before any is given back
 VACUUM_SLICE = 1024       # pages per housekeeping round (short writer hold)
 MAX_GROUP = 4096  # operations per transaction at most
-# Group commit window under load (seconds), and what counts as "under load":
-# another operation arrived within this long of the previous commit.
-GROUP_WINDOW = 0.0
-LOAD_HINT = 0.010
 
 
 class BufferError(Exception):
@@ -255,7 +251,7 @@ class BufferWriter(service.Service):
     name = "buffer"
 
     def __init__(self, path, reactor=None, max_queue=20000, max_pending=1000000,
-                 clock=time.time, group_window=GROUP_WINDOW, sync="normal",
+                 clock=time.time, sync="normal",
                  validate=None):
         if reactor is None:
             from twisted.internet import reactor
@@ -264,7 +260,6 @@ class BufferWriter(service.Service):
         self.max_queue = max_queue
         self.max_pending = max_pending
         self.clock = clock
-        self.group_window = group_window
         self.sync = sync
         if validate is None:
             from nightowl.wire import check_json_array as validate
@@ -458,24 +453,16 @@ class BufferWriter(service.Service):
         ready.set()
         get = self._queue.get
         get_nowait = self._queue.get_nowait
-        monotonic = time.monotonic
-        window = self.group_window
-        last_commit = 0.0
         while True:
+            # Group commit: everything queued while the last transaction ran
+            # goes into the next one.  (A fixed gathering window was measured
+            # and lengthened the ack cycle more than it saved: none.)
             ops = [get()]
-            # Under load (a commit moments ago), let the group gather for a
-            # short window before committing: a commit costs ~100 us whatever
-            # it holds, a row ~10 us.  Sleeping (rather than waiting on the
-            # queue) keeps this thread from being woken, and from contending
-            # for the GIL, once per payload.  Idle: commit at once.
-            if window > 0 and monotonic() - last_commit < LOAD_HINT:
-                time.sleep(window)
             try:
                 while len(ops) < MAX_GROUP:
                     ops.append(get_nowait())
             except queue.Empty:
                 pass
-            last_commit = monotonic()
             closing = [op for op in ops if op[0] == "close"]
             work = [op for op in ops if op[0] != "close"]
             if work:
@@ -775,8 +762,9 @@ class BufferWriter(service.Service):
     def housekeep(self, safety=SAFETY_WINDOW, quarantine_keep=QUARANTINE_KEEP):
         """
         Delete drained rows older than the safety window and expired
-        quarantine, then checkpoint the WAL (TRUNCATE when it grew large) and
-        give freed pages back to the file system in small slices.
+        quarantine, a chunk per transaction, then give freed pages back to
+        the file system in small slices (checkpoints are the checkpointer
+        thread's job).
         """
         total = {"deleted": 0}
 

@@ -236,7 +236,6 @@ def test_corrupt_buffer_moved_aside_not_crash_loop(tmp_path, damage):
 
 def test_recount_grouped_with_appends_does_not_double_count(writer):
     w, reactor = writer
-    w.group_window = 0
     ds = [w.append(b"[]") for _ in range(5)]
     w._flush()  # hand the appends over before the recount, same group
     r = w.recount()
