@@ -64,35 +64,16 @@ def ensure_partitions(conn, now=None, days_behind=1, days_ahead=7, log=None):
     log = log or _log
     today = _utc_day(now)
     days = [today + datetime.timedelta(days=d) for d in range(-days_behind, days_ahead + 1)]
-    created = []
-    old_autocommit = conn.autocommit
-    conn.autocommit = False
-    try:
-        for table in RAW_TABLES:
-            try:
-                cur, got = _locked_transaction(conn)
-                if not got:
-                    conn.rollback()
-                    log.info("partition maintenance busy elsewhere; skipped {table}", table=table)
-                    continue
-                if not _existing(cur, table):
-                    conn.rollback()
-                    continue
-                made = []
-                for day in days:
-                    child = "{}_p{}".format(table, day.strftime("%Y%m%d"))
-                    if _existing(cur, child):
-                        continue
-                    _create_child(cur, table, child, day)
-                    made.append(child)
-                conn.commit()
-                created.extend(made)
-            except Exception:
-                _rollback(conn)
-                log.failure("could not create partitions for {table}", table=table)
-    finally:
-        conn.autocommit = old_autocommit
-    return created
+
+    def work(cur, table):
+        made = []
+        for day in days:
+            child = "{}_p{}".format(table, day.strftime("%Y%m%d"))
+            if not _existing(cur, child):
+                _create_child(cur, table, child, day)
+                made.append(child)
+        return made
+    return _each_raw_table(conn, log, work, "could not create partitions for {table}")
 
 
 def _create_child(cur, table, child, day):
@@ -127,7 +108,38 @@ def drop_expired(conn, retention_days, now=None, log=None):
     else:
         now_dt = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
     cutoff = now_dt - datetime.timedelta(days=retention_days)
-    dropped = []
+
+    def work(cur, table):
+        cur.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = %s::regclass ORDER BY 1", (table,))
+        made = []
+        for (child,) in cur.fetchall():
+            m = _CHILD.search(child)
+            if not m or child != "{}_p{}".format(table, m.group(1)):
+                continue
+            day = datetime.datetime.strptime(m.group(1), "%Y%m%d").replace(
+                tzinfo=datetime.timezone.utc)
+            if day + datetime.timedelta(days=1) <= cutoff:
+                cur.execute("DROP TABLE {}".format(child))
+                made.append(child)
+        cur.execute("DELETE FROM {}_pdefault WHERE created_at < %s".format(table), (cutoff,))
+        deleted = cur.rowcount
+        if made or deleted:
+            log.info("retention on {table}: dropped {dropped} partitions, "
+                     "deleted {deleted} rows from the default partition",
+                     table=table, dropped=len(made), deleted=deleted)
+        return made
+    return _each_raw_table(conn, log, work, "retention failed for {table}")
+
+
+def _each_raw_table(conn, log, work, failed):
+    """
+    Run ``work(cursor, table) -> [names]`` for every existing raw table, one
+    short transaction each under the maintenance lock (a table whose lock is
+    taken elsewhere is skipped; one table's failure does not stop the
+    others).  Returns every name the calls returned.
+    """
+    done = []
     old_autocommit = conn.autocommit
     conn.autocommit = False
     try:
@@ -141,32 +153,15 @@ def drop_expired(conn, retention_days, now=None, log=None):
                 if not _existing(cur, table):
                     conn.rollback()
                     continue
-                cur.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                            "WHERE i.inhparent = %s::regclass ORDER BY 1", (table,))
-                made = []
-                for (child,) in cur.fetchall():
-                    m = _CHILD.search(child)
-                    if not m or child != "{}_p{}".format(table, m.group(1)):
-                        continue
-                    day = datetime.datetime.strptime(m.group(1), "%Y%m%d").replace(
-                        tzinfo=datetime.timezone.utc)
-                    if day + datetime.timedelta(days=1) <= cutoff:
-                        cur.execute("DROP TABLE {}".format(child))
-                        made.append(child)
-                cur.execute("DELETE FROM {}_pdefault WHERE created_at < %s".format(table), (cutoff,))
-                deleted = cur.rowcount
+                made = work(cur, table)
                 conn.commit()
-                dropped.extend(made)
-                if made or deleted:
-                    log.info("retention on {table}: dropped {dropped} partitions, "
-                             "deleted {deleted} rows from the default partition",
-                             table=table, dropped=len(made), deleted=deleted)
+                done.extend(made)
             except Exception:
                 _rollback(conn)
-                log.failure("retention failed for {table}", table=table)
+                log.failure(failed, table=table)
     finally:
         conn.autocommit = old_autocommit
-    return dropped
+    return done
 
 
 def _rollback(conn):
