@@ -19,7 +19,6 @@ from nightowl import wire
 from nightowl.admin import ping
 
 SCENARIOS = ("mixed", "requests", "exceptions", "jobs", "errors")
-_ID_FIELDS = ("trace_id", "execution_id", "attempt_id")
 
 
 def configure(parser):
@@ -38,22 +37,6 @@ def configure(parser):
 def _encode(records):
     from nightowl.bench import payloads
     return payloads.encode(records)
-
-
-def _stamp(records, rng, now, user):
-    trace = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    out = []
-    for i, record in enumerate(records):
-        record = dict(record)
-        for key in _ID_FIELDS:
-            if key in record:
-                record[key] = trace
-        if "user" in record and record.get("t") != "user":
-            record["user"] = user
-        if "timestamp" in record:
-            record["timestamp"] = round(now + i * 0.000731, 6)
-        out.append(record)
-    return out
 
 
 def _pick(by_type, t, rng):
@@ -94,7 +77,9 @@ def payloads_for(scenario, count, rng, now=None):
     out = []
     for k in range(count):
         records = make_records(scenario, rng, by_type)
-        out.append(_encode(_stamp(records, rng, now + k * 0.001, str(rng.randint(1, 5000)))))
+        user = str(rng.randint(1, 5000))  # drawn before the trace id, as before
+        trace = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        out.append(_encode(payloads.stamp(records, trace, user, now + k * 0.001)))
     return out
 
 

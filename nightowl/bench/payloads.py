@@ -139,14 +139,19 @@ def encode(records):
     return text.replace("/", "\\/").encode("utf-8")
 
 
-def _stamp(records, trace_id, user, timestamp):
+def stamp(records, trace_id, user, timestamp):
+    """
+    Copies of ``records`` as one execution: every id field set to
+    ``trace_id``, ``user`` on the records that carry one, timestamps from
+    ``timestamp`` a few hundred microseconds apart.
+    """
     out = []
     for i, record in enumerate(records):
         record = dict(record)
         for key in _UUID_FIELDS:
             if key in record:
                 record[key] = trace_id
-        if "user" in record and record["t"] != "user":
+        if "user" in record and record.get("t") != "user":
             record["user"] = user
         record["timestamp"] = round(timestamp + i * 0.000731, 6)
         out.append(record)
@@ -167,7 +172,7 @@ def realistic_records(trace_id="9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d"):
         {"user_id": 42, "path": "/api/users", "cache": "hit", "elapsed_ms": 4.31,
          "ids": [1024, 1025, 1031, 1187, 2210]}, separators=(",", ":"))
     records = [queries[0], queries[1], by_type["cache-event"][0], log, request]
-    return _stamp(records, trace_id, "42", 1714694400.123456)
+    return stamp(records, trace_id, "42", 1714694400.123456)
 
 
 def realistic_payload():
@@ -192,7 +197,7 @@ def fixture_mix(n, rng=None):
         trace = "%08x-%04x-4%03x-8%03x-%012x" % (
             rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(12),
             rng.getrandbits(12), rng.getrandbits(48))
-        payloads.append(encode(_stamp(records, trace, str(rng.randint(1, 5000)),
+        payloads.append(encode(stamp(records, trace, str(rng.randint(1, 5000)),
                                       1714694400 + k * 0.01)))
     return payloads
 
@@ -206,7 +211,7 @@ def payload_with_id(n, records=None):
     """
     if records is None:
         records = realistic_records()
-    payload = encode(_stamp(records, ID_UUID % n, "42", 1714694400.123456))
+    payload = encode(stamp(records, ID_UUID % n, "42", 1714694400.123456))
     if n == 0:
         expected = sum(1 for r in records for key in _UUID_FIELDS if key in r)
         if payload.count(ID_PLACEHOLDER.encode()) != expected:
