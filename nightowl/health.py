@@ -106,6 +106,11 @@ def evaluate(snapshot, now):
             add("worker-crash-loop", "warning",
                 "drain worker {} restarted {} times in the last {:.0f} min".format(
                     worker.get("worker"), len(recent), CRASH_LOOP_WINDOW / 60))
+    skew = (snapshot.get("retention") or {}).get("clock_skew_seconds")
+    if skew is not None:
+        add("clock-skew", "warning",
+            "this host's clock is {:+.0f} s off the database's: retention drops nothing "
+            "until they agree (fix NTP)".format(skew))
     if (buf.get("quarantined") or 0) > 0:
         add("quarantined", "warning",
             "{} payloads are quarantined (Postgres refused them); see `nightowl buffer "
@@ -216,7 +221,7 @@ def _pgcode(error):
     return " ({})".format(code) if code else ""
 
 
-def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None):
+def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None, clock=None):
     """
     One retention pass (blocking: run it in a thread): ensure the daily
     partitions ahead (when ``ensure``), drop the expired ones.  Returns
@@ -229,13 +234,22 @@ def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None):
         connect = psycopg2.connect
     log = log if log is not None else RecordingLog()
     conn = connect(dsn, connect_timeout=10, application_name="nightowl-retention")
+    skew = None
     try:
         created = partitions.ensure_partitions(conn, now=now, log=log) if ensure else []
-        dropped = partitions.drop_expired(conn, retention_days, now=now, log=log)
+        try:
+            dropped = partitions.drop_expired(conn, retention_days, now=now, log=log,
+                                              **({"clock": clock} if clock else {}))
+        except partitions.ClockSkew as e:
+            dropped, skew = [], e
     finally:
         conn.close()
-    return {"created": list(created), "dropped": list(dropped),
-            "errors": list(getattr(log, "errors", ()))}
+    result = {"created": list(created), "dropped": list(dropped),
+              "errors": list(getattr(log, "errors", ()))}
+    if skew is not None:
+        # only present when retention refused: the clocks disagree
+        result["clock_skew"] = {"seconds": round(skew.skew, 1), "message": str(skew)}
+    return result
 
 
 # -- the retention timer -------------------------------------------------------
@@ -291,7 +305,14 @@ class RetentionService(service.Service):
         self._busy = d
 
         def done(result):
+            skewed = self.last.get("clock_skew")
             self.last = dict(result, at=self.reactor.seconds(), error=None)
+            if result.get("clock_skew") and not skewed:
+                # once per occurrence; /status reports it while it lasts
+                self.log.error("retention refused to drop partitions: {message}",
+                               message=result["clock_skew"]["message"])
+            elif skewed and not result.get("clock_skew"):
+                self.log.info("retention: the clocks agree again")
             for name in result.get("created") or ():
                 self.log.info("retention: created partition {name}", name=name)
             if result.get("dropped"):
@@ -649,6 +670,7 @@ class HealthService(service.MultiService):
                 "last_dropped": list(last.get("dropped") or ()),
                 "last_error": last.get("error") or (last.get("errors") or [None])[-1],
                 "retention_days": self.options.get("retention-days"),
+                "clock_skew_seconds": (last.get("clock_skew") or {}).get("seconds"),
             }
 
         return {
