@@ -237,6 +237,18 @@ def _move_aside(path, reason, now):
     return target
 
 
+def own_buffer(path):
+    """Take the buffer's ownership lock (nightowl.bufferlock), or a one-line BufferError."""
+    from nightowl.bufferlock import BufferLock, BufferLocked
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), 0o750, exist_ok=True)
+        return BufferLock(path).acquire()
+    except BufferLocked as e:
+        raise BufferError(str(e))
+    except OSError as e:
+        raise BufferError("cannot lock buffer {}: {}".format(path, e.strerror or e))
+
+
 class BufferWriter(service.Service):
     """
     Owns the SQLite buffer through one dedicated thread.
@@ -307,6 +319,7 @@ class BufferWriter(service.Service):
         """
         if self._thread is not None:
             return
+        self._lock = own_buffer(self.path)
         ready = threading.Event()
         outcome = {}
         self._thread = threading.Thread(target=self._run, args=(ready, outcome),
@@ -316,6 +329,7 @@ class BufferWriter(service.Service):
         if "error" in outcome:
             self._thread.join()
             self._thread = None
+            self._lock.release()
             raise outcome["error"]
         self._checkpoint_stop = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop,
@@ -490,6 +504,7 @@ class BufferWriter(service.Service):
                 except sqlite3.Error:
                     pass
                 self._conn.close()
+                self._lock.release()
                 self.reactor.callFromThread(
                     self._deliver, [(d, None) for (_op, _arg, d) in closing])
                 return

@@ -202,6 +202,13 @@ def run(args):
         inspect(path, max(0, args.limit))
         return 0
     if args.action == "requeue":
+        from nightowl.bufferlock import holder
+        owner = holder(path)
+        if owner is not None:
+            # safe beside the agent: small transactions on quarantined rows only,
+            # which the agent's writer does not change; it recounts them itself
+            print("{} is owned by the running agent (pid {}): requeueing beside it; the "
+                  "agent's counters catch up at its next recount".format(path, owner))
         moved = requeue(path)
         if not moved:
             print("no quarantined rows in {}".format(path))
