@@ -264,12 +264,13 @@ class BufferWriter(service.Service):
 
     def __init__(self, path, reactor=None, max_queue=20000, max_pending=1000000,
                  clock=time.time, sync="normal",
-                 validate=None):
+                 validate=None, max_queue_bytes=64 * 1024 * 1024):
         if reactor is None:
             from twisted.internet import reactor
         self.path = path
         self.reactor = reactor
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
         self.max_pending = max_pending
         self.clock = clock
         self.sync = sync
@@ -283,8 +284,10 @@ class BufferWriter(service.Service):
         self.moved_aside = None
         self._queue = queue.SimpleQueue()
         self._batch = []
+        self._checked = []  # appends already checked (nightowl.checker): not validated again
         self._flush_scheduled = False
         self.inflight = 0  # appends handed over and not yet committed (reactor thread)
+        self.inflight_bytes = 0  # their bytes (reactor thread): --max-queue-bytes
         self._thread = None
         self._conn = None
         self._closed = False
@@ -538,8 +541,11 @@ class BufferWriter(service.Service):
         deltas = []
         validate = self.validate
         valid = {}
-        for op, batch, _d in ops:
+        for op, batch, checked in ops:
             if op != "append":
+                continue
+            if checked:
+                valid[id(batch)] = batch
                 continue
             good = []
             for item in batch:
@@ -603,16 +609,18 @@ class BufferWriter(service.Service):
                          "of this group", failure)
         for op, arg, d in ops:
             targets = [pd for (_payload, pd) in arg] if op == "append" else [d]
-            for target in targets:
+            for n, target in enumerate(targets):
                 if not target.called:
                     if op == "append":
                         self.inflight -= 1
+                        self.inflight_bytes -= len(arg[n][0])
                     target.errback(failure)
 
     def _deliver(self, results):
         for target, value in results:
             if type(target) is list:  # a batch of appends
                 self.inflight -= len(target)
+                self.inflight_bytes -= sum(len(payload) for payload, _d in target)
                 if isinstance(value, Failure):
                     for _payload, d in target:
                         d.errback(value)
@@ -713,7 +721,7 @@ class BufferWriter(service.Service):
         self._queue.put((op, arg, d))
         return d
 
-    def refusal(self):
+    def refusal(self, size=0):
         """
         Why a new payload must be refused right now (back-pressure), or
         None.  Recovers by itself as the drain catches up.
@@ -724,10 +732,14 @@ class BufferWriter(service.Service):
         if self.inflight >= self.max_queue:
             self.back_pressure = True
             return "back-pressure"
+        if self.inflight_bytes + size > self.max_queue_bytes and self.inflight:
+            # bounded in bytes too: 16 senders of gzip bombs must not queue gigabytes
+            self.back_pressure = True
+            return "back-pressure"
         self.back_pressure = False
         return None
 
-    def append(self, payload):
+    def append(self, payload, checked=False):
         """
         Queue a payload; fires (with None) once it is committed.
 
@@ -736,8 +748,9 @@ class BufferWriter(service.Service):
         once per payload.
         """
         d = defer.Deferred()
-        self._batch.append((payload, d))
+        (self._checked if checked else self._batch).append((payload, d))
         self.inflight += 1
+        self.inflight_bytes += len(payload)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.reactor.callLater(0, self._flush)
@@ -745,15 +758,19 @@ class BufferWriter(service.Service):
 
     def _flush(self):
         self._flush_scheduled = False
-        batch, self._batch = self._batch, []
-        if not batch:
-            return
+        for batch, checked in ((self._batch, None), (self._checked, "checked")):
+            if batch:
+                self._hand_over(batch, checked)
+        self._batch, self._checked = [], []
+
+    def _hand_over(self, batch, checked):
         if self._thread is None or self._closed:
             self.inflight -= len(batch)
+            self.inflight_bytes -= sum(len(payload) for payload, _d in batch)
             for _payload, d in batch:
                 d.errback(BufferError("buffer is not open"))
             return
-        self._queue.put(("append", batch, None))
+        self._queue.put(("append", batch, checked))
 
     def claim(self, worker, limit):
         return self._submit("claim", (worker, limit))
@@ -858,6 +875,8 @@ class BufferWriter(service.Service):
             "quarantined": self.quarantined,
             "drained_kept": self.drained_kept,
             "queued": self.inflight,
+            "queued_bytes": self.inflight_bytes,
+            "max_queue_bytes": self.max_queue_bytes,
             "appended": self.appended,
             "commits": self.commits,
             "write_errors": self.write_errors,

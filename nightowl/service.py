@@ -1,9 +1,9 @@
 """
 The root service: explicit start order and stop order.
 
-Start: health, buffer writer, drain supervisor, ingest listener.
+Start: health, buffer writer, drain supervisor, frame checker, ingest listener.
 Stop, one at a time in reverse: ingest stops accepting (frames in flight
-are finished), the drain workers finish their batch and exit, the writer
+are finished), the checker hands over what it holds, the drain workers finish their batch and exit, the writer
 commits what is queued and closes the file, health last.
 """
 
@@ -15,8 +15,10 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from nightowl.buffer import BufferError, BufferWriter
+from nightowl.checker import FrameChecker
 from nightowl.ingest import IngestFactory
 from nightowl.metrics import Metrics
+from nightowl.wire import token_hash
 
 HOUSEKEEP_EVERY = 5.0
 RECOUNT_EVERY = 12  # housekeeping rounds between full recounts (a table scan)
@@ -62,19 +64,25 @@ class NightowlService(service.MultiService):
         self.buffer = BufferWriter(os.path.abspath(options["buffer"]), reactor=reactor,
                                    max_queue=options["max-queue"],
                                    max_pending=options["max-pending"],
-                                   sync=options["buffer-sync"])
+                                   sync=options["buffer-sync"],
+                                   max_queue_bytes=options["max-queue-bytes"])
+        self.checker = FrameChecker(
+            reactor, token_hash(options["token"]) if options["token"] is not None else None,
+            max_inflated_bytes=options["max-inflated-bytes"],
+            max_bytes=options["max-check-bytes"])
         self.factory = IngestFactory(
             self.buffer, self.metrics, token=options["token"],
             max_frame_bytes=options["max-frame-bytes"],
             max_inflated_bytes=options["max-inflated-bytes"],
-            frame_timeout=options["frame-timeout"], reactor=reactor)
+            frame_timeout=options["frame-timeout"], reactor=reactor, checker=self.checker)
         self.supervisor = self._make_supervisor()
         self.health = self._make_health()
         self.ingest = strports.service(with_backlog(options["listen"]), self.factory,
                                        reactor=reactor)
         self.ingest.setName("ingest")
         # Start order; stop runs the other way.
-        self.ordered = [s for s in (self.health, self.buffer, self.supervisor, self.ingest)
+        self.ordered = [s for s in (self.health, self.buffer, self.supervisor, self.checker,
+                                    self.ingest)
                         if s is not None]
         for s in self.ordered:
             s.setServiceParent(self)

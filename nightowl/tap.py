@@ -126,12 +126,24 @@ PARAMETERS = [
      "Back-pressure: refuse new payloads while more than this many rows wait in the buffer."),
     ("max-queue", None, 20000, "NIGHTOWL_MAX_QUEUE", _positive_int("max-queue"),
      "Back-pressure: refuse new payloads while this many wait for the writer thread."),
+    ("max-queue-bytes", None, 64 * 1024 * 1024, "NIGHTOWL_MAX_QUEUE_BYTES",
+     _size("max-queue-bytes"),
+     "Back-pressure: refuse new payloads while this many (inflated) bytes wait for the "
+     "writer thread."),
+    ("max-check-bytes", None, 64 * 1024 * 1024, "NIGHTOWL_MAX_CHECK_BYTES",
+     _size("max-check-bytes"),
+     "Back-pressure: inflated bytes that big and gzip frames may hold while they are "
+     "inflated and checked off the writer thread."),
     ("dsn", None, None, "NIGHTOWL_DSN", _text("dsn"),
      "PostgreSQL DSN to drain into. Unset: buffer only."),
     ("drain-workers", None, 2, "NIGHTOWL_DRAIN_WORKERS", _non_negative_int("drain-workers"),
      "Number of drain worker processes (0 disables draining)."),
     ("batch-size", None, 5000, "NIGHTOWL_BATCH_SIZE", _positive_int("batch-size"),
      "Payload rows a drain worker claims per batch."),
+    ("batch-bytes", None, 64 * 1024 * 1024, "NIGHTOWL_BATCH_BYTES", _size("batch-bytes"),
+     "Payload bytes a drain worker claims per batch at most (always at least one payload); "
+     "a worker that dies on a claim gets half as many rows, down to one, which is "
+     "then quarantined."),
     ("environment", None, "production", "NIGHTOWL_ENVIRONMENT", _text("environment"),
      "Environment name stamped on every row."),
     ("health", None, DEFAULT_HEALTH, "NIGHTOWL_HEALTH", _strports("health", allow_none=True),
