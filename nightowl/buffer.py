@@ -635,11 +635,20 @@ class BufferWriter(service.Service):
     # -- operations (run on the writer thread, inside a transaction) --------
 
     def _op_claim(self, conn, arg, now):
-        worker, limit = arg
-        ids = [row[0] for row in conn.execute(
-            "UPDATE payloads SET state = ?, state_at = ? WHERE id IN "
-            "(SELECT id FROM payloads WHERE state = 0 ORDER BY id LIMIT ?) RETURNING id",
-            (CLAIMED + worker, now, limit))]
+        worker, limit, max_bytes = arg
+        if max_bytes is None:
+            ids = [row[0] for row in conn.execute(
+                "UPDATE payloads SET state = ?, state_at = ? WHERE id IN "
+                "(SELECT id FROM payloads WHERE state = 0 ORDER BY id LIMIT ?) RETURNING id",
+                (CLAIMED + worker, now, limit))]
+        else:
+            # bounded in bytes too (a running total; always at least one row)
+            ids = [row[0] for row in conn.execute(
+                "UPDATE payloads SET state = ?, state_at = ? WHERE id IN "
+                "(SELECT id FROM (SELECT id, sum(coalesce(size, 0)) OVER (ORDER BY id) AS total, "
+                "row_number() OVER (ORDER BY id) AS n FROM (SELECT id, size FROM payloads "
+                "WHERE state = 0 ORDER BY id LIMIT ?)) WHERE total <= ? OR n = 1) RETURNING id",
+                (CLAIMED + worker, now, limit, max_bytes))]
         ids.sort()
         return ids, [("pending", -len(ids)), ("claimed", len(ids))]
 
@@ -772,8 +781,9 @@ class BufferWriter(service.Service):
             return
         self._queue.put(("append", batch, checked))
 
-    def claim(self, worker, limit):
-        return self._submit("claim", (worker, limit))
+    def claim(self, worker, limit, max_bytes=None):
+        """Claim up to ``limit`` pending rows, and up to ``max_bytes`` of payload (>= 1 row)."""
+        return self._submit("claim", (worker, limit, max_bytes))
 
     def mark_drained(self, ids):
         return self._submit("mark_drained", list(ids))

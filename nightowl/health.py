@@ -101,6 +101,12 @@ def evaluate(snapshot, now):
             "PostgreSQL is unreachable ({}); payloads wait in the buffer".format(
                 drain.get("last_error") or "connection failed"))
     for worker in snapshot.get("workers") or ():
+        frozen = worker.get("frozen_at")
+        if frozen is not None and now - frozen < CRASH_LOOP_WINDOW:
+            add("worker-frozen", "warning",
+                "drain worker {} sent nothing past its heartbeat timeout {:.0f} s ago and was "
+                "killed (stopped or wedged); its claim was released".format(
+                    worker.get("worker"), now - frozen))
         recent = [t for t in worker.get("restart_times") or () if now - t < CRASH_LOOP_WINDOW]
         if len(recent) >= CRASH_LOOP_RESTARTS:
             add("worker-crash-loop", "warning",
@@ -649,6 +655,8 @@ class HealthService(service.MultiService):
                 "postgres_reachable": m.get("pg_reachable"),
                 "last_error": m.get("last_error"),
                 "seconds_since_success": m.get("seconds_since_success"),
+                "frozen_at": m.get("frozen_at"),
+                "frozen_count": m.get("frozen_count", 0),
             })
 
         dsn = self.options.get("dsn")

@@ -144,6 +144,9 @@ PARAMETERS = [
      "Payload bytes a drain worker claims per batch at most (always at least one payload); "
      "a worker that dies on a claim gets half as many rows, down to one, which is "
      "then quarantined."),
+    ("worker-timeout", None, 60.0, "NIGHTOWL_WORKER_TIMEOUT", _positive_float("worker-timeout"),
+     "Seconds a drain worker may stay silent (no heartbeat) before it is killed as frozen "
+     "and its claim released."),
     ("environment", None, "production", "NIGHTOWL_ENVIRONMENT", _text("environment"),
      "Environment name stamped on every row."),
     ("health", None, DEFAULT_HEALTH, "NIGHTOWL_HEALTH", _strports("health", allow_none=True),

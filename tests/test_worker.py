@@ -283,7 +283,11 @@ def spawn_worker(tmp_path, extra=None):
 
 
 def read_message(proc):
-    return ipc.decode(proc.stdout.readline())
+    """The next message, skipping heartbeats (sent every few seconds from a thread)."""
+    while True:
+        message = ipc.decode(proc.stdout.readline())
+        if message["op"] != ipc.HEARTBEAT:
+            return message
 
 
 def test_process_exits_at_once_on_stdin_eof(tmp_path):

@@ -142,8 +142,8 @@ class _TimingWriter:
     def __getattr__(self, name):
         return getattr(self._writer, name)
 
-    def claim(self, worker, limit):
-        d = self._writer.claim(worker, limit)
+    def claim(self, worker, limit, max_bytes=None):
+        d = self._writer.claim(worker, limit, max_bytes=max_bytes)
 
         def note(ids):
             if ids and self.first_claim is None:

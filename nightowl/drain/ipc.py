@@ -12,6 +12,7 @@ HELLO = "hello"
 CLAIM = "claim"
 DONE = "done"
 STATS = "stats"
+HEARTBEAT = "heartbeat"   # every few seconds from a thread: "not frozen"
 # supervisor -> worker
 CLAIMED = "claimed"
 MARKED = "marked"

@@ -25,6 +25,8 @@ from twisted.logger import Logger, LogLevel
 
 import nightowl
 from nightowl.drain import ipc
+from nightowl.drain.poison import ClaimShrinker
+from nightowl.drain.watchdog import DEFAULT_TIMEOUT, Watchdog
 
 WORKER_MODULE = "nightowl.drain.worker"
 RESPAWN_FIRST = 1.0
@@ -37,6 +39,11 @@ MAINTENANCE_DEADLINE = 300.0
 MARK_RETRY_FIRST = 1.0
 MARK_RETRY_MAX = 30.0
 MAX_LINE = 1024 * 1024
+WATCH_EVERY = 5.0          # seconds between checks for silent (frozen) workers
+CLAIM_FAILURE_LOG_EVERY = 10.0
+# worker counters the supervisor carries across a worker's restarts
+COUNTERS = ("batches", "payloads", "records", "rows", "quarantined", "skipped",
+            "ledger_skipped", "failures")
 
 _PASSED_ENV = ("PATH", "PYTHONPATH", "HOME", "LANG", "NIGHTOWL_WORKER_NICE")
 
@@ -175,6 +182,9 @@ class _Slot:
         self.restarts = 0
         self.respawn_call = None
         self.inflight = set()      # Deferreds of buffer operations for this worker
+        self.claim = ()            # ids of the claim handed out and not yet reported
+        self.carried = {}          # counters of this slot's earlier processes
+        self.last_stats = {}       # the current process's last reported counters
 
 
 class DrainSupervisor(service.Service):
@@ -187,7 +197,8 @@ class DrainSupervisor(service.Service):
     log = Logger()
 
     def __init__(self, buffer_writer, options, metrics, reactor=None,
-                 worker_env=None, stop_grace=STOP_GRACE, kill_after=KILL_AFTER):
+                 worker_env=None, stop_grace=STOP_GRACE, kill_after=KILL_AFTER,
+                 worker_timeout=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -203,6 +214,12 @@ class DrainSupervisor(service.Service):
         self.maintenance_call = None
         self.migrated = None       # None: not tried, True/False: last outcome
         self._stopped = None
+        self.shrinker = ClaimShrinker()
+        self.watchdog = Watchdog(worker_timeout or options.get("worker-timeout")
+                                 or DEFAULT_TIMEOUT)
+        self._watch_call = None
+        self._claim_failures = 0        # since the last report
+        self._claim_failure_logged = None
 
     # -- configuration -----------------------------------------------------
 
@@ -268,6 +285,7 @@ class DrainSupervisor(service.Service):
             self.slots[n] = _Slot(n)
             self.spawn(n)
         self.maintenance_call = self.reactor.callLater(MAINTENANCE_EVERY, self._hourly)
+        self._watch_call = self.reactor.callLater(WATCH_EVERY, self._watch)
 
     def spawn(self, worker_id):
         slot = self.slots[worker_id]
@@ -277,6 +295,9 @@ class DrainSupervisor(service.Service):
         proto = WorkerProtocol(self, worker_id)
         slot.proto = proto
         slot.started_at = self.reactor.seconds()
+        slot.claim = ()
+        slot.last_stats = {}
+        self.watchdog.heard(worker_id, slot.started_at)
         self.reactor.spawnProcess(
             proto, sys.executable, [sys.executable, "-m", WORKER_MODULE],
             env=self.worker_environ(worker_id), childFDs={0: "w", 1: "r", 2: "r"})
@@ -292,6 +313,9 @@ class DrainSupervisor(service.Service):
         if self.maintenance_call is not None and self.maintenance_call.active():
             self.maintenance_call.cancel()
         self.maintenance_call = None
+        if self._watch_call is not None and self._watch_call.active():
+            self._watch_call.cancel()
+        self._watch_call = None
         if self.maintenance is not None:
             self.maintenance.signal("TERM")
         live = []
@@ -337,6 +361,11 @@ class DrainSupervisor(service.Service):
     def messageReceived(self, proto, message):
         op = message["op"]
         worker_id = proto.worker_id
+        slot = self.slots.get(worker_id)
+        if slot is not None and slot.proto is proto:
+            self.watchdog.heard(worker_id, self.reactor.seconds())
+        if op == ipc.HEARTBEAT:
+            return
         if op == ipc.CLAIM:
             self._claim(proto, message)
         elif op == ipc.DONE:
@@ -367,9 +396,14 @@ class DrainSupervisor(service.Service):
             limit = max(1, int(message.get("limit") or self.options.get("batch-size") or 5000))
         except (TypeError, ValueError):
             limit = int(self.options.get("batch-size") or 5000)
-        d = defer.maybeDeferred(self.buffer_writer.claim, proto.worker_id, limit)
+        limit = self.shrinker.cap(limit)
+        d = defer.maybeDeferred(self.buffer_writer.claim, proto.worker_id, limit,
+                                max_bytes=self.options.get("batch-bytes"))
 
         def reply(ids):
+            slot = self.slots.get(proto.worker_id)
+            if slot is not None and slot.proto is proto:
+                slot.claim = sorted(ids or ())
             message = {"op": ipc.CLAIMED, "ids": list(ids or ())}
             low = getattr(self.buffer_writer, "low_water", None)
             if low is not None:
@@ -377,7 +411,7 @@ class DrainSupervisor(service.Service):
             proto.send(message)
 
         def failed(f):
-            self.log.failure("claiming for drain worker {worker}", f, worker=proto.worker_id)
+            self._claimFailed(f, proto.worker_id)
             proto.send({"op": ipc.CLAIMED, "ids": []})
         d.addCallbacks(reply, failed)
         d.addErrback(self._logFailure, "replying to a claim")
@@ -387,6 +421,10 @@ class DrainSupervisor(service.Service):
         drained = [int(i) for i in message.get("drained") or ()]
         quarantined = [(int(i), str(r)) for (i, r) in message.get("quarantined") or ()]
         self._stats(proto.worker_id, message.get("stats"))
+        slot = self.slots.get(proto.worker_id)
+        if slot is not None and slot.proto is proto:
+            slot.claim = ()
+        self.shrinker.completed(set(drained) | set(i for i, _r in quarantined))
         d = self._markUntilCommitted(proto.worker_id, drained, quarantined, MARK_RETRY_FIRST)
 
         def reply(_):
@@ -433,8 +471,55 @@ class DrainSupervisor(service.Service):
         if isinstance(stats, dict):
             m = self._workerMetrics(worker_id)
             m.update(stats)
+            slot = self.slots.get(worker_id)
+            if slot is not None:
+                # a restarted worker counts from 0: add what its predecessors did
+                for key in COUNTERS:
+                    if isinstance(stats.get(key), int):
+                        slot.last_stats[key] = stats[key]
+                        m[key] = slot.carried.get(key, 0) + stats[key]
             m["worker"] = worker_id
             m["updated_at"] = self.reactor.seconds()
+
+    def _claimFailed(self, f, worker_id):
+        """A failed claim (disk full...): logged once per CLAIM_FAILURE_LOG_EVERY s."""
+        now = self.reactor.seconds()
+        self._claim_failures += 1
+        last = self._claim_failure_logged
+        if last is not None and now - last < CLAIM_FAILURE_LOG_EVERY:
+            return
+        self.log.error("claiming for drain worker {worker} failed: {error} ({count} failed "
+                       "claims since the last report; retrying)", worker=worker_id,
+                       error=_first_line(f), count=self._claim_failures)
+        self._claim_failures = 0
+        self._claim_failure_logged = now
+
+    def _watch(self):
+        """Kill workers silent past the watchdog timeout (frozen); runs every WATCH_EVERY s."""
+        self._watch_call = None
+        if self.stopping:
+            return
+        try:
+            now = self.reactor.seconds()
+            for worker_id, silent in self.watchdog.silent(now):
+                slot = self.slots.get(worker_id)
+                if slot is None or slot.proto is None or slot.proto.ended:
+                    self.watchdog.forget(worker_id)
+                    continue
+                m = self._workerMetrics(worker_id)
+                m["frozen_at"] = now
+                m["frozen_count"] = m.get("frozen_count", 0) + 1
+                self.watchdog.killed += 1
+                self.log.error("drain worker {worker} (pid {pid}) sent nothing for {silent:.0f} s "
+                               "(frozen?) holding {claimed} claimed payloads: killing it; its "
+                               "claim is released and the ledger skips what it committed",
+                               worker=worker_id, pid=slot.proto.pid, silent=silent,
+                               claimed=len(slot.claim))
+                self.watchdog.forget(worker_id)
+                slot.proto.signal("KILL")
+        except Exception:
+            self.log.failure("drain supervisor: watching for frozen workers")
+        self._watch_call = self.reactor.callLater(WATCH_EVERY, self._watch)
 
     # -- exits ----------------------------------------------------------------
 
@@ -448,6 +533,14 @@ class DrainSupervisor(service.Service):
         now = self.reactor.seconds()
         uptime = now - slot.started_at if slot.started_at is not None else 0.0
         slot.proto = None
+        self.watchdog.forget(worker_id)
+        for key, value in slot.last_stats.items():
+            slot.carried[key] = slot.carried.get(key, 0) + value
+        slot.last_stats = {}
+        claim, slot.claim = slot.claim, ()
+        poison = None
+        if not (self.stopping and code == 0):
+            poison = self.shrinker.died(claim, "code {}, signal {}".format(code, sig))
         m = self._workerMetrics(worker_id)
         m.update({"alive": False, "exit_code": code, "exit_signal": sig})
         if self.stopping and code == 0:
@@ -460,6 +553,12 @@ class DrainSupervisor(service.Service):
         # release only after every buffer operation already asked for this worker
         pending = list(slot.inflight)
         d = defer.DeferredList(pending, consumeErrors=True) if pending else defer.succeed(None)
+        if poison is not None:
+            d.addCallback(lambda _: self._isolate(worker_id, *poison))
+        elif claim and self.shrinker.limit is not None:
+            self.log.warn("drain worker {worker} died holding {count} payloads from id {first}: "
+                          "the next claims take at most {limit}", worker=worker_id,
+                          count=len(claim), first=claim[0], limit=self.shrinker.limit)
         d.addCallback(lambda _: self.buffer_writer.release(worker_id))
         d.addCallback(self._released, worker_id)
         d.addErrback(self._logFailure, "releasing the claims of drain worker {}".format(worker_id))
@@ -487,6 +586,12 @@ class DrainSupervisor(service.Service):
         if self.stopping or slot.respawn_call is not None:
             return
         slot.respawn_call = self.reactor.callLater(slot.delay, self.spawn, slot.worker_id)
+
+    def _isolate(self, worker_id, payload_id, reason):
+        self.log.error("drain worker {worker} died again on payload {id} alone: quarantining "
+                       "it so the drain goes on (`nightowl buffer inspect` shows it)",
+                       worker=worker_id, id=payload_id)
+        return self.buffer_writer.quarantine([(payload_id, reason)])
 
     def _released(self, count, worker_id):
         if count:
@@ -541,3 +646,8 @@ class DrainSupervisor(service.Service):
 
     def _logFailure(self, f, what):
         self.log.failure("drain supervisor: {what}", f, what=what)
+
+
+def _first_line(f):
+    lines = (f.getErrorMessage() or "").splitlines()
+    return "{}: {}".format(f.type.__name__, lines[0][:200] if lines else "")

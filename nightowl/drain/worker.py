@@ -18,7 +18,9 @@ Configuration (environment):
   NIGHTOWL_BATCH_SIZE   payload rows per claim (default 5000)
   NIGHTOWL_BUFFER_ID    the buffer's UUID (default: read from its meta table)
   NIGHTOWL_LEDGER       0 disables the exactly-once ledger (benchmarks only)
-  NIGHTOWL_FAULT        test-only: kill-after-commit:N or kill-mid-copy:N
+  NIGHTOWL_FAULT        test-only: kill-after-commit:N, kill-mid-copy:N or
+                        kill-on-payload:TEXT (SIGKILL whenever a claimed payload
+                        holds TEXT: a payload that kills every worker)
 
 Postgres outages: the claimed ids are kept (not reported), the same rows are
 retried with exponential backoff 100 ms -> 10 s, and the outage is logged at
@@ -92,8 +94,11 @@ def parse_fault(text):
     if not text or not text.strip():
         return None
     kind, _, n = text.strip().partition(":")
+    if kind == "kill-on-payload" and n:
+        return kind, n.encode("utf-8")
     if kind not in ("kill-after-commit", "kill-mid-copy") or not n.isdigit() or int(n) < 1:
-        raise ConfigError("NIGHTOWL_FAULT: expected kill-after-commit:N or kill-mid-copy:N")
+        raise ConfigError("NIGHTOWL_FAULT: expected kill-after-commit:N, kill-mid-copy:N "
+                          "or kill-on-payload:TEXT")
     return kind, int(n)
 
 
@@ -245,9 +250,24 @@ class Channel:
             else:
                 self._queue.put(message)
 
+    _lock = threading.Lock()   # the heartbeat thread writes too
+
     def send(self, message):
-        self._out.write(ipc.encode(message))
-        self._out.flush()
+        line = ipc.encode(message)
+        with self._lock:
+            self._out.write(line)
+            self._out.flush()
+
+    def start_heartbeat(self, every):
+        """A thread sending ``heartbeat`` every ``every`` s: silence means frozen."""
+        def beat():
+            while True:
+                time.sleep(every)
+                try:
+                    self.send({"op": ipc.HEARTBEAT})
+                except (OSError, ValueError):
+                    return
+        threading.Thread(target=beat, name="ipc-heartbeat", daemon=True).start()
 
     def expect(self, op):
         """Block until the supervisor sends ``op``; None on EOF."""
@@ -368,6 +388,10 @@ class Worker:
     def drain(self, ids):
         """Write one claimed batch; the ``done`` message, or None when stopping."""
         rows = self.reader.read(ids)
+        fault = self.config.fault
+        if fault and fault[0] == "kill-on-payload" and any(fault[1] in p for (_i, p) in rows):
+            self.log("warn", "fault injection: SIGKILL on a claimed payload")
+            self.kill()
         found = set(i for (i, _p) in rows)
         missing = [i for i in ids if i not in found]
         if missing:
@@ -594,6 +618,8 @@ def main(environ=None, argv=None):
     worker = Worker(config, channel, reader, writer_factory, stop_event, log,
                     unavailable=(PostgresUnavailable,))
     channel.start()
+    from nightowl.drain.watchdog import HEARTBEAT_EVERY
+    channel.start_heartbeat(HEARTBEAT_EVERY)
     code = worker.run()
     ipc_out.flush()
     return code
