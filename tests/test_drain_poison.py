@@ -84,12 +84,36 @@ class PoisonClaimTests(Base):
         self.assertEqual(sizes, [8, 4, 2, 1])
         self.assertEqual(buffer.state[1], 2)   # isolated: quarantined with the reason
         self.assertIn("died 4 times in a row", buffer.errors[1])
+        self.assertEqual(self.sup.shrinker.figures()["isolated"], 1)
         # the drain moves on: the next claim is full-size again, from id 2
         t.say({"op": "claim", "limit": 8})
         self.assertEqual(t.take()[-1]["ids"], list(range(2, 10)))
         self.flushLoggedErrors()
 
-    def test_a_completed_claim_clears_the_suspicion(self):
+    def test_a_poison_payload_in_the_middle_is_found_by_bisection(self):
+        buffer = FakeBufferWriter(count=20)
+        self.start(buffer, **{"drain-workers": 1, "batch-size": 8})
+        t = self.worker()
+        deaths = 0
+        for _round in range(30):
+            t.say({"op": "claim", "limit": 8})
+            ids = t.take()[-1]["ids"]
+            if not ids:
+                break
+            if 6 in ids:                         # this payload kills every worker
+                t.end(code=None, sig=9)
+                deaths += 1
+                t = self.respawn()
+            else:
+                t.say({"op": "done", "drained": ids, "quarantined": []})
+                t.take()
+        self.assertEqual(buffer.state[6], 2)
+        self.assertEqual(sorted(i for i, st in buffer.state.items() if st == 1),
+                         [i for i in range(1, 21) if i != 6])
+        self.assertLessEqual(deaths, 4)
+        self.flushLoggedErrors()
+
+    def test_written_claims_clear_the_suspects(self):
         buffer = FakeBufferWriter(count=20)
         self.start(buffer, **{"drain-workers": 1, "batch-size": 8})
         t = self.worker()
@@ -99,7 +123,11 @@ class PoisonClaimTests(Base):
         t = self.respawn()
         t.say({"op": "claim", "limit": 8})
         ids = t.take()[-1]["ids"]
-        self.assertEqual(len(ids), 4)
+        self.assertEqual(ids, [1, 2, 3, 4])
+        t.say({"op": "done", "drained": ids, "quarantined": []})
+        t.say({"op": "claim", "limit": 8})
+        ids = t.take()[-1]["ids"]
+        self.assertEqual(ids, [5, 6, 7, 8])       # the rest of the suspects, still capped
         t.say({"op": "done", "drained": ids, "quarantined": []})
         t.say({"op": "claim", "limit": 8})
         self.assertEqual(len(t.take()[-1]["ids"]), 8)
