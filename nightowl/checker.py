@@ -65,7 +65,15 @@ class FrameChecker(service.Service):
 
     def refusal(self, frame):
         """``back-pressure`` if ``frame`` does not fit in the budget now, else None."""
-        if self.frames and self.reserved + self.need(frame) > self.max_bytes:
+        return self.refusal_for(self.need(frame))
+
+    def refusal_for(self, size):
+        """
+        ``back-pressure`` if ``size`` bytes do not fit in the budget now; the
+        ingest asks as soon as a frame's length prefix says it will come
+        here, so a big frame is refused before its megabytes are read.
+        """
+        if self.frames and self.reserved + size > self.max_bytes:
             self.refused += 1
             return "back-pressure"
         return None

@@ -23,6 +23,7 @@ class IngestProtocol(Protocol):
 
     _finished = False
     _held = 0
+    _sized = False
 
     def connectionMade(self):
         factory = self.factory
@@ -41,6 +42,14 @@ class IngestProtocol(Protocol):
             self._refuse(e)
             return
         if frame is None:
+            if not self._sized and parser.declared is not None:
+                self._sized = True
+                checker = factory.checker
+                if (checker is not None and parser.declared > checker.threshold
+                        and checker.refusal_for(parser.declared)):
+                    # refused before its megabytes are read
+                    self._refuse(wire.FrameError("back-pressure", "frame checker full"))
+                    return
             held = parser.buffered
             metrics = factory.metrics
             metrics.inflight_bytes += held - self._held

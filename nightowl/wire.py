@@ -128,6 +128,11 @@ class FrameParser:
         self.done = False
 
     @property
+    def declared(self):
+        """The frame's declared length once its prefix is read, else None."""
+        return self._length
+
+    @property
     def buffered(self):
         """Bytes held so far (for the in-flight memory cap)."""
         return len(self._prefix) + self._have

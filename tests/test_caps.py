@@ -102,11 +102,17 @@ def test_a_big_frame_in_the_checker_does_not_hold_small_acks_and_a_full_one_refu
         _p2.dataReceived(wire.encode_frame(b"[1]"))
         buffer.commit()
         assert t.value() == b"2:OK"
-    # a second big frame does not fit in the 1 MiB budget: 5:ERROR, counted
+    # a second big frame does not fit in the 1 MiB budget: 5:ERROR, counted,
+    # as soon as its length prefix is read
     _p3, t3 = connect(factory)
-    _p3.dataReceived(wire.encode_frame(big))
+    second = wire.encode_frame(big)
+    _p3.dataReceived(second[:100])
     assert t3.value() == b"5:ERROR"
     assert metrics.rejected["back-pressure"] == 1
+    _p4, t4 = connect(factory)
+    _p4.dataReceived(second)
+    assert t4.value() == b"5:ERROR"
+    assert metrics.rejected["back-pressure"] == 2
     assert big_t.value() == b""
     checker.finish()
     assert checker.reserved == 0

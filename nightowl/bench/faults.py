@@ -1872,7 +1872,8 @@ def configure(parser):
                         help="payloads/s sent during the drain trials (default 1500)")
     parser.add_argument("--only", default=None,
                         help="comma-separated faults to run: sigkill, back-pressure, "
-                             "disk-full, corrupt, hostile, agent-kill, worker-kill, pg-outage")
+                             "disk-full, corrupt, hostile, agent-kill, worker-kill, pg-outage, "
+                             "clock-skew, second-agent, big-frames, poison-claim")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
@@ -1945,6 +1946,8 @@ def table(results):
             rows.append(("corrupt", r["case"], "ok" if r["ok"] else "FAIL",
                          "{}{}".format("/".join(r["outcomes"]),
                                        ", moved aside" if r.get("moved_aside") else "")))
+        elif "detail" in r:  # nightowl.bench.faults_guards
+            rows.append((r["fault"], r["trial"], "ok" if r["ok"] else "FAIL", r["detail"]))
         elif r["fault"] == "hostile":
             rows.append(("hostile", "{} frames".format(r["frames"]), "ok" if r["ok"] else "FAIL",
                          "{}; valid {}/{}; idle closed {}/{}; slowloris {}/{}; RSS {}->{}->{} "
@@ -1962,7 +1965,7 @@ def run(args):
     seed = args.seed if args.seed is not None else int(time.time())
     only = set(args.only.split(",")) if args.only else {
         "sigkill", "back-pressure", "disk-full", "corrupt", "hostile", "agent-kill",
-        "worker-kill", "pg-outage"}
+        "worker-kill", "pg-outage", "clock-skew", "second-agent", "big-frames", "poison-claim"}
     tmp = tempfile.mkdtemp(prefix="nightowl-faults-")
     results = []
     errors = []
@@ -2034,6 +2037,23 @@ def run(args):
                 "a seeded random source" if made is None else "hypothesis"))
             attempt("hostile", hostile_trial, tmp, generated=args.generated, idle=args.idle,
                     slowloris=args.slowloris, seed=seed, chooser_frames=made, log=log)
+        from nightowl.bench import faults_guards
+
+        @contextlib.contextmanager
+        def dsn_for(fault):
+            if args.dsn is not None:
+                yield args.dsn
+                return
+            if args.admin_dsn == "none":
+                errors.append("{}: needs --dsn or --admin-dsn (skipped)".format(fault))
+                yield None
+                return
+            name, dsn = scratch.create_database(args.admin_dsn)
+            try:
+                yield dsn
+            finally:
+                scratch.drop_database(args.admin_dsn, name)
+        faults_guards.run_all(tmp, only, dsn_for, log, attempt)
     finally:
         if args.keep:
             log("kept {}".format(tmp))
