@@ -1326,6 +1326,7 @@ def hostile_trial(workdir, generated=300, idle=500, slowloris=10, valid_rate=200
     violations += check["violations"]
     res.update({
         "outcomes": outcomes, "valid_sent": valid["started"], "valid_acked": valid["ok"],
+        "valid_p99_ms": valid.get("p99_ms"), "valid_p50_ms": valid.get("p50_ms"),
         "idle_closed": closed, "idle_connect_failed": idle_failed,
         "slowloris_closed": sum(1 for r in slow_results if r[0] == "closed"),
         "slowloris_max_s": round(max([r[2] for r in slow_results] or [0]), 1),
@@ -1873,7 +1874,8 @@ def configure(parser):
     parser.add_argument("--only", default=None,
                         help="comma-separated faults to run: sigkill, back-pressure, "
                              "disk-full, corrupt, hostile, agent-kill, worker-kill, pg-outage, "
-                             "clock-skew, second-agent, big-frames, poison-claim")
+                             "clock-skew, second-agent, big-frames, poison-claim, "
+                             "frozen-worker")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
@@ -1950,8 +1952,9 @@ def table(results):
             rows.append((r["fault"], r["trial"], "ok" if r["ok"] else "FAIL", r["detail"]))
         elif r["fault"] == "hostile":
             rows.append(("hostile", "{} frames".format(r["frames"]), "ok" if r["ok"] else "FAIL",
-                         "{}; valid {}/{}; idle closed {}/{}; slowloris {}/{}; RSS {}->{}->{} "
-                         "kB".format(r["outcomes"], r["valid_acked"], r["valid_sent"],
+                         "{}; valid {}/{} (ack p99 {} ms); idle closed {}/{}; slowloris {}/{}; "
+                         "RSS {}->{}->{} kB".format(r["outcomes"], r["valid_acked"],
+                                                     r["valid_sent"], r.get("valid_p99_ms"),
                                      r["idle_closed"], r["idle"], r["slowloris_closed"],
                                      r["slowloris"], r["rss_before_kb"], r["rss_peak_kb"],
                                      r["rss_after_kb"])))
@@ -1965,7 +1968,8 @@ def run(args):
     seed = args.seed if args.seed is not None else int(time.time())
     only = set(args.only.split(",")) if args.only else {
         "sigkill", "back-pressure", "disk-full", "corrupt", "hostile", "agent-kill",
-        "worker-kill", "pg-outage", "clock-skew", "second-agent", "big-frames", "poison-claim"}
+        "worker-kill", "pg-outage", "clock-skew", "second-agent", "big-frames", "poison-claim",
+        "frozen-worker"}
     tmp = tempfile.mkdtemp(prefix="nightowl-faults-")
     results = []
     errors = []

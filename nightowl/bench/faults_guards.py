@@ -17,6 +17,9 @@ tests/integration/test_faults_guards.py:
 * ``poison-claim``: a payload that kills every worker that claims it (the
   ``kill-on-payload`` hook): it is isolated (quarantined), every other acked
   payload lands in Postgres exactly once.
+* ``frozen-worker``: a worker SIGSTOPped under load is found by its silent
+  heartbeat, reported (``worker-frozen``), killed and respawned; every acked
+  payload lands in Postgres exactly once.
 """
 
 import os
@@ -280,6 +283,68 @@ def poison_claim_trial(workdir, dsn, payload_count=120, log=print):
                                       check["stored"], check["missing"], check["duplicates"])}
 
 
+def frozen_worker_trial(workdir, dsn, payload_count=300, timeout=3.0, log=print):
+    """A SIGSTOPped worker is found by its silence, killed, its claim drained once."""
+    import signal
+    violations = []
+    oracle = Oracle()
+    path = os.path.join(workdir, "frozen.sqlite")
+    agent = Agent(path, args=["--dsn", dsn, "--drain-workers", "2", "--batch-size", "20",
+                              "--worker-timeout", str(timeout)])
+    stopped = None
+    frozen_seen = reason_seen = False
+    try:
+        if not agent.start():
+            raise AssertionError("agent did not start:\n" + agent.log()[-3000:])
+
+        def workers():
+            return dict((w["worker"], w) for w in (agent.status() or {}).get("workers") or ())
+        if not wait_for(lambda: len([w for w in workers().values() if w.get("pid")]) == 2, 60):
+            raise AssertionError("the workers did not come up")
+        stopped = workers()[0]["pid"]
+        sender = threading.Thread(target=_send_ids,
+                                  args=(agent.port, range(1, payload_count + 1), oracle))
+        sender.start()
+        time.sleep(0.3)
+        os.kill(stopped, signal.SIGSTOP)
+
+        def frozen():
+            w = workers().get(0) or {}
+            return w.get("frozen_at") is not None and w.get("pid") != stopped and w.get("alive")
+        frozen_seen = bool(wait_for(frozen, timeout + 30, every=0.2))
+        reason_seen = any(r["code"] == "worker-frozen"
+                          for r in (agent.status() or {}).get("reasons") or ())
+        sender.join(120)
+        _catch_up(agent, 120, violations, "after a frozen worker")
+    finally:
+        agent.stop()
+        if stopped is not None:
+            try:
+                os.kill(stopped, signal.SIGKILL)   # only if the agent did not (it should)
+            except OSError:
+                pass
+    import re
+    held = [int(m.group(1)) for m in (re.search(r"holding (\d+) claimed payloads", line)
+                                      for line in agent.lines) if m]
+    check = pg_check(oracle, dsn)
+    violations.extend(check["violations"])
+    if not frozen_seen:
+        violations.append("the stopped worker was not detected, killed and respawned")
+    if not reason_seen:
+        violations.append("/status did not show worker-frozen")
+    if len(oracle.acked) < payload_count // 2:
+        violations.append("vacuous: only {} acked".format(len(oracle.acked)))
+    log("frozen-worker: detected {}, reason {}, {} acked, {} in Postgres".format(
+        frozen_seen, reason_seen, check["acked"], check["stored"]))
+    return {"fault": "frozen-worker", "trial": "SIGSTOP", "ok": not violations,
+            "violations": violations,
+            "claimed_when_frozen": held[0] if held else None,
+            "detail": "killed after {} s of silence: {} (held {} claimed); {} acked, {} in "
+                      "Postgres, {} missing, {} dup".format(
+                          timeout, frozen_seen, held[0] if held else "?", check["acked"],
+                          check["stored"], check["missing"], check["duplicates"])}
+
+
 def run_all(tmp, only, dsn_for, log, attempt):
     """Called by L{nightowl.bench.faults.run}: the trials in ``only``."""
     if "clock-skew" in only:
@@ -290,6 +355,10 @@ def run_all(tmp, only, dsn_for, log, attempt):
         attempt("second-agent", second_agent_trial, _dir(tmp, "owner"), log=log)
     if "big-frames" in only:
         attempt("big-frames", big_frames_trial, _dir(tmp, "big"), log=log)
+    if "frozen-worker" in only:
+        with dsn_for("frozen-worker") as dsn:
+            if dsn:
+                attempt("frozen-worker", frozen_worker_trial, _dir(tmp, "frozen"), dsn, log=log)
     if "poison-claim" in only:
         with dsn_for("poison-claim") as dsn:
             if dsn:
@@ -303,6 +372,6 @@ def _dir(tmp, name):
 
 
 # re-exported for the trial table
-GUARD_FAULTS = ("clock-skew", "second-agent", "big-frames", "poison-claim")
+GUARD_FAULTS = ("clock-skew", "second-agent", "big-frames", "poison-claim", "frozen-worker")
 __all__ = ["clock_skew_trial", "second_agent_trial", "big_frames_trial", "poison_claim_trial",
-           "run_all", "GUARD_FAULTS", "wait_for"]
+           "frozen_worker_trial", "run_all", "GUARD_FAULTS"]

@@ -30,3 +30,8 @@ def test_a_payload_that_kills_every_worker_is_isolated(tmp_path, fresh_pg_dsn):
                                               payload_count=40)
     assert_trial(result)
     assert result["restarts"] >= 1
+
+
+def test_a_frozen_worker_is_killed_and_its_claim_drained_once(tmp_path, fresh_pg_dsn):
+    assert_trial(faults_guards.frozen_worker_trial(workdir(tmp_path, "frozen"), fresh_pg_dsn,
+                                                   payload_count=200, timeout=3.0))
