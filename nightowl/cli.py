@@ -29,6 +29,9 @@ COMMANDS = {
     "buffer": ("nightowl.admin.buffer", "inspect, requeue or verify the SQLite buffer"),
     "prune": ("nightowl.admin.prune", "apply retention now: drop expired daily partitions"),
     "send": ("nightowl.admin.send", "send realistic SDK-shaped payloads (simulator)"),
+    "issues": ("nightowl.admin.issues", "list issues, show one, resolve, ignore or reopen it"),
+    "thresholds": ("nightowl.admin.thresholds",
+                   "set, list or remove the duration thresholds of performance issues"),
     "bench": ("nightowl.bench.command", "benchmarks: ingest, drain, e2e, soak, faults"),
 }
 

@@ -4,8 +4,10 @@ Write one batch of buffer payload rows into PostgreSQL.
 ``BatchWriter.write(rows)`` takes ``[(buffer row id, exact payload bytes)]``
 and, in ONE transaction: asks the ledger which ids this buffer already
 committed (those are reported drained and not written again), COPYs every
-table, upserts issues and users (sorted by key: hazard 42), inserts the
-ledger row, commits.  ``synchronous_commit`` stays on: an asynchronously
+table, upserts issues and users (sorted by key: hazard 42; the issue
+statements, lifecycle events and alert outbox rows are nightowl.issues.upsert's,
+slow records against nightowl.issues.thresholds), inserts the ledger row,
+commits.  ``synchronous_commit`` stays on: an asynchronously
 committed batch can vanish after the buffer already marked it drained.
 
 Errors are classified by SQLSTATE, never by message text (PHP §3.2):
@@ -33,6 +35,7 @@ import psycopg2.extras
 from twisted.logger import Logger
 
 from nightowl import records
+from nightowl.issues import thresholds as _thresholds, upsert as _issue_upsert
 
 CONNECT_OPTIONS = dict(
     connect_timeout=10, keepalives=1, keepalives_idle=10, keepalives_interval=5,
@@ -110,8 +113,14 @@ def classify(exc):
 class BatchWriter:
     log = Logger()
 
-    def __init__(self, dsn, environment, buffer_id, ledger=True, clock=time.time, log=None):
+    def __init__(self, dsn, environment, buffer_id, ledger=True, clock=time.time, log=None,
+                 issues=True, thresholds=None):
         self.dsn = dsn
+        # issues=False: raw rows only (no issue upserts, thresholds, alerts); bench baseline
+        self.issues = issues
+        self.thresholds = thresholds if thresholds is not None or not issues else (
+            _thresholds.ThresholdCache())
+        self._perf = {}  # buffer row id -> slow-record aggregate, for the current write()
         self.environment = environment
         self.buffer_id = str(buffer_id)
         self.ledger = ledger
@@ -171,6 +180,9 @@ class BatchWriter:
         now = self.clock()
         quarantined = []
         items = []
+        table = self.thresholds.get(self._connection) if self.issues and self.thresholds \
+            else _thresholds.EMPTY
+        self._perf = perf = {}
         for row_id, payload in rows:
             try:
                 decoded = records.decode_payload(payload)
@@ -180,6 +192,10 @@ class BatchWriter:
                 quarantined.append((row_id, "invalid-json"))
                 continue
             items.append((row_id, records.encode_records(decoded, self.environment, now)))
+            if table:
+                slow = _thresholds.aggregate(decoded, table, now)
+                if slow:
+                    perf[row_id] = slow
         items.sort(key=lambda item: item[0])
 
         drained, q, written = [], [], []
@@ -284,9 +300,10 @@ class BatchWriter:
                 for table, data in batch.copy_data().items():
                     self._step = table
                     cur.copy_expert(records.copy_sql(table), io.BytesIO(data))
-                if batch.issues:
+                slow = self._slow(todo)
+                if self.issues and (batch.issues or slow):
                     self._step = "nightowl_issues"
-                    self._upsert_issues(cur, batch.issues)
+                    self._upsert_issues(cur, batch.issues, slow)
                 if batch.users:
                     self._step = "nightowl_users"
                     self._upsert_users(cur, batch.users)
@@ -320,43 +337,16 @@ class BatchWriter:
         self._ledger_skipped += len(items) - len(todo)
         return [i for i, _ in items], todo
 
-    def _upsert_issues(self, cur, issues):
-        env = self.environment
-        rows = []
-        for fp in sorted(issues):
-            n, users, first, last, cls, msg, msg_ts, deploy = issues[fp]
-            rows.append((records.clean(fp), env, records.clean(cls), records.clean(msg),
-                         records.clean(deploy), first, last, n, msg_ts))
-        got = psycopg2.extras.execute_values(cur, """
-            INSERT INTO nightowl_issues AS i (type, status, group_hash, environment, exception_class,
-                exception_message, deploy, first_seen_at, last_seen_at, occurrences_count,
-                users_count, created_at, updated_at)
-            SELECT 'exception', 'open', v.fp, v.env, v.cls, v.msg, v.deploy, to_timestamp(v.first),
-                   to_timestamp(v.last), v.n, 0, now(), now()
-            FROM (VALUES %s) AS v (fp, env, cls, msg, deploy, first, last, n, msg_ts)
-            ORDER BY v.fp
-            ON CONFLICT (group_hash, type, environment) DO UPDATE SET
-                exception_message = CASE WHEN EXCLUDED.last_seen_at >= i.last_seen_at
-                                         THEN EXCLUDED.exception_message ELSE i.exception_message END,
-                first_seen_at = LEAST(i.first_seen_at, EXCLUDED.first_seen_at),
-                last_seen_at = GREATEST(i.last_seen_at, EXCLUDED.last_seen_at),
-                occurrences_count = i.occurrences_count + EXCLUDED.occurrences_count,
-                updated_at = now()
-            RETURNING i.id, i.group_hash""",
-            rows, template="(%s, %s, %s, %s, %s, %s::float8, %s::float8, %s::bigint, %s::float8)",
-            page_size=len(rows), fetch=True)
-        ids = dict((fp, issue_id) for issue_id, fp in got)
-        pairs = sorted((ids[records.clean(fp)], records.clean(uid))
-                       for fp, agg in issues.items() for uid in agg[1])
-        if not pairs:
-            return
-        psycopg2.extras.execute_values(cur, """
-            WITH ins AS (
-                INSERT INTO nightowl_issue_users (issue_id, user_id) VALUES %s
-                ON CONFLICT DO NOTHING RETURNING issue_id),
-            c AS (SELECT issue_id, count(*) AS n FROM ins GROUP BY issue_id)
-            UPDATE nightowl_issues i SET users_count = i.users_count + c.n
-            FROM c WHERE i.id = c.issue_id""", pairs, page_size=len(pairs))
+    def _slow(self, todo):
+        out = {}
+        for row_id, _ in todo:
+            part = self._perf.get(row_id)
+            if part:
+                _thresholds.merge(out, part)
+        return out
+
+    def _upsert_issues(self, cur, issues, slow):
+        _issue_upsert.write(cur, self.environment, issues, slow)
 
     def _upsert_users(self, cur, users):
         rows = []

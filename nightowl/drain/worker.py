@@ -54,7 +54,7 @@ class ConfigError(Exception):
 
 class Config:
     def __init__(self, dsn, buffer, worker_id, environment="production", batch_size=5000,
-                 buffer_id=None, ledger=True, fault=None):
+                 buffer_id=None, ledger=True, fault=None, issues=True):
         self.dsn = dsn
         self.buffer = buffer
         self.worker_id = worker_id
@@ -63,6 +63,7 @@ class Config:
         self.buffer_id = buffer_id
         self.ledger = ledger
         self.fault = fault
+        self.issues = issues  # NIGHTOWL_ISSUES=0: raw rows only, no issues/thresholds/alerts
 
     @classmethod
     def from_environ(cls, env):
@@ -86,6 +87,7 @@ class Config:
             buffer_id=(env.get("NIGHTOWL_BUFFER_ID") or "").strip() or None,
             ledger=env.get("NIGHTOWL_LEDGER", "1").strip().lower() not in ("0", "false", "no", "off"),
             fault=None if fault_spent() else parse_fault(env.get("NIGHTOWL_FAULT")),
+            issues=env.get("NIGHTOWL_ISSUES", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
 
 
@@ -612,7 +614,7 @@ def main(environ=None, argv=None):
 
     def writer_factory():
         return BatchWriter(config.dsn, config.environment, config.buffer_id,
-                           ledger=config.ledger)
+                           ledger=config.ledger, issues=config.issues)
 
     channel = Channel(sys.stdin.buffer, ipc_out, stop_event, on_eof, log)
     worker = Worker(config, channel, reader, writer_factory, stop_event, log,
