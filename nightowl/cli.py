@@ -29,6 +29,7 @@ COMMANDS = {
     "buffer": ("nightowl.admin.buffer", "inspect, requeue or verify the SQLite buffer"),
     "prune": ("nightowl.admin.prune", "apply retention now: drop expired daily partitions"),
     "send": ("nightowl.admin.send", "send realistic SDK-shaped payloads (simulator)"),
+    "alerts": ("nightowl.admin.alerts", "alert channels: add, list, remove, test"),
     "bench": ("nightowl.bench.command", "benchmarks: ingest, drain, e2e, soak, faults"),
 }
 
