@@ -43,10 +43,6 @@ CONNECT_OPTIONS = dict(
             "-c idle_in_transaction_session_timeout=60000")
 
 
-def _jitter():
-    return random.uniform(0.0, 1.0)
-
-
 class AlertDispatcher(service.MultiService):
     """See the module docstring.  ``metrics``: the agent's Metrics (or None)."""
 
@@ -69,7 +65,8 @@ class AlertDispatcher(service.MultiService):
         self.stats_every = stats_every
         self.environ = environ
         self.backoff = backoffPolicy(initialDelay=retry_initial, maxDelay=retry_max,
-                                          factor=2.0, jitter=_jitter)
+                                          factor=2.0,
+                                          jitter=lambda: random.uniform(0.0, retry_initial))
         self.channels = []              # enabled channels, last successful read
         self.channels_read_at = None
         self.figures = {"channels": {}, "sent": 0, "failed": 0, "dead": 0,

@@ -138,12 +138,12 @@ def _fold(cur, channel, args):
                 " GROUP BY event", args)
     events = dict(cur.fetchall())
     cur.execute(
-        "SELECT d.event, o.issue_id, coalesce(o.payload #>> '{issue,exception_class}', "
+        "SELECT d.event, coalesce(o.issue_id::text, o.payload #>> '{issue,id}'), coalesce(o.payload #>> '{issue,exception_class}', "
         "o.payload #>> '{issue,target}'), o.payload #>> '{issue,message}' "
         "FROM nightowl_alert_deliveries d JOIN nightowl_alert_outbox o ON o.id = d.outbox_id "
         "WHERE " + _due(True, "d.") +
         " ORDER BY d.id LIMIT %(listed)s", dict(args, listed=DIGEST_LISTED))
-    listed = [{"event": e, "issue_id": i, "title": _title(name, message)}
+    listed = [{"event": e, "issue_id": _int(i), "title": _title(name, message)}
               for (e, i, name, message) in cur.fetchall()]
     cur.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
     digest = {"count": sum(events.values()), "events": events, "listed": listed,
@@ -157,6 +157,13 @@ def _fold(cur, channel, args):
     cur.execute("UPDATE nightowl_alert_deliveries SET status = 'digested', digest_id = %(digest)s "
                 "WHERE " + _FRESH_DUE, dict(args, digest=row[0]))
     return [row]
+
+
+def _int(text):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def _title(name, message):

@@ -26,6 +26,7 @@ from email.policy import SMTP
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.mail.smtp import ESMTPSenderFactory
 
 from nightowl.alerts import messages
 from nightowl.alerts.channels import check_url, redact_url
@@ -120,7 +121,6 @@ class Transport:
     # -- SMTP ------------------------------------------------------------------
 
     def mail(self, settings, subject, text, html):
-        from twisted.mail.smtp import ESMTPSenderFactory
         try:
             message, sender, recipients = build_email(settings, subject, text, html)
             username = settings.get("user")
@@ -145,7 +145,7 @@ class Transport:
             for c in connector:
                 c.disconnect()
         result = defer.Deferred(cancel)
-        factory = ESMTPSenderFactory(
+        factory = _SenderFactory(
             username.encode("utf-8") if username else None,
             password.encode("utf-8") if password is not None else None,
             sender, recipients, io.BytesIO(message), result, retries=0,
@@ -171,6 +171,16 @@ class Transport:
         return result
 
 
+class _SenderFactory(ESMTPSenderFactory):
+    """ESMTPSenderFactory that tolerates a connection lost after its result fired
+    (a failed or cancelled send): the stock one raises AttributeError then."""
+
+    def _processConnectionError(self, connector, err):
+        if getattr(self, "result", None) is None:
+            return None
+        return ESMTPSenderFactory._processConnectionError(self, connector, err)
+
+
 def _tls_options(host, ca_file):
     from twisted.internet import ssl
     if ca_file:
@@ -181,7 +191,7 @@ def _tls_options(host, ca_file):
 
 
 def build_email(settings, subject, text, html):
-    """(message bytes with CRLF line ends, sender, [recipients]): plain text + HTML."""
+    """(message bytes, sender, [recipients]): multipart/alternative, plain text + HTML."""
     sender = settings.get("from")
     recipients = list(settings.get("to") or ())
     if not sender or not recipients or not settings.get("smtp_host"):
@@ -194,7 +204,8 @@ def build_email(settings, subject, text, html):
     msg["Message-ID"] = email.utils.make_msgid(domain=sender.rsplit("@", 1)[-1])
     msg.set_content(text)
     msg.add_alternative(html, subtype="html")
-    return msg.as_bytes(), sender, recipients
+    # LF line ends: twisted.mail's sender turns them into CRLF and dot-stuffs
+    return msg.as_bytes(policy=SMTP.clone(linesep="\n")), sender, recipients
 
 
 def _describe(failure):
