@@ -164,3 +164,24 @@ def test_health_alerts_retry_in_memory_with_the_same_delivery_id():
     assert a.status()["sent"] == 1 and a.status()["failed"] == 2
     clock.advance(100)
     assert len(send.sent) == 3
+
+
+def test_make_service_wires_the_dispatcher_only_with_a_dsn(tmp_path):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from nightowl import tap
+    base = ["--buffer", str(tmp_path / "b.sqlite"), "--drain-workers", "0"]
+    svc = tap.makeService(tap.parse(base, environ={}), reactor=MemoryReactorClock())
+    assert svc.alerts is None
+    opts = tap.parse(base + ["--dsn", "dbname=x", "--alerts-poll", "0.5",
+                             "--health-alert-hold", "7"], environ={})
+    svc = tap.makeService(opts, reactor=MemoryReactorClock())
+    assert svc.alerts.name == "alerts"
+    assert svc.alerts.timer.step == 0.5
+    assert svc.alerts.health_alerts.hold == 7.0
+    assert svc.ordered.index(svc.alerts) == svc.ordered.index(svc.ingest) - 1
+    assert svc.alerts.health_alerts.observe in svc.health.status_observers
+    off = tap.parse(base + ["--dsn", "dbname=x"], environ={"NIGHTOWL_ALERTS": "off"})
+    assert tap.makeService(off, reactor=MemoryReactorClock()).alerts is None
+    with pytest.raises(Exception, match="--alerts: expected one of on/off"):
+        tap.parse(base + ["--alerts", "maybe"], environ={})

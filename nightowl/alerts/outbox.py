@@ -138,8 +138,9 @@ def _fold(cur, channel, args):
                 " GROUP BY event", args)
     events = dict(cur.fetchall())
     cur.execute(
-        "SELECT d.event, coalesce(o.issue_id::text, o.payload #>> '{issue,id}'), coalesce(o.payload #>> '{issue,exception_class}', "
-        "o.payload #>> '{issue,target}'), o.payload #>> '{issue,message}' "
+        "SELECT d.event, coalesce(o.issue_id::text, o.payload #>> '{issue,id}'), "
+        "coalesce(o.payload #>> '{issue,exception_class}', o.payload #>> '{issue,target}'), "
+        "o.payload #>> '{issue,message}' "
         "FROM nightowl_alert_deliveries d JOIN nightowl_alert_outbox o ON o.id = d.outbox_id "
         "WHERE " + _due(True, "d.") +
         " ORDER BY d.id LIMIT %(listed)s", dict(args, listed=DIGEST_LISTED))

@@ -228,7 +228,7 @@ class CrashTests(DispatcherCase):
         proc.send_signal(signal.SIGKILL)
         yield self.wait(lambda: proc.poll() is not None, "the agent to die")
         for request in r.hung:
-            request.loseConnection() if hasattr(request, "loseConnection") else None
+            request.transport.loseConnection()
         r.mode = "ok"
         self.dispatcher()
         yield self.wait(lambda: len(r.requests) >= 2, "the retry after the restart")
@@ -256,7 +256,8 @@ class HostileContentTests(DispatcherCase):
         slack = got["/slack"]["json"]
         self.assertEqual(slack["mrkdwn"], False)
         blocks = slack["attachments"][0]["blocks"]
-        self.assertEqual(blocks[1]["text"], {"type": "plain_text", "text": "App\\&lt;!here&gt;Boom"})
+        self.assertEqual(blocks[1]["text"],
+                         {"type": "plain_text", "text": "App\\&lt;!here&gt;Boom"})
         self.assertEqual(blocks[2]["text"]["text"], (
             "@{z}everyone @{z}here &lt;!channel&gt; &lt;@{z}U123&gt; &lt;@{z}&amp;42&gt; *bold* "
             "[click](http:{z}//evil.test) &lt;http:{z}//evil.test|click&gt; &amp; `code` ~x~ "
