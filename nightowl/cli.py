@@ -32,6 +32,7 @@ COMMANDS = {
     "issues": ("nightowl.admin.issues", "list issues, show one, resolve, ignore or reopen it"),
     "thresholds": ("nightowl.admin.thresholds",
                    "set, list or remove the duration thresholds of performance issues"),
+    "alerts": ("nightowl.admin.alerts", "alert channels: add, list, remove, test"),
     "bench": ("nightowl.bench.command", "benchmarks: ingest, drain, e2e, soak, faults"),
 }
 

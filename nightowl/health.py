@@ -446,6 +446,8 @@ class HealthService(service.MultiService):
         self._restart_times = {}
         self._check_call = None
         self.quarantined_counted = None
+        # called with (status, reasons) after every check (the health alerts)
+        self.status_observers = []
 
         resource = _Root()
         resource.putChild(b"status", StatusResource(self))
@@ -512,6 +514,10 @@ class HealthService(service.MultiService):
             now = self.reactor.seconds()
             self.observe(now)
             self.probe()
+            if self.status_observers:
+                status, reasons = evaluate(self.snapshot(), now)
+                for observer in self.status_observers:
+                    observer(status, reasons)
         except Exception:
             self.log.failure("health check")
         self._check_call = self.reactor.callLater(self.check_every, self._check)
@@ -681,7 +687,7 @@ class HealthService(service.MultiService):
                 "clock_skew_seconds": (last.get("clock_skew") or {}).get("seconds"),
             }
 
-        return {
+        snap = {
             "version": nightowl.__version__,
             "uptime_seconds": _round(now - metrics.started),
             "ingest": {
@@ -745,6 +751,9 @@ class HealthService(service.MultiService):
             "process": process_figures(),
             "retention": retention,
         }
+        if getattr(metrics, "alerts", None) is not None:  # only with an alert dispatcher
+            snap["alerts"] = metrics.alerts
+        return snap
 
     def status(self):
         """The /status document: the snapshot with ``status`` and ``reasons`` first."""
@@ -831,6 +840,9 @@ METRICS = [
     ("nightowl_drain_workers_configured", "gauge", "drain-workers."),
     ("nightowl_worker_up", "gauge", "1 while drain worker N runs."),
     ("nightowl_worker_restarts_total", "counter", "Restarts of drain worker N."),
+    ("nightowl_alert_deliveries", "gauge",
+     "Alert deliveries by channel and state (pending, failed = retrying, sent, dead, digested)."),
+    ("nightowl_alert_sends_total", "counter", "Alert sends by this agent, by result (ok, failed)."),
     ("nightowl_process_resident_memory_bytes", "gauge", "RSS of the agent process."),
     ("nightowl_process_threads", "gauge", "Threads of the agent process."),
 ]
@@ -916,6 +928,12 @@ class _Collector:
                     [([str(w["worker"])], 1 if w["alive"] else 0) for w in snap["workers"]])
         yield counter("nightowl_worker_restarts_total", None, ["worker"],
                       [([str(w["worker"])], w["restarts"]) for w in snap["workers"]])
+        alerts = snap.get("alerts") or {}
+        yield gauge("nightowl_alert_deliveries", None, ["channel", "state"], [
+            ([name, state], n) for name, figures in sorted((alerts.get("channels") or {}).items())
+            for state, n in sorted(figures.items())])
+        yield counter("nightowl_alert_sends_total", None, ["result"], [
+            (["ok"], alerts.get("sends_ok", 0)), (["failed"], alerts.get("sends_failed", 0))])
         yield gauge("nightowl_process_resident_memory_bytes", proc["rss_bytes"])
         yield gauge("nightowl_process_threads", proc["threads"])
 

@@ -1,8 +1,9 @@
 """
 Apply nightowl/schema/*.sql in order, each once, under an advisory lock.
 
-History lives in ``nightowl_migrations(name, applied_at)``.  Every migration
-runs in its own transaction which first takes
+History lives in ``nightowl_migrations(name, applied_at)``.  A run holds the
+session lock ``pg_advisory_lock(MIGRATION_LOCK)`` (released at its end) and
+every migration runs in its own transaction which also takes
 ``pg_advisory_xact_lock(MIGRATION_LOCK)``: two agents migrating at once
 serialize, and the second finds the work done.  Re-running is a no-op.
 After the migrations, the daily partitions are ensured.
@@ -54,27 +55,45 @@ def apply(dsn_or_conn, log=None, partitions=True):
     applied = []
     try:
         conn.autocommit = False
+        # One runner applies the whole set: with only the per-transaction locks,
+        # concurrent runners interleaved (each applying some of the migrations).
         with conn:
-            cur = conn.cursor()
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            cur.execute(HISTORY_DDL)
-        for name, sql in migrations():
-            with conn:
-                cur = conn.cursor()
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                cur.execute("SELECT 1 FROM nightowl_migrations WHERE name = %s", (name,))
-                if cur.fetchone():
-                    continue
-                cur.execute(sql)
-                cur.execute("INSERT INTO nightowl_migrations (name) VALUES (%s)", (name,))
-            applied.append(name)
-            log.info("applied migration {name}", name=name)
-        if partitions:
-            from nightowl.partitions import ensure_partitions
-            ensure_partitions(conn, log=log)
+            conn.cursor().execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            applied = _apply_locked(conn, log, partitions)
+        finally:
+            try:
+                conn.rollback()
+                with conn:
+                    conn.cursor().execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+            except psycopg2.Error:
+                pass  # a dead session has released its lock; keep the original error
     finally:
         if own:
             conn.close()
+    return applied
+
+
+def _apply_locked(conn, log, partitions):
+    applied = []
+    with conn:
+        cur = conn.cursor()
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        cur.execute(HISTORY_DDL)
+    for name, sql in migrations():
+        with conn:
+            cur = conn.cursor()
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            cur.execute("SELECT 1 FROM nightowl_migrations WHERE name = %s", (name,))
+            if cur.fetchone():
+                continue
+            cur.execute(sql)
+            cur.execute("INSERT INTO nightowl_migrations (name) VALUES (%s)", (name,))
+        applied.append(name)
+        log.info("applied migration {name}", name=name)
+    if partitions:
+        from nightowl.partitions import ensure_partitions
+        ensure_partitions(conn, log=log)
     return applied
 
 

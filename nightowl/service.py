@@ -1,7 +1,8 @@
 """
 The root service: explicit start order and stop order.
 
-Start: health, buffer writer, drain supervisor, frame checker, ingest listener.
+Start: health, buffer writer, drain supervisor, alert dispatcher (with a
+DSN), frame checker, ingest listener.
 Stop, one at a time in reverse: ingest stops accepting (frames in flight
 are finished), the checker hands over what it holds, the drain workers finish their batch and exit, the writer
 commits what is queued and closes the file, health last.
@@ -54,7 +55,9 @@ class StartupError(Exception):
 class NightowlService(service.MultiService):
     log = Logger()
 
-    def __init__(self, options, reactor=None):
+    def __init__(self, options, reactor=None, alerts=None):
+        """``alerts``: None, or a factory ``alerts(metrics=, reactor=)`` of the
+        alert dispatcher (tap.makeService binds its settings)."""
         service.MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
@@ -77,11 +80,15 @@ class NightowlService(service.MultiService):
             frame_timeout=options["frame-timeout"], reactor=reactor, checker=self.checker)
         self.supervisor = self._make_supervisor()
         self.health = self._make_health()
+        self.alerts = alerts(metrics=self.metrics, reactor=reactor) if alerts else None
+        if self.alerts is not None and self.health is not None:
+            self.health.status_observers.append(self.alerts.health_alerts.observe)
         self.ingest = strports.service(with_backlog(options["listen"]), self.factory,
                                        reactor=reactor)
         self.ingest.setName("ingest")
         # Start order; stop runs the other way.
-        self.ordered = [s for s in (self.health, self.buffer, self.supervisor, self.checker,
+        self.ordered = [s for s in (self.health, self.buffer, self.supervisor, self.alerts,
+                                    self.checker,
                                     self.ingest)
                         if s is not None]
         for s in self.ordered:

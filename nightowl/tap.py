@@ -153,6 +153,21 @@ PARAMETERS = [
      "Health/metrics HTTP endpoint (strports), or 'none'."),
     ("retention-days", None, 14, "NIGHTOWL_RETENTION_DAYS", _positive_int("retention-days"),
      "Daily partitions older than this are dropped."),
+    ("alerts", None, "on", "NIGHTOWL_ALERTS", _choice("alerts", ("on", "off")),
+     "'on': send the alerts of the channels in Postgres (needs --dsn); 'off': none."),
+    ("alerts-poll", None, 2.0, "NIGHTOWL_ALERTS_POLL", _positive_float("alerts-poll"),
+     "Seconds between alert dispatcher rounds (fan-out, claim, send)."),
+    ("alerts-timeout", None, 15.0, "NIGHTOWL_ALERTS_TIMEOUT", _positive_float("alerts-timeout"),
+     "Seconds one alert send (HTTP or SMTP) may take."),
+    ("alerts-retry-for", None, 86400.0, "NIGHTOWL_ALERTS_RETRY_FOR",
+     _positive_float("alerts-retry-for"),
+     "Seconds a failing alert is retried (with backoff) before it is marked dead."),
+    ("health-alert-hold", None, 30.0, "NIGHTOWL_HEALTH_ALERT_HOLD",
+     _positive_float("health-alert-hold"),
+     "Seconds a health status must hold before it is alerted."),
+    ("health-alert-every", None, 600.0, "NIGHTOWL_HEALTH_ALERT_EVERY",
+     _positive_float("health-alert-every"),
+     "At most one agent-health alert per this many seconds."),
 ]
 
 FLAGS = [
@@ -218,7 +233,17 @@ def makeService(options, reactor=None):
     Build the root service from parsed options.
     """
     from nightowl.service import NightowlService
-    return NightowlService(options, reactor=reactor)
+    alerts = None
+    if options["dsn"] and options["alerts"] == "on":
+        import functools
+
+        from nightowl.alerts.dispatcher import AlertDispatcher
+        alerts = functools.partial(
+            AlertDispatcher, options["dsn"], poll_interval=options["alerts-poll"],
+            send_timeout=options["alerts-timeout"], max_age=options["alerts-retry-for"],
+            health_hold=options["health-alert-hold"],
+            health_every=options["health-alert-every"])
+    return NightowlService(options, reactor=reactor, alerts=alerts)
 
 
 def parse(argv=(), environ=None):
