@@ -58,6 +58,7 @@ def page(ctx, title, *body):
                   tags.meta(name="viewport", content="width=device-width, initial-scale=1"),
                   tags.title(title, " \u00b7 nightowl"),
                   tags.link(rel="stylesheet", href="/static/style.css"),
+                  tags.link(rel="icon", href="data:,"),
                   tags.script(src="/static/refresh.js", defer="defer")),
         tags.body(**{"data-refresh": str(ctx.refresh)})(
             header, Tag("main")(tags.h1(title), filters(ctx), *body)))

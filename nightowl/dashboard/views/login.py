@@ -8,7 +8,8 @@ def _frame(title, *body):
         tags.head(tags.meta(charset="utf-8"),
                   tags.meta(name="viewport", content="width=device-width, initial-scale=1"),
                   tags.title(title, " \u00b7 nightowl"),
-                  tags.link(rel="stylesheet", href="/static/style.css")),
+                  tags.link(rel="stylesheet", href="/static/style.css"),
+                  tags.link(rel="icon", href="data:,")),
         tags.body(class_="plain")(tags.div(class_="box")(tags.h1(title), *body)))
 
 
