@@ -10,7 +10,8 @@ classes (the Content-Security-Policy forbids inline ``style``).
 
 from twisted.web.template import Tag
 
-W, H = 720, 200
+W, H = 720, 220
+WIDE = 1120        # bars and timelines span the page: about one user unit per pixel
 PAD_L, PAD_R, PAD_T, PAD_B = 56, 12, 12, 24
 
 
@@ -88,7 +89,8 @@ def line_chart(title, buckets, lines, unit="", area=False):
     step = _step(buckets)
     ticks = sorted(set([0, n - 1] + [int((n - 1) * k / 4) for k in range(1, 4)])) if buckets else []
     for i in ticks:
-        grid(_t("text", x="{:.1f}".format(x(i)), y=H - 6, text__anchor="middle")(
+        anchor = "start" if i == 0 and n > 1 else "end" if i == n - 1 and n > 1 else "middle"
+        grid(_t("text", x="{:.1f}".format(x(i)), y=H - 6, text__anchor=anchor)(
             _time_label(buckets[i], step)))
     svg(grid)
     for idx, (name, css, vs) in enumerate(lines):
@@ -126,15 +128,15 @@ def bar_chart(title, rows, unit=""):
     """`rows`: [(label, value, href or None)], drawn largest first as given."""
     row_h = 22
     height = max(row_h * len(rows), row_h) + 8
-    svg = _t("svg", xmlns="http://www.w3.org/2000/svg", viewBox="0 0 {} {}".format(W, height),
+    svg = _t("svg", xmlns="http://www.w3.org/2000/svg", viewBox="0 0 {} {}".format(WIDE, height),
              class_="chart bars", role="img")
     svg(_t("title")(title))
     top = max([v for (_l, v, _h) in rows if v is not None] or [0]) or 1.0
-    label_w, value_w = 300, 80
-    bar_w = W - label_w - value_w - 16
+    label_w, value_w = 440, 90
+    bar_w = WIDE - label_w - value_w - 16
     for i, (label, value, href) in enumerate(rows):
         y0 = 4 + i * row_h
-        text = label if len(label) <= 48 else label[:47] + "\u2026"
+        text = label if len(label) <= 60 else label[:59] + "\u2026"
         label_tag = _t("text", x=label_w - 8, y=y0 + 15, text__anchor="end")(
             _t("title")(label), text)
         if href:
@@ -146,27 +148,36 @@ def bar_chart(title, rows, unit=""):
             _t("text", x="{:.1f}".format(label_w + max(width, 1) + 6), y=y0 + 15)(
                 _fmt(value) + unit))
     if not rows:
-        svg(_t("text", x=W / 2, y=18, text__anchor="middle")("no data in this range"))
+        svg(_t("text", x=WIDE / 2, y=18, text__anchor="middle")("no data in this range"))
     return Tag("figure")(class_="chart")(svg)
 
 
 def timeline(title, events, start, span_us):
     """`events`: [(kind, label, offset µs, duration µs)] as a gantt."""
-    row_h = 16
+    row_h = 18
     height = row_h * len(events) + 24
-    svg = _t("svg", xmlns="http://www.w3.org/2000/svg", viewBox="0 0 {} {}".format(W, height),
+    svg = _t("svg", xmlns="http://www.w3.org/2000/svg", viewBox="0 0 {} {}".format(WIDE, height),
              class_="chart timeline", role="img")
     svg(_t("title")(title))
-    left, width = 110, W - 110 - 12
+    left, width = 110, WIDE - 110 - 12
     span = max(span_us, 1)
     for i, (kind, label, offset, duration) in enumerate(events):
         y0 = 4 + i * row_h
         x0 = left + width * max(offset, 0) / span
         w = max(width * max(duration or 0, 0) / span, 2)
-        svg(_t("text", x=left - 6, y=y0 + 11, text__anchor="end", class_="kind")(kind),
-            _t("rect", x="{:.1f}".format(x0), y=y0 + 2, height=row_h - 4,
-               width="{:.1f}".format(min(w, left + width - x0 + 2)),
-               class_="ev ev-" + kind.replace(" ", "-"))(_t("title")(label)))
+        w = min(w, left + width - x0 + 2)
+        short = label if len(label) <= 70 else label[:69] + "\u2026"
+        if x0 - left < width * 0.6:
+            caption = _t("text", x="{:.1f}".format(x0 + w + 5), y=y0 + 12, class_="caption")
+        else:
+            caption = _t("text", x="{:.1f}".format(x0 - 5), y=y0 + 12, text__anchor="end",
+                         class_="caption")
+        svg(_t("text", x=left - 6, y=y0 + 12, text__anchor="end", class_="kind")(kind),
+            _t("rect", x="{:.1f}".format(x0), y=y0 + 3, height=row_h - 5,
+               width="{:.1f}".format(w),
+               class_="ev ev-" + kind.replace(" ", "-"))(_t("title")(label)),
+            caption(short))
     svg(_t("text", x=left, y=height - 6)("0 ms"),
-        _t("text", x=W - 12, y=height - 6, text__anchor="end")(_fmt(span_us / 1000.0) + " ms"))
+        _t("text", x=WIDE - 12, y=height - 6, text__anchor="end")(
+            _fmt(span_us / 1000.0) + " ms"))
     return Tag("figure")(class_="chart")(svg)

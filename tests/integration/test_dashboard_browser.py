@@ -82,6 +82,21 @@ def shot(browser, name):
         browser.driver.save_screenshot(os.path.join(where, name + ".png"))
 
 
+def wait_js(browser, script, expected=None, timeout=10.0):
+    """Poll a script across a page load until it returns `expected` (or anything truthy)."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        try:
+            value = browser.js("if (document.readyState != 'complete') return null; " + script)
+        except WebDriverException:
+            value = None          # the page is being replaced
+        if (value == expected) if expected is not None else value:
+            return value
+        time.sleep(0.1)
+    return value
+
+
 def text(browser):
     return browser.js("return document.body.textContent")
 
@@ -156,18 +171,8 @@ def test_resolve_ignore_reopen_through_the_ui(agent, browser, pg_dsn, seeded):
                                    ("Ignore", "ignored", "ignored"),
                                    ("Reopen", "open", "reopen")):
         browser.driver.find_element(By.XPATH, "//button[text()='{}']".format(button)).click()
-        deadline = time.monotonic() + 10
-        shown = None
-        while time.monotonic() < deadline:
-            try:
-                shown = browser.js("var e = document.getElementById('issue-status');"
-                                   "return document.readyState == 'complete' && e && "
-                                   "e.textContent")
-            except WebDriverException:
-                shown = None          # the page is being replaced
-            if shown == status:
-                break
-            time.sleep(0.1)
+        shown = wait_js(browser, "var e = document.getElementById('issue-status');"
+                        "return e && e.textContent", status)
         assert shown == status
         assert fetch(pg_dsn, "SELECT status FROM nightowl_issues WHERE id = %s", issue) == [
             (status,)]
@@ -217,10 +222,13 @@ def test_wrong_passwords_are_rate_limited(tmp_path_factory, pg_dsn, seeded, brow
         assert browser.driver.current_url.endswith("/login")
         shot(browser, "login")
         for attempt in range(6):
+            browser.js("document.body.setAttribute('data-old', '1')")
             field = browser.driver.find_element(By.NAME, "password")
             field.send_keys("wrong-{}".format(attempt))
             browser.driver.find_element(By.XPATH, "//button[text()='Log in']").click()
-            message = browser.driver.find_element(By.CSS_SELECTOR, "p.error").text
+            message = wait_js(browser, "var e = document.querySelector('p.error');"
+                              "return !document.body.hasAttribute('data-old') && e && "
+                              "e.textContent")
             if attempt < 5:
                 assert message == "Wrong password.", attempt
         assert message.startswith("Too many wrong passwords"), message

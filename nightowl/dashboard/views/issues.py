@@ -64,7 +64,8 @@ def stack(latest):
     return tags.div(
         tags.pre(head, class_="exc-message"),
         tags.p("at ", tags.span(where, class_="code"), " \u00b7 ", when(latest["created_at"]),
-               " \u00b7 server ", latest["server"] or "?", class_="muted"),
+               " \u00b7 server {}".format(latest["server"]) if latest["server"] else "",
+               class_="muted"),
         tags.ol(*[tags.li(tags.span(f, class_="code")) for f in frames], class_="frames")
         if frames else tags.p("No stack trace recorded.", class_="muted"))
 
@@ -100,16 +101,17 @@ def render_issue(ctx, data):
             card("First seen", when(issue["first_seen_at"])),
             card("Last seen", when(issue["last_seen_at"]))),
         actions(ctx, issue),
-        tags.pre(issue["exception_message"] or "", class_="exc-message"),
     ]
+    if latest is None:
+        body.append(tags.pre(issue["exception_message"] or "", class_="exc-message"))
     if latest is not None and latest["trace_id"]:
         body.append(tags.p("Latest occurrence: ", trace_link(ctx, latest["trace_id"],
                                                               "its trace")))
     if issue["type"] == "exception":
         body.append(section("Stack trace", stack(latest)))
-        body.append(section("Occurrences", charts.line_chart(
+        body.append(section("Occurrences", tags.div(class_="charts")(charts.line_chart(
             "Occurrences per bucket", buckets,
-            [("occurrences", "s-count", [s["count"] for s in data["series"]])], area=True)))
+            [("occurrences", "s-count", [s["count"] for s in data["series"]])], area=True))))
     else:
         body.append(section("Performance", tags.p(
             "Threshold {} ms, triggered at {} ms.".format(issue.get("threshold_ms"),

@@ -11,7 +11,7 @@ from twisted.web.template import tags
 
 from nightowl.dashboard import charts
 from nightowl.dashboard.views.layout import (
-    card, ms, num, page, pct, section, table, trace_link, when)
+    card, group_label, ms, num, page, pct, section, table, trace_link, when)
 from nightowl.dashboard.views.overview import latency_charts, totals
 
 #: URL segment -> (rollup kind, page title, what one group is called)
@@ -36,7 +36,7 @@ def group_href(ctx, segment, row):
 
 
 def groups_table(ctx, segment, noun, rows):
-    body = [[tags.a(_short(r["target"]), href=group_href(ctx, segment, r), class_="code"),
+    body = [[tags.a(_short(group_label(r)), href=group_href(ctx, segment, r), class_="code"),
              num(r["count"]), num(r["errors"]), ms(r["p50_ms"]), ms(r["p95_ms"]),
              ms(r["p99_ms"]), ms(r["max_ms"]), ms(r["sum_ms"])] for r in rows]
     return table([noun, "Count#", "Errors#", "p50#", "p95#", "p99#", "Max#", "Total time#"], body)
@@ -44,7 +44,7 @@ def groups_table(ctx, segment, noun, rows):
 
 def render_kind(ctx, segment, data):
     kind, title, noun = KIND_PAGES[segment]
-    bars = [(_short(r["target"], 60), r["sum_ms"], group_href(ctx, segment, r))
+    bars = [(group_label(r), r["sum_ms"], group_href(ctx, segment, r))
             for r in data["by_sum"]]
     body = [totals(data["series"], title), latency_charts(data["series"], title)]
     if segment == "cache":

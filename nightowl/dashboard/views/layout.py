@@ -40,6 +40,15 @@ class Context:
         return path + "?" + urlencode(query)
 
 
+def group_label(row):
+    """A group's name: its target, with method and status class for requests."""
+    target = row.get("target") or "(none)"
+    parts = (row.get("group_key") or "").split("|")
+    if len(parts) == 3 and parts[2].endswith("xx"):
+        return "{} {} \u00b7 {}".format(parts[1], target, parts[2])
+    return target
+
+
 def csrf_field(ctx):
     return tags.input(type="hidden", name="csrf", value=ctx.csrf)
 

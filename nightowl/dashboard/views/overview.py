@@ -8,7 +8,7 @@ from twisted.web.template import tags
 
 from nightowl.dashboard import charts
 from nightowl.dashboard.views.layout import (
-    card, ms, num, page, pct, section, table, when)
+    card, group_label, ms, num, page, pct, section, table, when)
 
 
 def per_minute(series):
@@ -79,7 +79,7 @@ def render(ctx, data, health):
     series = data["series"]
     slowest = data["slowest"]
     alerts = data.get("alerts")
-    bars = [(r["target"] or "?", r["p95_ms"], ctx.href(
+    bars = [(group_label(r), r["p95_ms"], ctx.href(
         "/requests/group", key=r["group_key"], target=r["target"])) for r in slowest]
     alert_note = ("no alert outbox in this database" if alerts is None else "alert events queued")
     return page(
