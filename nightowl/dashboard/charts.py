@@ -12,7 +12,7 @@ from twisted.web.template import Tag
 
 W, H = 720, 220
 WIDE = 1120        # bars and timelines span the page: about one user unit per pixel
-PAD_L, PAD_R, PAD_T, PAD_B = 56, 12, 12, 24
+PAD_L, PAD_R, PAD_T, PAD_B = 84, 12, 12, 26
 
 
 def _t(name, **attrs):

@@ -31,12 +31,14 @@ class DashboardService(service.Service):
     log = Logger()
 
     def __init__(self, endpoint, dsn, password=None, health_status=None, reactor=None,
-                 threads=3):
+                 threads=3, statement_timeout_ms=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.endpoint = endpoint
-        self.pool = QueryPool(dsn, reactor, maxthreads=threads)
+        pool_kw = {} if statement_timeout_ms is None else {
+            "statement_timeout_ms": statement_timeout_ms}
+        self.pool = QueryPool(dsn, reactor, maxthreads=threads, **pool_kw)
         self.auth = Auth(password)
         self.resource = DashboardResource(
             self.auth, self.pool.run, reactor, health_status=health_status,
