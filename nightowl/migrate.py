@@ -51,30 +51,45 @@ def apply(dsn_or_conn, log=None, partitions=True):
     own = isinstance(dsn_or_conn, str)
     conn = psycopg2.connect(dsn_or_conn, connect_timeout=10,
                             application_name="nightowl-migrate") if own else dsn_or_conn
-    applied = []
     try:
         conn.autocommit = False
         with conn:
             cur = conn.cursor()
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             cur.execute(HISTORY_DDL)
-        for name, sql in migrations():
-            with conn:
-                cur = conn.cursor()
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                cur.execute("SELECT 1 FROM nightowl_migrations WHERE name = %s", (name,))
-                if cur.fetchone():
-                    continue
-                cur.execute(sql)
-                cur.execute("INSERT INTO nightowl_migrations (name) VALUES (%s)", (name,))
-            applied.append(name)
-            log.info("applied migration {name}", name=name)
+        # Held across the whole run (advisory locks are re-entrant): one agent
+        # applies every pending migration and the others find them all done,
+        # rather than taking turns migration by migration.
+        conn.cursor().execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        conn.commit()
+        try:
+            applied = _apply_pending(conn, log)
+        finally:
+            conn.rollback()
+            conn.cursor().execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+            conn.commit()
         if partitions:
             from nightowl.partitions import ensure_partitions
             ensure_partitions(conn, log=log)
     finally:
         if own:
             conn.close()
+    return applied
+
+
+def _apply_pending(conn, log):
+    applied = []
+    for name, sql in migrations():
+        with conn:
+            cur = conn.cursor()
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            cur.execute("SELECT 1 FROM nightowl_migrations WHERE name = %s", (name,))
+            if cur.fetchone():
+                continue
+            cur.execute(sql)
+            cur.execute("INSERT INTO nightowl_migrations (name) VALUES (%s)", (name,))
+        applied.append(name)
+        log.info("applied migration {name}", name=name)
     return applied
 
 
