@@ -217,8 +217,9 @@ def run(args):
                 name, rng, p50, p99, "yes" if p99 <= TARGET_MS else "NO",
                 "" if status == 200 else "  (HTTP {})".format(status)), flush=True)
     finally:
-        reactor.callFromThread(reactor.stop)
-        thread.join(10)
+        # stop the service first: its pool threads would keep the process alive
+        reactor.callFromThread(lambda: svc.stopService().addBoth(lambda _: reactor.stop()))
+        thread.join(30)
         if args.drop:
             conn = psycopg2.connect(args.admin_dsn)
             conn.autocommit = True
