@@ -52,7 +52,6 @@ def apply(dsn_or_conn, log=None, partitions=True):
     own = isinstance(dsn_or_conn, str)
     conn = psycopg2.connect(dsn_or_conn, connect_timeout=10,
                             application_name="nightowl-migrate") if own else dsn_or_conn
-    applied = []
     try:
         conn.autocommit = False
         # One runner applies the whole set: with only the per-transaction locks,

@@ -96,6 +96,11 @@ class NightowlService(service.MultiService):
         self._housekeeper = task.LoopingCall(self._housekeep)
         self._housekeeper.clock = reactor
 
+    def add_service(self, svc):
+        """Start `svc` after the others and stop it first (the dashboard)."""
+        self.ordered.append(svc)
+        svc.setServiceParent(self)
+
     def _make_supervisor(self):
         try:
             from nightowl.drain.supervisor import DrainSupervisor

@@ -14,6 +14,7 @@ from nightowl import __version__
 
 DEFAULT_LISTEN = "tcp:2407:interface=127.0.0.1"
 DEFAULT_HEALTH = "tcp:2409:interface=127.0.0.1"
+DEFAULT_DASHBOARD = "tcp:2410:interface=127.0.0.1"
 
 
 def _int_at_least(name, minimum):
@@ -151,6 +152,14 @@ PARAMETERS = [
      "Environment name stamped on every row."),
     ("health", None, DEFAULT_HEALTH, "NIGHTOWL_HEALTH", _strports("health", allow_none=True),
      "Health/metrics HTTP endpoint (strports), or 'none'."),
+    ("dashboard", None, DEFAULT_DASHBOARD, "NIGHTOWL_DASHBOARD",
+     _strports("dashboard", allow_none=True),
+     "Dashboard HTTP endpoint (strports), or 'none'. Needs --dsn. Off loopback it needs a "
+     "password."),
+    ("dashboard-password-file", None, None, "NIGHTOWL_DASHBOARD_PASSWORD_FILE",
+     _text("dashboard-password-file"),
+     "File holding the dashboard password (first line). Or set NIGHTOWL_DASHBOARD_PASSWORD. "
+     "Unset: no login, allowed on loopback only."),
     ("retention-days", None, 14, "NIGHTOWL_RETENTION_DAYS", _positive_int("retention-days"),
      "Daily partitions older than this are dropped."),
     ("alerts", None, "on", "NIGHTOWL_ALERTS", _choice("alerts", ("on", "off")),
@@ -223,6 +232,8 @@ class Options(usage.Options):
             self.opts["dsn"] = None
         if not self.opts["buffer"].strip():
             raise usage.UsageError("--buffer: a file path is required")
+        # the password itself only from the environment (never on a command line)
+        self.opts["dashboard-password"] = env.get("NIGHTOWL_DASHBOARD_PASSWORD") or None
         if self.opts["max-inflated-bytes"] < self.opts["max-frame-bytes"]:
             raise usage.UsageError(
                 "--max-inflated-bytes must be at least --max-frame-bytes")
@@ -243,7 +254,43 @@ def makeService(options, reactor=None):
             send_timeout=options["alerts-timeout"], max_age=options["alerts-retry-for"],
             health_hold=options["health-alert-hold"],
             health_every=options["health-alert-every"])
-    return NightowlService(options, reactor=reactor, alerts=alerts)
+    root = NightowlService(options, reactor=reactor, alerts=alerts)
+    if options["dashboard"]:
+        password = dashboard_password(options)      # refuses an open dashboard first
+        if options["dsn"]:
+            from nightowl.dashboard.service import DashboardService
+            health = root.health
+            root.add_service(DashboardService(
+                options["dashboard"], options["dsn"], password=password,
+                health_status=health.status if health is not None else None,
+                reactor=reactor))
+    return root
+
+
+def dashboard_password(options):
+    """
+    The dashboard password (file first, then NIGHTOWL_DASHBOARD_PASSWORD), or
+    None.  Raises SystemExit with one line when the file cannot be read or
+    when the dashboard would listen off loopback without a password.
+    """
+    from nightowl.dashboard.endpoint import is_loopback
+    password, path = options.get("dashboard-password"), options["dashboard-password-file"]
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise SystemExit("nightowl: --dashboard-password-file {}: {}".format(
+                path, e.strerror or e))
+        if not password:
+            raise SystemExit("nightowl: --dashboard-password-file {}: the first line is "
+                             "empty".format(path))
+    if password is None and not is_loopback(options["dashboard"]):
+        raise SystemExit(
+            "nightowl: refusing to serve the dashboard on {} without a password: set "
+            "--dashboard-password-file or NIGHTOWL_DASHBOARD_PASSWORD, or listen on "
+            "127.0.0.1".format(options["dashboard"]))
+    return password
 
 
 def parse(argv=(), environ=None):
