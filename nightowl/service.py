@@ -1,8 +1,8 @@
 """
 The root service: explicit start order and stop order.
 
-Start: health, buffer writer, drain supervisor, alert dispatcher (with a
-DSN), frame checker, ingest listener.
+Start: health, buffer writer, drain supervisor, frame checker, alert
+dispatcher (with a DSN), ingest listener.
 Stop, one at a time in reverse: ingest stops accepting (frames in flight
 are finished), the checker hands over what it holds, the drain workers finish their batch and exit, the writer
 commits what is queued and closes the file, health last.
@@ -87,8 +87,8 @@ class NightowlService(service.MultiService):
                                        reactor=reactor)
         self.ingest.setName("ingest")
         # Start order; stop runs the other way.
-        self.ordered = [s for s in (self.health, self.buffer, self.supervisor, self.alerts,
-                                    self.checker,
+        self.ordered = [s for s in (self.health, self.buffer, self.supervisor, self.checker,
+                                    self.alerts,
                                     self.ingest)
                         if s is not None]
         for s in self.ordered:

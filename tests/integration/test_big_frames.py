@@ -28,6 +28,9 @@ def test_small_frames_are_acked_while_a_big_one_is_checked(tmp_path):
             order.append(("small", send_frame(a.port, wire.encode_frame(b"[%d]" % i))))
         t.join(60)
         assert [r for _k, r in order] == [b"2:OK"] * 11
-        assert order[-1][0] == "big", order
+        # Not held behind it: the first small frame, sent after the big one, is
+        # acked before it.  (Not "all ten": on a loaded 2-core box ten round
+        # trips in a row can outlast the big frame's check.)
+        assert [k for k, _r in order].index("big") > 0, order
     finally:
         a.stop()
