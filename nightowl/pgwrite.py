@@ -4,7 +4,8 @@ Write one batch of buffer payload rows into PostgreSQL.
 ``BatchWriter.write(rows)`` takes ``[(buffer row id, exact payload bytes)]``
 and, in ONE transaction: asks the ledger which ids this buffer already
 committed (those are reported drained and not written again), COPYs every
-table, upserts issues and users (sorted by key: hazard 42), inserts the
+table, upserts issues, users and the rollups (sorted by key: hazard 42;
+nightowl.rollups.write), inserts the
 ledger row, commits.  ``synchronous_commit`` stays on: an asynchronously
 committed batch can vanish after the buffer already marked it drained.
 
@@ -33,6 +34,8 @@ import psycopg2.extras
 from twisted.logger import Logger
 
 from nightowl import records
+from nightowl.rollups import aggregate as rollup_aggregate
+from nightowl.rollups import write as rollup_write
 
 CONNECT_OPTIONS = dict(
     connect_timeout=10, keepalives=1, keepalives_idle=10, keepalives_interval=5,
@@ -110,8 +113,11 @@ def classify(exc):
 class BatchWriter:
     log = Logger()
 
-    def __init__(self, dsn, environment, buffer_id, ledger=True, clock=time.time, log=None):
+    def __init__(self, dsn, environment, buffer_id, ledger=True, clock=time.time, log=None,
+                 rollups=True):
         self.dsn = dsn
+        self.rollups = rollups
+        self._folds = {}  # buffer row id -> its rollup fold (nightowl.rollups.aggregate)
         self.environment = environment
         self.buffer_id = str(buffer_id)
         self.ledger = ledger
@@ -180,8 +186,24 @@ class BatchWriter:
                 quarantined.append((row_id, "invalid-json"))
                 continue
             items.append((row_id, records.encode_records(decoded, self.environment, now)))
+            if self.rollups:
+                self._folds[row_id] = rollup_aggregate.fold(decoded, now)
         items.sort(key=lambda item: item[0])
 
+        try:
+            drained, q, written, ledger_skipped = self._write_items(items, now)
+        finally:
+            self._folds.clear()
+        quarantined.extend(q)
+        merged = records.Encoded.merge(enc for _, enc in written)
+        if quarantined:
+            self.log.warn("quarantined {count} payloads: {reasons}", count=len(quarantined),
+                          reasons=sorted(set(r for _, r in quarantined)))
+        return BatchResult(drained=sorted(drained), quarantined=quarantined,
+                           records=merged.records, rows_by_table=merged.rows_by_table(),
+                           skipped=dict(merged.skipped), ledger_skipped=ledger_skipped)
+
+    def _write_items(self, items, now):
         drained, q, written = [], [], []
         attempt = 0
         while True:
@@ -203,14 +225,7 @@ class BatchWriter:
                     raise
                 # one reconnect-and-retry, like the PHP agent; committed parts are in the ledger
                 self.log.info("PostgreSQL connection lost; reconnecting once")
-        quarantined.extend(q)
-        merged = records.Encoded.merge(enc for _, enc in written)
-        if quarantined:
-            self.log.warn("quarantined {count} payloads: {reasons}", count=len(quarantined),
-                          reasons=sorted(set(r for _, r in quarantined)))
-        return BatchResult(drained=sorted(drained), quarantined=quarantined,
-                           records=merged.records, rows_by_table=merged.rows_by_table(),
-                           skipped=dict(merged.skipped), ledger_skipped=self._ledger_skipped)
+        return drained, q, written, self._ledger_skipped
 
     def prune_ledger(self, low_water, other_buffers_after_days=30):
         """
@@ -290,6 +305,10 @@ class BatchWriter:
                 if batch.users:
                     self._step = "nightowl_users"
                     self._upsert_users(cur, batch.users)
+                if self.rollups:
+                    self._step = "nightowl_rollups"
+                    rollup_write.upsert(cur, records.clean(self.environment), rollup_aggregate.merge(
+                        self._folds[i] for i, _ in todo if i in self._folds))
                 if self.ledger:
                     self._step = "nightowl_ingest_ledger"
                     ids = sorted(i for i, _ in todo)
