@@ -29,6 +29,8 @@ COMMANDS = {
     "buffer": ("nightowl.admin.buffer", "inspect, requeue or verify the SQLite buffer"),
     "prune": ("nightowl.admin.prune", "apply retention now: drop expired daily partitions"),
     "send": ("nightowl.admin.send", "send realistic SDK-shaped payloads (simulator)"),
+    "top": ("nightowl.admin.top", "the slowest or busiest routes, queries, jobs, outgoing hosts"),
+    "rollups": ("nightowl.admin.rollups", "rebuild the minute/hour/day rollups from raw rows"),
     "bench": ("nightowl.bench.command", "benchmarks: ingest, drain, e2e, soak, faults"),
 }
 

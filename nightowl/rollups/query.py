@@ -1,0 +1,162 @@
+"""
+Read the rollups: ``top`` (the slowest or busiest groups of a kind over a
+range) and ``series`` (one point per minute / hour / day).  Synchronous,
+on a psycopg2 connection; the dashboard runs them on its own thread pool.
+
+A range is cut into tiers: whole UTC days from the day table, whole hours
+from the hour table, the minutes at the edges from the minute table, so a
+24-hour ``top`` merges ~23 hour rows and ~60 minute rows per group.  The
+range is rounded down to whole minutes; ``until=None`` is the database's
+``now()``.  Percentiles come from merging sketches (``sum()`` of numeric)
+and ``nightowl_sketch_quantile`` in SQL.
+"""
+
+from datetime import datetime, timedelta, timezone
+
+from nightowl.rollups.write import TABLES
+
+ORDERS = {"p95": "p95_us", "p99": "p99_us", "count": "count", "sum": "sum_us",
+          "errors": "errors"}
+STEPS = {"minute": 60, "hour": 3600, "day": 86400}
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _floor(t, width):
+    s = int((t - EPOCH).total_seconds())
+    return EPOCH + timedelta(seconds=s - s % width)
+
+
+def _ceil(t, width):
+    f = _floor(t, width)
+    return f if f == t else f + timedelta(seconds=width)
+
+
+def _now(conn):
+    cur = conn.cursor()
+    cur.execute("SELECT now()")
+    return cur.fetchone()[0]
+
+
+def segments(since, until):
+    """[(tier, start, end)] covering [floor_minute(since), floor_minute(until))."""
+    lo, hi = _floor(since, 60), _floor(until, 60)
+    if hi <= lo:
+        return []
+    h_lo, h_hi = _ceil(lo, 3600), _floor(hi, 3600)
+    if h_hi <= h_lo:
+        return [("minute", lo, hi)]
+    out = [("minute", lo, h_lo), ("minute", h_hi, hi)]
+    d_lo, d_hi = _ceil(h_lo, 86400), _floor(h_hi, 86400)
+    if d_hi > d_lo:
+        out += [("hour", h_lo, d_lo), ("hour", d_hi, h_hi), ("day", d_lo, d_hi)]
+    else:
+        out.append(("hour", h_lo, h_hi))
+    return [s for s in out if s[2] > s[1]]
+
+
+def _rows_sql(kind, environment, segs, group_key=None):
+    parts, args = [], []
+    for tier, start, end in segs:
+        sql = ("SELECT bucket, group_key, label, attrs, count, errors, sum_us, max_us, sketch "
+               "FROM {} WHERE kind = %s AND bucket >= %s AND bucket < %s".format(TABLES[tier]))
+        args += [kind, start, end]
+        if environment is not None:
+            sql += " AND environment = %s"
+            args.append(environment)
+        if group_key is not None:
+            sql += " AND group_key = %s"
+            args.append(group_key)
+        parts.append(sql)
+    return " UNION ALL ".join(parts), args
+
+
+def _ms(us):
+    return None if us is None else float(us) / 1000.0
+
+
+def top(conn, kind, since, until=None, environment=None, limit=20, order="p95"):
+    """[{'group_key','target','count','errors','p50_ms','p95_ms','p99_ms','max_ms','sum_ms'}...]
+    order: 'p95' | 'count' | 'sum' | 'p99' | 'errors'. since/until: aware datetimes."""
+    if order not in ORDERS:
+        raise ValueError("order must be one of {}".format(", ".join(sorted(ORDERS))))
+    until = until if until is not None else _now(conn)
+    segs = segments(since, until)
+    if not segs:
+        return []
+    rows_sql, args = _rows_sql(kind, environment, segs)
+    first = "nightowl_sketch_quantile(sk, {})".format(0.95 if order == "p95" else 0.99) \
+        if order in ("p95", "p99") else "NULL::float8"
+    sql = """
+        SELECT group_key, label, attrs, count, errors, sum_us, max_us,
+               nightowl_sketch_quantile(sk, 0.5),
+               {p95}, {p99}
+        FROM (SELECT group_key, label, attrs, count, errors, sum_us, max_us, sk,
+                     {first} AS q1
+              FROM (SELECT group_key, min(label) AS label, min(attrs::text) AS attrs,
+                           sum(count)::bigint AS count, sum(errors)::bigint AS errors,
+                           sum(sum_us) AS sum_us, max(max_us) AS max_us, sum(sketch) AS sk
+                    FROM ({rows}) AS r GROUP BY group_key) AS g
+              ORDER BY {key} DESC NULLS LAST, group_key LIMIT %s) AS t
+        ORDER BY {key} DESC NULLS LAST, group_key""".format(
+        rows=rows_sql, first=first,
+        key={"p95": "q1", "p99": "q1"}.get(order, ORDERS[order]),
+        p95="q1" if order == "p95" else "nightowl_sketch_quantile(sk, 0.95)",
+        p99="q1" if order == "p99" else "nightowl_sketch_quantile(sk, 0.99)")
+    cur = conn.cursor()
+    cur.execute(sql, args + [int(limit)])
+    out = []
+    for (group_key, label, attrs, count, errors, sum_us, max_us, p50, p95, p99) in cur.fetchall():
+        out.append({"group_key": group_key, "target": _target(kind, label, attrs),
+                    "count": int(count), "errors": int(errors), "p50_ms": _ms(p50),
+                    "p95_ms": _ms(p95), "p99_ms": _ms(p99), "max_ms": _ms(max_us),
+                    "sum_ms": _ms(sum_us)})
+    return out
+
+
+def _target(kind, label, attrs):
+    import json
+    if attrs and kind in ("request", "outgoing"):
+        cls = json.loads(attrs).get("status_class")
+        if cls:
+            return "{} [{}]".format(label, cls)
+    if attrs and kind == "job":
+        a = json.loads(attrs)
+        return "{} ({}, {})".format(label, a.get("queue") or "-", a.get("status") or "-")
+    return label
+
+
+def choose_step(since, until):
+    span = (until - since).total_seconds()
+    if span <= 6 * 3600:
+        return "minute"
+    if span <= 14 * 86400:
+        return "hour"
+    return "day"
+
+
+def series(conn, kind, since, until=None, environment=None, group_key=None, step=None):
+    """[{'bucket': datetime, 'count','errors','p50_ms','p95_ms','p99_ms'}...] one per step
+    (step chosen from the range if None: minute <= 6 h, hour <= 14 d, day beyond)."""
+    until = until if until is not None else _now(conn)
+    if isinstance(step, timedelta):
+        step = {60: "minute", 3600: "hour", 86400: "day"}[int(step.total_seconds())]
+    step = step or choose_step(since, until)
+    width = STEPS[step]
+    lo, hi = _floor(since, width), _ceil(until, width)
+    rows_sql, args = _rows_sql(kind, environment, [(step, lo, hi)], group_key)
+    cur = conn.cursor()
+    cur.execute("""
+        SELECT bucket, count, errors, nightowl_sketch_quantile(sk, 0.5),
+               nightowl_sketch_quantile(sk, 0.95), nightowl_sketch_quantile(sk, 0.99)
+        FROM (SELECT bucket, sum(count)::bigint AS count, sum(errors)::bigint AS errors,
+                     sum(sketch) AS sk
+              FROM ({}) AS r GROUP BY bucket) AS g ORDER BY bucket""".format(rows_sql), args)
+    got = {b: (n, e, p50, p95, p99) for b, n, e, p50, p95, p99 in cur.fetchall()}
+    out = []
+    t = lo
+    while t < hi:
+        n, e, p50, p95, p99 = got.get(t) or (0, 0, None, None, None)
+        out.append({"bucket": t, "count": int(n), "errors": int(e), "p50_ms": _ms(p50),
+                    "p95_ms": _ms(p95), "p99_ms": _ms(p99)})
+        t += timedelta(seconds=width)
+    return out
