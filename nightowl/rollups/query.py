@@ -6,7 +6,7 @@ on a psycopg2 connection; the dashboard runs them on its own thread pool.
 A range is cut into tiers: whole UTC days from the day table, whole hours
 from the hour table, the minutes at the edges from the minute table, so a
 24-hour ``top`` merges ~23 hour rows and ~60 minute rows per group.  The
-range is rounded down to whole minutes; ``until=None`` is the database's
+range is widened to whole minutes; ``until=None`` is the database's
 ``now()``.  Percentiles come from merging sketches (``sum()`` of numeric)
 and ``nightowl_sketch_quantile`` in SQL.
 """
@@ -38,8 +38,8 @@ def _now(conn):
 
 
 def segments(since, until):
-    """[(tier, start, end)] covering [floor_minute(since), floor_minute(until))."""
-    lo, hi = _floor(since, 60), _floor(until, 60)
+    """[(tier, start, end)] covering the minutes that overlap [since, until)."""
+    lo, hi = _floor(since, 60), _ceil(until, 60)
     if hi <= lo:
         return []
     h_lo, h_hi = _ceil(lo, 3600), _floor(hi, 3600)

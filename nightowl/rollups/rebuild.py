@@ -154,3 +154,29 @@ def prune(conn, minute_days, hour_days, day_days):
         out[table] = cur.rowcount
     conn.commit()
     return out
+
+
+def verify(conn, since, until):
+    """The fault oracle: differences between the stored minute and hour rollups of
+    [since, until) and a fold of the raw rows ([] when exact).  Read-only."""
+    cur = conn.cursor()
+    cur.execute("SET TimeZone = 'UTC'")
+    diffs = []
+    for env in environments(conn, since, until):
+        minutes = fold_raw(conn, env, since, until)
+        tiers = aggregate.tiers(minutes)
+        for tier in ("minute", "hour"):
+            want = {k: (r.count, r.errors, r.min_us, r.max_us, r.sketch or {})
+                    for k, r in tiers[tier].items()}
+            cur.execute("SELECT (extract(epoch FROM bucket))::bigint, kind, group_key, count, "
+                        "errors, min_us, max_us, sketch FROM {} WHERE environment = %s "
+                        "AND bucket >= %s AND bucket < %s".format(write.TABLES[tier]),
+                        (env, since, until))
+            from nightowl.rollups import sketch
+            got = {(b, k, g): (n, e, mn, mx, sketch.decode(sk))
+                   for b, k, g, n, e, mn, mx, sk in cur.fetchall()}
+            for k in sorted(set(want) | set(got)):
+                if want.get(k) != got.get(k):
+                    diffs.append((tier, env, k, want.get(k), got.get(k)))
+    conn.rollback()
+    return diffs
