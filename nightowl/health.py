@@ -216,7 +216,7 @@ def _pgcode(error):
     return " ({})".format(code) if code else ""
 
 
-def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None):
+def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None, rollup_days=None):
     """
     One retention pass (blocking: run it in a thread): ensure the daily
     partitions ahead (when ``ensure``), drop the expired ones.  Returns
@@ -232,6 +232,9 @@ def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None):
     try:
         created = partitions.ensure_partitions(conn, now=now, log=log) if ensure else []
         dropped = partitions.drop_expired(conn, retention_days, now=now, log=log)
+        if rollup_days:
+            from nightowl.rollups import rebuild
+            rebuild.prune(conn, *rollup_days)   # tier retention, by the database clock
     finally:
         conn.close()
     return {"created": list(created), "dropped": list(dropped),
@@ -286,8 +289,10 @@ class RetentionService(service.Service):
             return defer.succeed(None)
         dsn = self.options.get("dsn")
         days = self.options.get("retention-days") or 14
+        rollup_days = tuple(self.options.get("rollup-retention-" + tier) or default for tier, default
+                            in (("minutes", 7), ("hours", 90), ("days", 730)))
         d = threads.deferToThreadPool(self.reactor, self.pool, self._sweep, dsn, days,
-                                      self.ensure)
+                                      self.ensure, rollup_days=rollup_days)
         self._busy = d
 
         def done(result):

@@ -138,6 +138,12 @@ PARAMETERS = [
      "Health/metrics HTTP endpoint (strports), or 'none'."),
     ("retention-days", None, 14, "NIGHTOWL_RETENTION_DAYS", _positive_int("retention-days"),
      "Daily partitions older than this are dropped."),
+    ("rollup-retention-minutes", None, 7, "NIGHTOWL_ROLLUP_RETENTION_MINUTES",
+     _positive_int("rollup-retention-minutes"), "Days of per-minute rollups kept."),
+    ("rollup-retention-hours", None, 90, "NIGHTOWL_ROLLUP_RETENTION_HOURS",
+     _positive_int("rollup-retention-hours"), "Days of per-hour rollups kept."),
+    ("rollup-retention-days", None, 730, "NIGHTOWL_ROLLUP_RETENTION_DAYS",
+     _positive_int("rollup-retention-days"), "Days of per-day rollups kept."),
 ]
 
 FLAGS = [
