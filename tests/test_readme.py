@@ -166,6 +166,6 @@ def test_the_rollup_sql_runs_and_answers(readme, fresh_pg_dsn):
             cur.execute(sql)
             rows = cur.fetchall()
             assert len(rows) == 1 and rows[0][-2] == 1000
-            assert 1.9 < float(rows[0][-1]) < 2.0   # the p95 / p99 of 1..2 ms in ms
+            assert 1.85 < float(rows[0][-1]) < 2.05   # the p95 / p99 of 1..2 ms in ms
     finally:
         conn.close()
