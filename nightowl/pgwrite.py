@@ -117,7 +117,7 @@ class BatchWriter:
                  rollups=True):
         self.dsn = dsn
         self.rollups = rollups
-        self._folds = {}  # buffer row id -> its rollup fold (nightowl.rollups.aggregate)
+        self._decoded = {}  # buffer row id -> decoded records, folded into rollups at write
         self.environment = environment
         self.buffer_id = str(buffer_id)
         self.ledger = ledger
@@ -187,13 +187,13 @@ class BatchWriter:
                 continue
             items.append((row_id, records.encode_records(decoded, self.environment, now)))
             if self.rollups:
-                self._folds[row_id] = rollup_aggregate.fold(decoded, now)
+                self._decoded[row_id] = decoded
         items.sort(key=lambda item: item[0])
 
         try:
             drained, q, written, ledger_skipped = self._write_items(items, now)
         finally:
-            self._folds.clear()
+            self._decoded.clear()
         quarantined.extend(q)
         merged = records.Encoded.merge(enc for _, enc in written)
         if quarantined:
@@ -307,8 +307,10 @@ class BatchWriter:
                     self._upsert_users(cur, batch.users)
                 if self.rollups:
                     self._step = "nightowl_rollups"
-                    rollup_write.upsert(cur, records.clean(self.environment), rollup_aggregate.merge(
-                        self._folds[i] for i, _ in todo if i in self._folds))
+                    fold = {}
+                    for i, _ in todo:
+                        rollup_aggregate.fold(self._decoded.get(i, ()), now, fold)
+                    rollup_write.upsert(cur, records.clean(self.environment), fold)
                 if self.ledger:
                     self._step = "nightowl_ingest_ledger"
                     ids = sorted(i for i, _ in todo)

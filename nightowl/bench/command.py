@@ -16,6 +16,8 @@ BENCHMARKS = {
     "e2e": ("nightowl.bench.e2e", "end to end: SDK frames to rows in PostgreSQL"),
     "faults": ("nightowl.bench.faults",
                "fault injection: every acknowledged payload must be delivered"),
+    "rollups": ("nightowl.bench.rollups",
+                "rollups: drain cost on/off, percentile accuracy, 24 h top for 1,000 routes"),
     "soak": ("nightowl.bench.soak",
              "a steady run at a fixed rate: the buffer file and WAL stay bounded"),
 }

@@ -164,7 +164,8 @@ class _TimingWriter:
         return d.addCallback(note)
 
 
-def drain_once(reactor, buffer_path, dsn, total, workers, batch_size, ledger, profile=None):
+def drain_once(reactor, buffer_path, dsn, total, workers, batch_size, ledger, profile=None,
+               extra_env=None):
     """Deferred firing with (elapsed seconds, metrics.drain) for one drain run."""
     from twisted.internet import defer
     from nightowl.buffer import BufferWriter
@@ -177,6 +178,7 @@ def drain_once(reactor, buffer_path, dsn, total, workers, batch_size, ledger, pr
     timing.waiter = defer.Deferred()
     metrics = Metrics(reactor)
     env = {} if ledger else {"NIGHTOWL_LEDGER": "0"}
+    env.update(extra_env or {})
     options = {"dsn": dsn, "drain-workers": workers, "batch-size": batch_size,
                "environment": "bench", "buffer": buffer_path, "no-migrate": True}
     supervisor = DrainSupervisor(timing, options, metrics, reactor=reactor, worker_env=env)

@@ -52,7 +52,7 @@ class ConfigError(Exception):
 
 class Config:
     def __init__(self, dsn, buffer, worker_id, environment="production", batch_size=5000,
-                 buffer_id=None, ledger=True, fault=None):
+                 buffer_id=None, ledger=True, fault=None, rollups=True):
         self.dsn = dsn
         self.buffer = buffer
         self.worker_id = worker_id
@@ -61,6 +61,7 @@ class Config:
         self.buffer_id = buffer_id
         self.ledger = ledger
         self.fault = fault
+        self.rollups = rollups
 
     @classmethod
     def from_environ(cls, env):
@@ -84,6 +85,7 @@ class Config:
             buffer_id=(env.get("NIGHTOWL_BUFFER_ID") or "").strip() or None,
             ledger=env.get("NIGHTOWL_LEDGER", "1").strip().lower() not in ("0", "false", "no", "off"),
             fault=None if fault_spent() else parse_fault(env.get("NIGHTOWL_FAULT")),
+            rollups=env.get("NIGHTOWL_ROLLUPS", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
 
 
@@ -588,7 +590,7 @@ def main(environ=None, argv=None):
 
     def writer_factory():
         return BatchWriter(config.dsn, config.environment, config.buffer_id,
-                           ledger=config.ledger)
+                           ledger=config.ledger, rollups=config.rollups)
 
     channel = Channel(sys.stdin.buffer, ipc_out, stop_event, on_eof, log)
     worker = Worker(config, channel, reader, writer_factory, stop_event, log,

@@ -79,6 +79,8 @@ class Row:
 
 def text(v):
     """A readable, storable label: str, no NUL, valid UTF-8, <= LABEL_MAX chars."""
+    if type(v) is str and v.isascii() and len(v) <= LABEL_MAX and "\x00" not in v:
+        return v    # the common case (isascii is O(1) in CPython)
     if type(v) is not str:
         v = "" if v is None else str(v)
     if len(v) > LABEL_MAX:

@@ -70,19 +70,20 @@ def merge(*sketches):
 
 def encode(counts):
     """Bucket-count dict -> numeric literal text (see the module docstring)."""
-    items = sorted((i, c) for i, c in counts.items() if c)
+    items = sorted(((i, c) for i, c in counts.items() if c), reverse=True)
     if not items:
         return "0"
-    low = items[0][0]
-    high = items[-1][0]
-    fields = [0] * (high - low + 1)
-    for i, c in items:
+    for _, c in items:
         if c < 0 or c > FIELD_MAX:
             raise ValueError("bucket count out of range: {}".format(c))
-        fields[i - low] = c
-    parts = [str(fields[-1])]
-    parts.extend("%012d" % c for c in reversed(fields[:-1]))
-    return "{}e{}".format("".join(parts), WIDTH * low)
+    prev, top = items[0]
+    parts = [str(top)]
+    for i, c in items[1:]:
+        if prev - i > 1:
+            parts.append("0" * (WIDTH * (prev - i - 1)))
+        parts.append("%012d" % c)
+        prev = i
+    return "{}e{}".format("".join(parts), WIDTH * prev)
 
 
 def decode(value):

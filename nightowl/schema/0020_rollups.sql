@@ -62,6 +62,7 @@ DECLARE
     pos integer;
     c bigint;
     acc bigint := 0;
+    low integer;
 BEGIN
     IF s <= 0 THEN
         RETURN NULL;
@@ -72,33 +73,38 @@ BEGIN
     END IF;
     q := least(1.0, greatest(0.0, q));
     r := greatest(1, ceil(q * n::float8)::bigint);
+    -- the digits without the zero fields below the lowest bucket; substr on
+    -- text walks characters from the start, so read near the start only:
+    -- high quantiles from the top of t, low ones from the top of reverse(t)
     t := trunc(s)::text;
+    low := (length(t) - length(rtrim(t, '0'))) / 12;
+    t := left(t, length(t) - low * 12);
     nf := (length(t) + 11) / 12;
     t := lpad(t, nf * 12, '0');
     IF q >= 0.5 THEN
-        -- from the highest bucket down: fewer fields to read for high quantiles
         pos := 1;
         FOR i IN REVERSE nf - 1 .. 0 LOOP
             c := substr(t, pos, 12)::bigint;
             pos := pos + 12;
             IF c > 0 THEN
                 IF n - acc - c < r THEN
-                    IF i = 0 THEN RETURN 0; END IF;
-                    RETURN 2.0 * power(g, i - 1) / (g + 1.0);
+                    IF i + low = 0 THEN RETURN 0; END IF;
+                    RETURN 2.0 * power(g, i + low - 1) / (g + 1.0);
                 END IF;
                 acc := acc + c;
             END IF;
         END LOOP;
     ELSE
-        pos := nf * 12 - 11;
+        t := reverse(t);
+        pos := 1;
         FOR i IN 0 .. nf - 1 LOOP
-            c := substr(t, pos, 12)::bigint;
-            pos := pos - 12;
+            c := reverse(substr(t, pos, 12))::bigint;
+            pos := pos + 12;
             IF c > 0 THEN
                 acc := acc + c;
                 IF acc >= r THEN
-                    IF i = 0 THEN RETURN 0; END IF;
-                    RETURN 2.0 * power(g, i - 1) / (g + 1.0);
+                    IF i + low = 0 THEN RETURN 0; END IF;
+                    RETURN 2.0 * power(g, i + low - 1) / (g + 1.0);
                 END IF;
             END IF;
         END LOOP;
