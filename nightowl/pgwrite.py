@@ -4,8 +4,7 @@ Write one batch of buffer payload rows into PostgreSQL.
 ``BatchWriter.write(rows)`` takes ``[(buffer row id, exact payload bytes)]``
 and, in ONE transaction: asks the ledger which ids this buffer already
 committed (those are reported drained and not written again), COPYs every
-table, upserts issues, users and the rollups (sorted by key: hazard 42;
-nightowl.rollups.write), inserts the
+table, upserts issues, users, rollups (sorted by key: hazard 42), inserts the
 ledger row, commits.  ``synchronous_commit`` stays on: an asynchronously
 committed batch can vanish after the buffer already marked it drained.
 
