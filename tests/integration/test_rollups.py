@@ -70,6 +70,12 @@ def test_sql_quantile_equals_python_quantile(db):
             got, n = cur.fetchone()
             assert got == sketch.quantile(s, q)
             assert n == len(values)
+            # the min/max hints narrow the search; wrong hints must not change the answer
+            lo, hi = min(values), max(values)
+            for hint in ((lo, hi), (None, hi), (lo, None), (lo * 3 + 5, hi // 3), (0, 10 ** 12)):
+                cur.execute("SELECT nightowl_sketch_quantile(%s::numeric, %s, %s, %s)",
+                            (enc, q) + hint)
+                assert cur.fetchone()[0] == sketch.quantile(s, q), hint
         cur.execute("SELECT %s::numeric", (enc,))
         assert sketch.decode(cur.fetchone()[0]) == s
     cur.execute("SELECT nightowl_sketch_merge(x::numeric) FROM (VALUES (%s), (%s), (NULL)) v (x)",
