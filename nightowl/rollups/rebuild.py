@@ -156,18 +156,19 @@ def prune(conn, minute_days, hour_days, day_days):
     return out
 
 
-def verify(conn, since, until):
-    """The fault oracle: differences between the stored minute and hour rollups of
-    [since, until) and a fold of the raw rows ([] when exact).  Read-only."""
+def verify(conn, since, until, tiers=("minute", "hour")):
+    """The fault oracle: differences between the stored rollups of ``tiers`` in
+    [since, until) and a fold of the raw rows ([] when exact).  Read-only.  Pass
+    "day" only for a range of whole UTC days (a cut day cannot match)."""
     cur = conn.cursor()
     cur.execute("SET TimeZone = 'UTC'")
     diffs = []
     for env in environments(conn, since, until):
         minutes = fold_raw(conn, env, since, until)
-        tiers = aggregate.tiers(minutes)
-        for tier in ("minute", "hour"):
+        folds = aggregate.tiers(minutes)
+        for tier in tiers:
             want = {k: (r.count, r.errors, r.min_us, r.max_us, r.sketch or {})
-                    for k, r in tiers[tier].items()}
+                    for k, r in folds[tier].items()}
             cur.execute("SELECT (extract(epoch FROM bucket))::bigint, kind, group_key, count, "
                         "errors, min_us, max_us, sketch FROM {} WHERE environment = %s "
                         "AND bucket >= %s AND bucket < %s".format(write.TABLES[tier]),
