@@ -220,8 +220,9 @@ def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None, ro
     """
     One retention pass (blocking: run it in a thread): ensure the daily
     partitions ahead (when ``ensure``), drop the expired ones.  Returns
-    ``{"created": [...], "dropped": [...], "errors": [...]}``.  Connection
-    errors raise (psycopg2.Error).
+    ``{"created": [...], "dropped": [...], "errors": [...], "rollups_pruned":
+    {table: rows}}``; ``rollup_days``: (minute, hour, day) tier retention in
+    days, or None.  Connection errors raise (psycopg2.Error).
     """
     from nightowl import partitions
     if connect is None:
@@ -232,13 +233,14 @@ def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None, ro
     try:
         created = partitions.ensure_partitions(conn, now=now, log=log) if ensure else []
         dropped = partitions.drop_expired(conn, retention_days, now=now, log=log)
+        pruned = {}
         if rollup_days:
             from nightowl.rollups import rebuild
-            rebuild.prune(conn, *rollup_days)   # tier retention, by the database clock
+            pruned = rebuild.prune(conn, *rollup_days)   # tier retention, database clock
     finally:
         conn.close()
     return {"created": list(created), "dropped": list(dropped),
-            "errors": list(getattr(log, "errors", ()))}
+            "errors": list(getattr(log, "errors", ())), "rollups_pruned": pruned}
 
 
 # -- the retention timer -------------------------------------------------------

@@ -147,6 +147,10 @@ def prune(conn, minute_days, hour_days, day_days):
     """Delete expired tier rows (database clock); returns {table: rows deleted}. Commits."""
     out = {}
     cur = conn.cursor()
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (write.TABLES["minute"],))
+    if not cur.fetchone()[0]:
+        conn.rollback()
+        return out      # a database from before the rollups migration
     for table, days in ((write.TABLES["minute"], minute_days), (write.TABLES["hour"], hour_days),
                         (write.TABLES["day"], day_days)):
         cur.execute("DELETE FROM {} WHERE bucket < now() - make_interval(days => %s)".format(table),
