@@ -5,7 +5,9 @@ on a psycopg2 connection; the dashboard runs them on its own thread pool.
 
 A range is cut into tiers: whole UTC days from the day table, whole hours
 from the hour table, the minutes at the edges from the minute table, so a
-24-hour ``top`` merges ~23 hour rows and ~60 minute rows per group.  The
+24-hour ``top`` merges ~23 hour rows and ~60 minute rows per group.  Where
+the minutes (hours) at an edge are already pruned by tier retention, that
+edge is read from whole hours (days) instead (``fall_back``).  The
 range is widened to whole minutes; ``until=None`` is the database's
 ``now()``.  Percentiles come from merging sketches (``sum()`` of numeric)
 and ``nightowl_sketch_quantile`` in SQL.
@@ -54,6 +56,43 @@ def segments(since, until):
     return [s for s in out if s[2] > s[1]]
 
 
+COARSER = (("minute", "hour", 3600), ("hour", "day", 86400))
+
+
+def fall_back(segs, oldest):
+    """``segs`` with every minute (hour) segment that starts before the oldest
+    minute (hour) row still kept, ``oldest[tier]``, read from the whole hours
+    (days) around it instead: the range widens at that edge, but nothing pruned
+    is missed and nothing is counted twice (overlaps are merged per tier)."""
+    segs = list(segs)
+    for fine, coarse, width in COARSER:
+        horizon = oldest.get(fine)
+        out = []
+        for tier, start, end in segs:
+            if tier == fine and (horizon is None or start < horizon):
+                out.append((coarse, _floor(start, width), _ceil(end, width)))
+            else:
+                out.append((tier, start, end))
+        segs = out
+    merged = []
+    for tier, start, end in sorted(segs, key=lambda s: (s[0], s[1])):
+        if merged and merged[-1][0] == tier and start <= merged[-1][2]:
+            merged[-1] = (tier, merged[-1][1], max(end, merged[-1][2]))
+        else:
+            merged.append((tier, start, end))
+    return merged
+
+
+def _oldest(conn, kind):
+    """The oldest minute and hour bucket kept for ``kind`` (None: none)."""
+    cur = conn.cursor()
+    cur.execute("SELECT (SELECT min(bucket) FROM {} WHERE kind = %s), "
+                "(SELECT min(bucket) FROM {} WHERE kind = %s)".format(
+                    TABLES["minute"], TABLES["hour"]), (kind, kind))
+    minute, hour = cur.fetchone()
+    return {"minute": minute, "hour": hour}
+
+
 def _rows_sql(kind, environment, segs, group_key=None):
     parts, args = [], []
     for tier, start, end in segs:
@@ -95,6 +134,7 @@ def top(conn, kind, since, until=None, environment=None, limit=20, order="p95"):
     segs = segments(since, until)
     if not segs:
         return []
+    segs = fall_back(segs, _oldest(conn, kind))
     rows_sql, args = _rows_sql(kind, environment, segs)
     first = _q(0.95 if order == "p95" else 0.99) if order in ("p95", "p99") else "NULL::float8"
     sql = """

@@ -264,6 +264,37 @@ def test_top_and_series(db):
     conn.close()
 
 
+def test_top_reads_whole_hours_where_the_edge_minutes_are_pruned(db):
+    recs = [{"t": "request", "_group": "g", "route_path": "/r", "method": "GET",
+             "status_code": 200, "duration": 1000 + i, "timestamp": 1714694400 + i * 10}
+            for i in range(600)]    # 00:00 to 01:40 UTC
+    writer(db).write([(1, orjson.dumps(recs))])
+    t0 = datetime.fromtimestamp(1714694400, timezone.utc)
+    conn = psycopg2.connect(db)
+    half = (t0 + timedelta(minutes=30), t0 + timedelta(minutes=90))
+    assert query.top(conn, "request", *half)[0]["count"] == 360     # from minutes
+    cur = conn.cursor()
+    cur.execute("DELETE FROM nightowl_rollups_minute WHERE bucket < %s", (t0 + timedelta(hours=1),))
+    conn.commit()
+    # the minutes of 00:30-01:00 are gone: the edge widens to the hours 00:00-02:00
+    assert query.top(conn, "request", *half)[0]["count"] == 600
+    cur.execute("DELETE FROM nightowl_rollups_minute; DELETE FROM nightowl_rollups_hour")
+    conn.commit()
+    got = query.top(conn, "request", t0 + timedelta(minutes=30), t0 + timedelta(days=3))
+    assert got[0]["count"] == 600       # one day row, read once for both edges
+    conn.close()
+
+
+def test_fall_back_never_reads_a_coarse_bucket_twice():
+    t0 = datetime(2024, 5, 3, 0, 30, tzinfo=timezone.utc)
+    segs = query.segments(t0, t0 + timedelta(hours=30))
+    assert [s[0] for s in segs] == ["minute", "minute", "hour"]
+    late = t0 + timedelta(days=30)
+    assert query.fall_back(segs, {"minute": None, "hour": late}) == [
+        ("day", datetime(2024, 5, 3, tzinfo=timezone.utc), datetime(2024, 5, 5, tzinfo=timezone.utc))]
+    assert query.fall_back(segs, {"minute": t0, "hour": t0}) == sorted(segs)
+
+
 def test_top_on_an_empty_database(db):
     for fmt in ("json", "table"):
         out = subprocess.run([sys.executable, "-m", "nightowl.cli", "top", "routes", "--since", "7d",
