@@ -33,6 +33,8 @@ COMMANDS = {
     "thresholds": ("nightowl.admin.thresholds",
                    "set, list or remove the duration thresholds of performance issues"),
     "alerts": ("nightowl.admin.alerts", "alert channels: add, list, remove, test"),
+    "top": ("nightowl.admin.top", "the slowest or busiest routes, queries, jobs, outgoing hosts"),
+    "rollups": ("nightowl.admin.rollups", "rebuild the minute/hour/day rollups from raw rows"),
     "bench": ("nightowl.bench.command", "benchmarks: ingest, drain, e2e, soak, faults"),
 }
 

@@ -227,12 +227,14 @@ def _pgcode(error):
     return " ({})".format(code) if code else ""
 
 
-def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None, clock=None):
+def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None, clock=None,
+          rollup_days=None):
     """
     One retention pass (blocking: run it in a thread): ensure the daily
     partitions ahead (when ``ensure``), drop the expired ones.  Returns
-    ``{"created": [...], "dropped": [...], "errors": [...]}``.  Connection
-    errors raise (psycopg2.Error).
+    ``{"created": [...], "dropped": [...], "errors": [...], "rollups_pruned":
+    {table: rows}}``; ``rollup_days``: (minute, hour, day) tier retention in
+    days, or None.  Connection errors raise (psycopg2.Error).
     """
     from nightowl import partitions
     if connect is None:
@@ -248,10 +250,16 @@ def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None, cl
                                               **({"clock": clock} if clock else {}))
         except partitions.ClockSkew as e:
             dropped, skew = [], e
+        pruned = None
+        if rollup_days:
+            from nightowl.rollups import rebuild
+            pruned = rebuild.prune(conn, *rollup_days)   # tier retention, database clock
     finally:
         conn.close()
     result = {"created": list(created), "dropped": list(dropped),
               "errors": list(getattr(log, "errors", ()))}
+    if pruned is not None:
+        result["rollups_pruned"] = pruned
     if skew is not None:
         # only present when retention refused: the clocks disagree
         result["clock_skew"] = {"seconds": round(skew.skew, 1), "message": str(skew)}
@@ -306,8 +314,10 @@ class RetentionService(service.Service):
             return defer.succeed(None)
         dsn = self.options.get("dsn")
         days = self.options.get("retention-days") or 14
+        rollup_days = tuple(self.options.get("rollup-retention-" + tier) or default for tier, default
+                            in (("minutes", 7), ("hours", 90), ("days", 730)))
         d = threads.deferToThreadPool(self.reactor, self.pool, self._sweep, dsn, days,
-                                      self.ensure)
+                                      self.ensure, rollup_days=rollup_days)
         self._busy = d
 
         def done(result):

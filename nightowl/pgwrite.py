@@ -4,10 +4,10 @@ Write one batch of buffer payload rows into PostgreSQL.
 ``BatchWriter.write(rows)`` takes ``[(buffer row id, exact payload bytes)]``
 and, in ONE transaction: asks the ledger which ids this buffer already
 committed (those are reported drained and not written again), COPYs every
-table, upserts issues and users (sorted by key: hazard 42; the issue
+table, upserts issues, users and rollups (sorted by key: hazard 42; the issue
 statements, lifecycle events and alert outbox rows are nightowl.issues.upsert's,
-slow records against nightowl.issues.thresholds), inserts the ledger row,
-commits.  ``synchronous_commit`` stays on: an asynchronously
+slow records against nightowl.issues.thresholds, rollups nightowl.rollups'),
+inserts the ledger row, commits.  ``synchronous_commit`` stays on: an asynchronously
 committed batch can vanish after the buffer already marked it drained.
 
 Errors are classified by SQLSTATE, never by message text (PHP §3.2):
@@ -36,6 +36,8 @@ from twisted.logger import Logger
 
 from nightowl import records
 from nightowl.issues import thresholds as _thresholds, upsert as _issue_upsert
+from nightowl.rollups import aggregate as rollup_aggregate
+from nightowl.rollups import write as rollup_write
 
 CONNECT_OPTIONS = dict(
     connect_timeout=10, keepalives=1, keepalives_idle=10, keepalives_interval=5,
@@ -114,13 +116,15 @@ class BatchWriter:
     log = Logger()
 
     def __init__(self, dsn, environment, buffer_id, ledger=True, clock=time.time, log=None,
-                 issues=True, thresholds=None):
+                 issues=True, thresholds=None, rollups=True):
         self.dsn = dsn
         # issues=False: raw rows only (no issue upserts, thresholds, alerts); bench baseline
         self.issues = issues
         self.thresholds = thresholds if thresholds is not None or not issues else (
             _thresholds.ThresholdCache())
         self._perf = {}  # buffer row id -> slow-record aggregate, for the current write()
+        self.rollups = rollups
+        self._decoded = {}  # buffer row id -> decoded records, folded into rollups at write
         self.environment = environment
         self.buffer_id = str(buffer_id)
         self.ledger = ledger
@@ -196,8 +200,24 @@ class BatchWriter:
                 slow = _thresholds.aggregate(decoded, table, now)
                 if slow:
                     perf[row_id] = slow
+            if self.rollups:
+                self._decoded[row_id] = decoded
         items.sort(key=lambda item: item[0])
 
+        try:
+            drained, q, written, ledger_skipped = self._write_items(items, now)
+        finally:
+            self._decoded.clear()
+        quarantined.extend(q)
+        merged = records.Encoded.merge(enc for _, enc in written)
+        if quarantined:
+            self.log.warn("quarantined {count} payloads: {reasons}", count=len(quarantined),
+                          reasons=sorted(set(r for _, r in quarantined)))
+        return BatchResult(drained=sorted(drained), quarantined=quarantined,
+                           records=merged.records, rows_by_table=merged.rows_by_table(),
+                           skipped=dict(merged.skipped), ledger_skipped=ledger_skipped)
+
+    def _write_items(self, items, now):
         drained, q, written = [], [], []
         attempt = 0
         while True:
@@ -219,14 +239,7 @@ class BatchWriter:
                     raise
                 # one reconnect-and-retry, like the PHP agent; committed parts are in the ledger
                 self.log.info("PostgreSQL connection lost; reconnecting once")
-        quarantined.extend(q)
-        merged = records.Encoded.merge(enc for _, enc in written)
-        if quarantined:
-            self.log.warn("quarantined {count} payloads: {reasons}", count=len(quarantined),
-                          reasons=sorted(set(r for _, r in quarantined)))
-        return BatchResult(drained=sorted(drained), quarantined=quarantined,
-                           records=merged.records, rows_by_table=merged.rows_by_table(),
-                           skipped=dict(merged.skipped), ledger_skipped=self._ledger_skipped)
+        return drained, q, written, self._ledger_skipped
 
     def prune_ledger(self, low_water, other_buffers_after_days=30):
         """
@@ -307,6 +320,12 @@ class BatchWriter:
                 if batch.users:
                     self._step = "nightowl_users"
                     self._upsert_users(cur, batch.users)
+                if self.rollups:
+                    self._step = "nightowl_rollups"
+                    fold = {}
+                    for i, _ in todo:
+                        rollup_aggregate.fold(self._decoded.get(i, ()), now, fold)
+                    rollup_write.upsert(cur, records.clean(self.environment), fold)
                 if self.ledger:
                     self._step = "nightowl_ingest_ledger"
                     ids = sorted(i for i, _ in todo)

@@ -177,6 +177,12 @@ PARAMETERS = [
     ("health-alert-every", None, 600.0, "NIGHTOWL_HEALTH_ALERT_EVERY",
      _positive_float("health-alert-every"),
      "At most one agent-health alert per this many seconds."),
+    ("rollup-retention-minutes", None, 7, "NIGHTOWL_ROLLUP_RETENTION_MINUTES",
+     _positive_int("rollup-retention-minutes"), "Days of per-minute rollups kept."),
+    ("rollup-retention-hours", None, 90, "NIGHTOWL_ROLLUP_RETENTION_HOURS",
+     _positive_int("rollup-retention-hours"), "Days of per-hour rollups kept."),
+    ("rollup-retention-days", None, 730, "NIGHTOWL_ROLLUP_RETENTION_DAYS",
+     _positive_int("rollup-retention-days"), "Days of per-day rollups kept."),
 ]
 
 FLAGS = [

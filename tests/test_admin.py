@@ -352,6 +352,29 @@ def test_prune_drops_expired_partitions(fresh_pg_dsn, capsys):
     assert "nothing older than 7 days to drop" in capsys.readouterr().out
 
 
+def test_prune_applies_each_rollup_tier_retention(fresh_pg_dsn, capsys):
+    migrate.apply(fresh_pg_dsn)
+    conn = psycopg2.connect(fresh_pg_dsn)
+    cur = conn.cursor()
+    for tier in ("minute", "hour", "day"):
+        # 8 days, 100 days and 800 days old: each just past one tier's default
+        cur.execute("INSERT INTO nightowl_rollups_{} (bucket, kind, environment, group_key, "
+                    "count) SELECT now() - make_interval(days => d), 'log', 'p', 'k' || d, 1 "
+                    "FROM unnest(ARRAY[1, 8, 100, 800]) d".format(tier))
+    conn.commit()
+    assert cli.main(["prune", "--dsn", fresh_pg_dsn]) == 0
+    assert ("rollups deleted: 3 minute rows (older than 7 days), 2 hour rows (older than 90 "
+            "days), 1 day rows (older than 730 days)") in capsys.readouterr().out
+    kept = {}
+    for tier in ("minute", "hour", "day"):
+        cur.execute("SELECT group_key FROM nightowl_rollups_{} ORDER BY 1".format(tier))
+        kept[tier] = [k for (k,) in cur.fetchall()]
+    assert kept == {"minute": ["k1"], "hour": ["k1", "k8"], "day": ["k1", "k100", "k8"]}
+    conn.close()
+    assert cli.main(["prune", "--dsn", fresh_pg_dsn, "--rollup-retention-days", "0"]) == 2
+    assert "--rollup-retention-days: must be greater than 0" in capsys.readouterr().err
+
+
 # -- send ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("scenario", send.SCENARIOS)

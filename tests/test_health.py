@@ -501,7 +501,7 @@ def test_sweep_with_a_bad_dsn_raises_a_psycopg2_error():
 def test_retention_service_logs_and_keeps_going():
     calls = []
 
-    def failing_sweep(dsn, days, ensure):
+    def failing_sweep(dsn, days, ensure, **kw):
         calls.append((dsn, days, ensure))
         raise psycopg2.OperationalError("connection refused")
 

@@ -140,3 +140,32 @@ def test_the_example_sql_runs_on_the_schema(readme, fresh_pg_dsn):
             conn.rollback()
     finally:
         conn.close()
+
+
+def test_the_rollup_sql_runs_and_answers(readme, fresh_pg_dsn):
+    import psycopg2
+    from nightowl import migrate
+    from nightowl.rollups import sketch
+    section = readme[readme.index("Rollups and percentiles\n"):readme.index("Example SQL\n")]
+    blocks = re.findall(r"::\n\n((?:    .*\n|\n)+)", section)
+    queries = ["\n".join(line[4:] for line in block.strip("\n").splitlines()) for block in blocks]
+    queries = [q for q in queries if q.startswith("SELECT")]
+    assert len(queries) == 2
+    migrate.apply(fresh_pg_dsn, partitions=False)
+    conn = psycopg2.connect(fresh_pg_dsn)
+    try:
+        cur = conn.cursor()
+        s = {}
+        for v in range(1000, 2000):
+            sketch.add(s, v)
+        cur.execute("INSERT INTO nightowl_rollups_minute (bucket, kind, environment, group_key, "
+                    "label, attrs, count, sketch) VALUES (date_trunc('minute', now()), 'request', "
+                    "'production', 'g', 'GET|HEAD /users/{user}', '{\"status_class\": \"2xx\"}', "
+                    "1000, %s::numeric)", (sketch.encode(s),))
+        for sql in queries:
+            cur.execute(sql)
+            rows = cur.fetchall()
+            assert len(rows) == 1 and rows[0][-2] == 1000
+            assert 1.85 < float(rows[0][-1]) < 2.05   # the p95 / p99 of 1..2 ms in ms
+    finally:
+        conn.close()

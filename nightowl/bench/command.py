@@ -18,6 +18,8 @@ BENCHMARKS = {
                "fault injection: every acknowledged payload must be delivered"),
     "dashboard": ("nightowl.bench.dashboard",
                   "10 million raw rows over 30 days: every dashboard page's server time"),
+    "rollups": ("nightowl.bench.rollups",
+                "rollups: drain cost on/off, percentile accuracy, 24 h top for 1,000 routes"),
     "soak": ("nightowl.bench.soak",
              "a steady run at a fixed rate: the buffer file and WAL stay bounded"),
 }

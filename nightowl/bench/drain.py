@@ -191,7 +191,7 @@ class _TimingWriter:
 
 
 def drain_once(reactor, buffer_path, dsn, total, workers, batch_size, ledger, profile=None,
-               issues=True):
+               issues=True, extra_env=None):
     """Deferred firing with (elapsed seconds, metrics.drain) for one drain run."""
     from twisted.internet import defer
     from nightowl.buffer import BufferWriter
@@ -206,6 +206,7 @@ def drain_once(reactor, buffer_path, dsn, total, workers, batch_size, ledger, pr
     env = {} if ledger else {"NIGHTOWL_LEDGER": "0"}
     if not issues:
         env["NIGHTOWL_ISSUES"] = "0"
+    env.update(extra_env or {})
     options = {"dsn": dsn, "drain-workers": workers, "batch-size": batch_size,
                "environment": "bench", "buffer": buffer_path, "no-migrate": True}
     supervisor = DrainSupervisor(timing, options, metrics, reactor=reactor, worker_env=env)

@@ -1412,17 +1412,46 @@ def ledger_duplicates(dsn):
         conn.close()
 
 
+def rollup_diffs(dsn):
+    """Rollup rows (minute, hour, day tiers) that differ from a re-fold of the raw rows:
+    a retried batch counted twice, or a batch's rows without its rollups."""
+    from datetime import timedelta
+
+    import psycopg2
+
+    from nightowl.rollups import rebuild
+    conn = psycopg2.connect(dsn)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT to_regclass('nightowl_rollups_minute') IS NOT NULL, "
+                    "date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'")
+        migrated, today = cur.fetchone()
+        conn.rollback()
+        if not migrated:
+            return []
+        # whole UTC days around now: the payloads' timestamps are the send time
+        since, until = today - timedelta(days=2), today + timedelta(days=2)
+        return rebuild.verify(conn, since, until, tiers=("minute", "hour", "day"))
+    finally:
+        conn.close()
+
+
 def pg_check(oracle, dsn):
-    """The set-membership oracle over Postgres, plus torn payloads and ledger duplicates."""
+    """The set-membership oracle over Postgres, plus torn payloads, ledger duplicates,
+    and rollups that differ from the raw rows they count."""
     rows, torn = pg_stored(pg_counts(dsn))
     check = oracle.check(rows)
+    diffs = rollup_diffs(dsn)
+    if diffs:
+        check["violations"].append("{} rollup rows differ from the raw rows (e.g. {})".format(
+            len(diffs), diffs[0][:3]))
     if torn:
         check["violations"].append("{} payloads only partly in Postgres (e.g. {})".format(
             len(torn), torn[:5]))
     dup = ledger_duplicates(dsn)
     if dup:
         check["violations"].append("the ledger holds {} buffer ids twice".format(dup))
-    check.update({"torn": len(torn), "ledger_duplicates": dup})
+    check.update({"torn": len(torn), "ledger_duplicates": dup, "rollup_diffs": len(diffs)})
     return check
 
 

@@ -54,7 +54,7 @@ class ConfigError(Exception):
 
 class Config:
     def __init__(self, dsn, buffer, worker_id, environment="production", batch_size=5000,
-                 buffer_id=None, ledger=True, fault=None, issues=True):
+                 buffer_id=None, ledger=True, fault=None, issues=True, rollups=True):
         self.dsn = dsn
         self.buffer = buffer
         self.worker_id = worker_id
@@ -64,6 +64,7 @@ class Config:
         self.ledger = ledger
         self.fault = fault
         self.issues = issues  # NIGHTOWL_ISSUES=0: raw rows only, no issues/thresholds/alerts
+        self.rollups = rollups
 
     @classmethod
     def from_environ(cls, env):
@@ -88,6 +89,7 @@ class Config:
             ledger=env.get("NIGHTOWL_LEDGER", "1").strip().lower() not in ("0", "false", "no", "off"),
             fault=None if fault_spent() else parse_fault(env.get("NIGHTOWL_FAULT")),
             issues=env.get("NIGHTOWL_ISSUES", "1").strip().lower() not in ("0", "false", "no", "off"),
+            rollups=env.get("NIGHTOWL_ROLLUPS", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
 
 
@@ -614,7 +616,8 @@ def main(environ=None, argv=None):
 
     def writer_factory():
         return BatchWriter(config.dsn, config.environment, config.buffer_id,
-                           ledger=config.ledger, issues=config.issues)
+                           ledger=config.ledger, issues=config.issues,
+                           rollups=config.rollups)
 
     channel = Channel(sys.stdin.buffer, ipc_out, stop_event, on_eof, log)
     worker = Worker(config, channel, reader, writer_factory, stop_event, log,

@@ -1,0 +1,1 @@
+"""Minute/hour/day rollups with mergeable quantile sketches (issue 11)."""

@@ -1,81 +1,124 @@
 """
-PROVISIONAL (branch i13): ``top()`` and ``series()`` of CONTRACTS.md computed
-from the RAW tables with ``percentile_disc``, so that the dashboard can be
-built and tested before the rollup tables exist.  Branch i11 owns the real
-module (reading ``nightowl_rollups_minute/hour/day``); at merge this file is
-replaced by it, with the same signatures and return shapes.
+Read the rollups: ``top`` (the slowest or busiest groups of a kind over a
+range) and ``series`` (one point per minute / hour / day).  Synchronous,
+on a psycopg2 connection; the dashboard runs them on its own thread pool.
 
-Timings measured with this module are timings of raw-table scans, not of
-rollups.
-
-Group keys (opaque to callers, stable within this module):
-  request         the SDK's ``_group`` | method | status class ("2xx")
-  outgoing        the host
-  every other     the SDK's ``_group`` (for exceptions: the issue fingerprint)
+A range is cut into tiers: whole UTC days from the day table, whole hours
+from the hour table, the minutes at the edges from the minute table, so a
+24-hour ``top`` merges ~23 hour rows and ~60 minute rows per group.  Where
+the minutes (hours) at an edge are already pruned by tier retention, that
+edge is read from whole hours (days) instead (``fall_back``).  The
+range is widened to whole minutes; ``until=None`` is the database's
+``now()``.  Percentiles come from merging sketches (``sum()`` of numeric)
+and ``nightowl_sketch_quantile`` in SQL.
 """
 
-import datetime
+from datetime import datetime, timedelta, timezone
 
-#: kind -> (table, group key SQL, label SQL, error SQL, extra WHERE or None).
-#: Fixed strings only: nothing here comes from a caller.
-KINDS = {
-    "request": ("nightowl_requests",
-                "coalesce(group_hash, '') || '|' || coalesce(method, '') || '|' || "
-                "coalesce((status_code / 100)::text || 'xx', '?')",
-                "coalesce(route_path, url)", "status_code >= 500", None),
-    "query": ("nightowl_queries", "coalesce(group_hash, '')", "left(sql_query, 300)",
-              "false", None),
-    "job": ("nightowl_jobs", "coalesce(group_hash, job_class, '')", "job_class",
-            "status = 'failed'", "record_type = 'job-attempt'"),
-    "outgoing": ("nightowl_outgoing_requests", "coalesce(host, '')", "host",
-                 "status_code >= 500 OR status_code IS NULL", None),
-    "cache": ("nightowl_cache_events", "coalesce(group_hash, key, '')", "key",
-              "event_type LIKE '%%failure'", None),
-    "command": ("nightowl_commands", "coalesce(group_hash, name, '')", "coalesce(name, command)",
-                "exit_code <> 0", None),
-    "scheduled_task": ("nightowl_scheduled_tasks", "coalesce(group_hash, command, '')",
-                       "command", "status = 'failed'", None),
-    "mail": ("nightowl_mail", "coalesce(group_hash, mailable, '')", "mailable", "failed", None),
-    "notification": ("nightowl_notifications", "coalesce(group_hash, notification, '')",
-                     "notification", "failed", None),
-    "exception": ("nightowl_exceptions", "fingerprint", "class", "NOT coalesce(handled, false)",
-                  None),
-    "log": ("nightowl_logs", "coalesce(level, '')", "level",
-            "level IN ('error', 'critical', 'alert', 'emergency')", None),
-    "user_request": ("nightowl_requests", "coalesce(user_id, '')", "user_id",
-                     "status_code >= 500", "user_id IS NOT NULL"),
-}
+from nightowl.rollups.write import TABLES
 
-#: kinds whose raw table has no duration column
-_NO_DURATION = ("exception", "log")
-
-_ORDERS = {"p95": "q[2] DESC", "p99": "q[3] DESC", "count": "count DESC",
-           "sum": "sum_us DESC", "errors": "errors DESC"}
-
-_STEPS = ("minute", "hour", "day")
+ORDERS = {"p95": "p95_us", "p99": "p99_us", "count": "count", "sum": "sum_us",
+          "errors": "errors"}
+STEPS = {"minute": 60, "hour": 3600, "day": 86400}
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def _utcnow():
-    return datetime.datetime.now(datetime.timezone.utc)
+def _floor(t, width):
+    s = int((t - EPOCH).total_seconds())
+    return EPOCH + timedelta(seconds=s - s % width)
 
 
-def _where(kind, since, until, environment, group_key):
-    table, group_sql, _label, _err, extra = KINDS[kind]
-    clauses = ["created_at >= %s", "created_at < %s"]
-    args = [since, until]
-    if environment is not None:
-        clauses.append("environment = %s")
-        args.append(environment)
-    if extra:
-        clauses.append(extra)
-    if group_key is not None:
-        clauses.append("({}) = %s".format(group_sql))
-        args.append(group_key)
-    return table, " AND ".join(clauses), args
+def _ceil(t, width):
+    f = _floor(t, width)
+    return f if f == t else f + timedelta(seconds=width)
 
 
-def _duration(kind):
-    return "NULL::bigint" if kind in _NO_DURATION else "duration"
+def _now(conn):
+    cur = conn.cursor()
+    cur.execute("SELECT now()")
+    return cur.fetchone()[0]
+
+
+def segments(since, until):
+    """[(tier, start, end)] covering the minutes that overlap [since, until)."""
+    lo, hi = _floor(since, 60), _ceil(until, 60)
+    if hi <= lo:
+        return []
+    h_lo, h_hi = _ceil(lo, 3600), _floor(hi, 3600)
+    if h_hi <= h_lo:
+        return [("minute", lo, hi)]
+    out = [("minute", lo, h_lo), ("minute", h_hi, hi)]
+    d_lo, d_hi = _ceil(h_lo, 86400), _floor(h_hi, 86400)
+    if d_hi > d_lo:
+        out += [("hour", h_lo, d_lo), ("hour", d_hi, h_hi), ("day", d_lo, d_hi)]
+    else:
+        out.append(("hour", h_lo, h_hi))
+    return [s for s in out if s[2] > s[1]]
+
+
+COARSER = (("minute", "hour", 3600), ("hour", "day", 86400))
+
+
+def fall_back(segs, oldest):
+    """``segs`` with every minute (hour) segment that starts before the oldest
+    minute (hour) row still kept, ``oldest[tier]``, read from the whole hours
+    (days) around it instead: the range widens at that edge, but nothing pruned
+    is missed and nothing is counted twice (overlaps are merged per tier)."""
+    segs = list(segs)
+    for fine, coarse, width in COARSER:
+        horizon = oldest.get(fine)
+        out = []
+        for tier, start, end in segs:
+            if tier == fine and (horizon is None or start < horizon):
+                out.append((coarse, _floor(start, width), _ceil(end, width)))
+            else:
+                out.append((tier, start, end))
+        segs = out
+    merged = []
+    for tier, start, end in sorted(segs, key=lambda s: (s[0], s[1])):
+        if merged and merged[-1][0] == tier and start <= merged[-1][2]:
+            merged[-1] = (tier, merged[-1][1], max(end, merged[-1][2]))
+        else:
+            merged.append((tier, start, end))
+    return merged
+
+
+def _oldest(conn, kind):
+    """The oldest minute and hour bucket kept for ``kind`` (None: none)."""
+    cur = conn.cursor()
+    cur.execute("SELECT (SELECT min(bucket) FROM {} WHERE kind = %s), "
+                "(SELECT min(bucket) FROM {} WHERE kind = %s)".format(
+                    TABLES["minute"], TABLES["hour"]), (kind, kind))
+    minute, hour = cur.fetchone()
+    return {"minute": minute, "hour": hour}
+
+
+def _rows_sql(kind, environment, segs, group_key=None):
+    parts, args = [], []
+    for tier, start, end in segs:
+        sql = ("SELECT bucket, group_key, label, attrs, count, errors, sum_us, min_us, max_us, "
+               "sketch "
+               "FROM {} WHERE kind = %s AND bucket >= %s AND bucket < %s".format(TABLES[tier]))
+        args += [kind, start, end]
+        if environment is not None:
+            sql += " AND environment = %s"
+            args.append(environment)
+        if group_key is not None:
+            sql += " AND group_key = %s"
+            args.append(group_key)
+        parts.append(sql)
+    return " UNION ALL ".join(parts), args
+
+
+#: in the statement's own (implicit or caller's) transaction: JIT compiles these
+#: aggregations for ~200 ms and saves nothing; merged sketches are ~2 KB each,
+#: so the default 4 MB work_mem spills 1,000 groups to disk
+TUNING = "SET LOCAL jit = off; SET LOCAL work_mem = '64MB'; "
+
+
+def _q(q):
+    """The quantile of the merged sketch ``sk``, its search narrowed by min/max."""
+    return "nightowl_sketch_quantile(sk, {}, min_us, max_us)".format(q)
 
 
 def _ms(us):
@@ -85,37 +128,59 @@ def _ms(us):
 def top(conn, kind, since, until=None, environment=None, limit=20, order="p95"):
     """[{'group_key','target','count','errors','p50_ms','p95_ms','p99_ms','max_ms','sum_ms'}...]
     order: 'p95' | 'count' | 'sum' | 'p99' | 'errors'. since/until: aware datetimes."""
-    if kind not in KINDS:
-        raise ValueError("unknown kind {!r}".format(kind))
-    if order not in _ORDERS:
-        raise ValueError("unknown order {!r}".format(order))
-    until = until or _utcnow()
-    table, where, args = _where(kind, since, until, environment, None)
-    _t, group_sql, label_sql, err_sql, _x = KINDS[kind]
-    sql = ("SELECT g, label, count, errors, q[1], q[2], q[3], mx, sum_us FROM ("
-           " SELECT g, min(label) AS label, count(*) AS count,"
-           " count(*) FILTER (WHERE err) AS errors,"
-           " percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY d) AS q,"
-           " max(d) AS mx, sum(d)::float8 AS sum_us FROM ("
-           "  SELECT {g} AS g, {l} AS label, coalesce({e}, false) AS err,"
-           "  coalesce({d}, 0) AS d FROM {t} WHERE {w}) s"
-           " GROUP BY g) a").format(g=group_sql, l=label_sql, e=err_sql, t=table, w=where,
-                                    d=_duration(kind))
-    sql += " ORDER BY {}, g LIMIT %s".format(_ORDERS[order])
+    if order not in ORDERS:
+        raise ValueError("order must be one of {}".format(", ".join(sorted(ORDERS))))
+    until = until if until is not None else _now(conn)
+    segs = segments(since, until)
+    if not segs:
+        return []
+    segs = fall_back(segs, _oldest(conn, kind))
+    rows_sql, args = _rows_sql(kind, environment, segs)
+    first = _q(0.95 if order == "p95" else 0.99) if order in ("p95", "p99") else "NULL::float8"
+    sql = """
+        SELECT group_key, label, attrs, count, errors, sum_us, max_us,
+               {p50}, {p95}, {p99}
+        FROM (SELECT group_key, label, attrs, count, errors, sum_us, min_us, max_us, sk,
+                     {first} AS q1
+              FROM (SELECT group_key, min(label) AS label, min(attrs::text) AS attrs,
+                           sum(count)::bigint AS count, sum(errors)::bigint AS errors,
+                           sum(sum_us) AS sum_us, min(min_us) AS min_us, max(max_us) AS max_us,
+                           sum(sketch) AS sk
+                    FROM ({rows}) AS r GROUP BY group_key) AS g
+              ORDER BY {key} DESC NULLS LAST, group_key LIMIT %s) AS t
+        ORDER BY {key} DESC NULLS LAST, group_key""".format(
+        rows=rows_sql, first=first, p50=_q(0.5),
+        key={"p95": "q1", "p99": "q1"}.get(order, ORDERS[order]),
+        p95="q1" if order == "p95" else _q(0.95),
+        p99="q1" if order == "p99" else _q(0.99))
     cur = conn.cursor()
-    cur.execute(sql, args + [int(limit)])
-    return [{"group_key": g, "target": label, "count": n, "errors": errors,
-             "p50_ms": _ms(p50), "p95_ms": _ms(p95), "p99_ms": _ms(p99),
-             "max_ms": _ms(mx), "sum_ms": _ms(total)}
-            for (g, label, n, errors, p50, p95, p99, mx, total) in cur.fetchall()]
+    cur.execute(TUNING + sql, args + [int(limit)])
+    out = []
+    for (group_key, label, attrs, count, errors, sum_us, max_us, p50, p95, p99) in cur.fetchall():
+        out.append({"group_key": group_key, "target": _target(kind, label, attrs),
+                    "count": int(count), "errors": int(errors), "p50_ms": _ms(p50),
+                    "p95_ms": _ms(p95), "p99_ms": _ms(p99), "max_ms": _ms(max_us),
+                    "sum_ms": _ms(sum_us)})
+    return out
+
+
+def _target(kind, label, attrs):
+    import json
+    if attrs and kind in ("request", "outgoing"):
+        cls = json.loads(attrs).get("status_class")
+        if cls:
+            return "{} [{}]".format(label, cls)
+    if attrs and kind == "job":
+        a = json.loads(attrs)
+        return "{} ({}, {})".format(label, a.get("queue") or "-", a.get("status") or "-")
+    return label
 
 
 def choose_step(since, until):
-    """minute <= 6 h, hour <= 14 d, day beyond."""
-    span = until - since
-    if span <= datetime.timedelta(hours=6):
+    span = (until - since).total_seconds()
+    if span <= 6 * 3600:
         return "minute"
-    if span <= datetime.timedelta(days=14):
+    if span <= 14 * 86400:
         return "hour"
     return "day"
 
@@ -123,25 +188,26 @@ def choose_step(since, until):
 def series(conn, kind, since, until=None, environment=None, group_key=None, step=None):
     """[{'bucket': datetime, 'count','errors','p50_ms','p95_ms','p99_ms'}...] one per step
     (step chosen from the range if None: minute <= 6 h, hour <= 14 d, day beyond)."""
-    if kind not in KINDS:
-        raise ValueError("unknown kind {!r}".format(kind))
-    until = until or _utcnow()
+    until = until if until is not None else _now(conn)
+    if isinstance(step, timedelta):
+        step = {60: "minute", 3600: "hour", 86400: "day"}[int(step.total_seconds())]
     step = step or choose_step(since, until)
-    if step not in _STEPS:
-        raise ValueError("unknown step {!r}".format(step))
-    table, where, args = _where(kind, since, until, environment, group_key)
-    err_sql = KINDS[kind][3]
-    sql = ("WITH b AS (SELECT generate_series(date_trunc('{s}', %s::timestamptz), %s::timestamptz, "
-           "interval '1 {s}') AS bucket), "
-           "r AS (SELECT date_trunc('{s}', created_at) AS bucket, count(*) AS n, "
-           "count(*) FILTER (WHERE coalesce({e}, false)) AS errors, "
-           "percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY coalesce({d}, 0)) AS q "
-           "FROM {t} WHERE {w} GROUP BY 1) "
-           "SELECT b.bucket, coalesce(r.n, 0), coalesce(r.errors, 0), r.q[1], r.q[2], r.q[3] "
-           "FROM b LEFT JOIN r USING (bucket) WHERE b.bucket < %s ORDER BY 1").format(
-               s=step, e=err_sql, t=table, w=where, d=_duration(kind))
+    width = STEPS[step]
+    lo, hi = _floor(since, width), _ceil(until, width)
+    rows_sql, args = _rows_sql(kind, environment, [(step, lo, hi)], group_key)
     cur = conn.cursor()
-    cur.execute(sql, [since, until] + args + [until])
-    return [{"bucket": bucket, "count": n, "errors": errors,
-             "p50_ms": _ms(p50), "p95_ms": _ms(p95), "p99_ms": _ms(p99)}
-            for (bucket, n, errors, p50, p95, p99) in cur.fetchall()]
+    cur.execute(TUNING + """
+        SELECT bucket, count, errors, {}, {}, {}
+        FROM (SELECT bucket, sum(count)::bigint AS count, sum(errors)::bigint AS errors,
+                     min(min_us) AS min_us, max(max_us) AS max_us, sum(sketch) AS sk
+              FROM ({}) AS r GROUP BY bucket) AS g ORDER BY bucket""".format(
+        _q(0.5), _q(0.95), _q(0.99), rows_sql), args)
+    got = {b: (n, e, p50, p95, p99) for b, n, e, p50, p95, p99 in cur.fetchall()}
+    out = []
+    t = lo
+    while t < hi:
+        n, e, p50, p95, p99 = got.get(t) or (0, 0, None, None, None)
+        out.append({"bucket": t, "count": int(n), "errors": int(e), "p50_ms": _ms(p50),
+                    "p95_ms": _ms(p95), "p99_ms": _ms(p99)})
+        t += timedelta(seconds=width)
+    return out

@@ -32,6 +32,39 @@ def test_pg_oracle_counts_copies_and_torn_payloads():
     assert (check["missing"], check["duplicates"], check["foreign"]) == (1, 1, 1)
 
 
+def test_rollup_oracle_finds_a_batch_counted_twice_in_any_tier(fresh_pg_dsn):
+    import time
+    import uuid
+
+    import psycopg2
+
+    from nightowl import migrate
+    from nightowl.pgwrite import BatchWriter
+    migrate.apply(fresh_pg_dsn)
+    w = BatchWriter(fresh_pg_dsn, "production", str(uuid.uuid4()), clock=time.time)
+    w.write([(n, faults.id_payload(n)) for n in range(1, 6)])
+    w.close()
+    assert faults.rollup_diffs(fresh_pg_dsn) == []
+    conn = psycopg2.connect(fresh_pg_dsn)
+    for tier in ("minute", "hour", "day"):
+        table = "nightowl_rollups_" + tier
+        cur = conn.cursor()
+        cur.execute("SELECT kind, bucket, group_key FROM {} ORDER BY 1, 2, 3 LIMIT 1".format(table))
+        key = cur.fetchone()
+        bump = "UPDATE {} SET count = count + %s WHERE (kind, bucket, group_key) = (%s, %s, %s)"
+        cur.execute(bump.format(table), (1,) + key)
+        conn.commit()
+        diffs = faults.rollup_diffs(fresh_pg_dsn)
+        assert [d[0] for d in diffs] == [tier]
+        cur.execute(bump.format(table), (-1,) + key)
+        conn.commit()
+    conn.close()
+    oracle = Oracle()
+    oracle.send(range(1, 6))
+    oracle.ack(range(1, 6))
+    assert faults.pg_check(oracle, fresh_pg_dsn)["violations"] == []
+
+
 # -- 1. SIGKILL the agent with its workers under load ------------------------------------
 
 def test_sigkill_agent_with_workers_loses_and_duplicates_nothing(tmp_path, fresh_pg_dsn):

@@ -1,0 +1,297 @@
+"""
+Records -> rollup rows: which kind, group, label and error rule each SDK
+record feeds (``KINDS``), and the in-memory fold of a batch into minute
+rows, re-collapsed into hour and day rows.
+
+Pure functions, no I/O.  The drain feeds the decoded records of each payload
+(``fold``); ``nightowl rollups rebuild`` feeds records rebuilt from raw rows
+(``add_record``), so both paths share every rule here.  The minute of a
+record is the minute of its raw row's ``created_at`` (same event-time guard).
+
+A fold is a dict ``(bucket, kind, group_key) -> Row`` (bucket: Unix seconds,
+the start of the minute / hour / UTC day).
+"""
+
+import hashlib
+import math
+
+import orjson
+
+from nightowl import records
+from nightowl.rollups import sketch
+
+LABEL_MAX = 1024        # characters kept of a label
+KEY_MAX = 256           # longer group keys keep a prefix and an md5 of the whole
+TIERS = (("minute", 60), ("hour", 3600), ("day", 86400))
+ERROR_LEVELS = frozenset(("error", "critical", "alert", "emergency"))
+
+
+class Row:
+    __slots__ = ("label", "attrs", "count", "errors", "sum_us", "min_us", "max_us", "sketch")
+
+    def __init__(self, label, attrs):
+        self.label = label
+        self.attrs = attrs
+        self.count = 0
+        self.errors = 0
+        self.sum_us = 0
+        self.min_us = None
+        self.max_us = None
+        self.sketch = None
+
+    def add(self, duration, error):
+        self.count += 1
+        if error:
+            self.errors += 1
+        if duration is not None:
+            self.sum_us += duration
+            if self.min_us is None or duration < self.min_us:
+                self.min_us = duration
+            if self.max_us is None or duration > self.max_us:
+                self.max_us = duration
+            s = self.sketch
+            if s is None:
+                s = self.sketch = {}
+            i = sketch.index(duration)
+            s[i] = s.get(i, 0) + 1
+
+    def merge(self, other):
+        self.count += other.count
+        self.errors += other.errors
+        self.sum_us += other.sum_us
+        if other.min_us is not None and (self.min_us is None or other.min_us < self.min_us):
+            self.min_us = other.min_us
+        if other.max_us is not None and (self.max_us is None or other.max_us > self.max_us):
+            self.max_us = other.max_us
+        if other.sketch:
+            if self.sketch is None:
+                self.sketch = dict(other.sketch)
+            else:
+                s = self.sketch
+                for i, c in other.sketch.items():
+                    s[i] = s.get(i, 0) + c
+
+    def copy(self):
+        r = Row(self.label, self.attrs)
+        r.merge(self)
+        return r
+
+
+def text(v):
+    """A readable, storable label: str, no NUL, valid UTF-8, <= LABEL_MAX chars."""
+    if type(v) is str and v.isascii() and len(v) <= LABEL_MAX and "\x00" not in v:
+        return v    # the common case (isascii is O(1) in CPython)
+    if type(v) is not str:
+        v = "" if v is None else str(v)
+    if len(v) > LABEL_MAX:
+        v = v[:LABEL_MAX]
+    return records.clean(v)
+
+
+def key(*parts):
+    """A group key from its parts (sanitised; long keys are hashed)."""
+    k = "|".join(text(p) for p in parts)
+    if len(k) > KEY_MAX:
+        k = k[:200] + "~" + hashlib.md5(records.to_utf8(k)).hexdigest()
+    return k
+
+
+def _duration(rec):
+    d = rec.get("duration")
+    if type(d) is int and records.INT64_MIN <= d <= records.INT64_MAX:
+        return d
+    return records._int(d)
+
+
+def _status_class(code):
+    code = records._int(code)
+    if code is None or code < 100 or code > 599:
+        return "other"
+    return "{}xx".format(code // 100)
+
+
+def _methods(rec):
+    methods = rec.get("route_methods")
+    if isinstance(methods, list) and methods:
+        return "|".join(text(m) for m in methods)
+    return text(rec.get("method")).upper()
+
+
+def _request(rec):
+    cls = _status_class(rec.get("status_code"))
+    methods = _methods(rec)
+    path = text(rec.get("route_path")) or text(rec.get("url"))
+    label = text("{} {}".format(methods, path).strip())
+    group = text(rec.get("_group")) or hashlib.md5(records.to_utf8(label)).hexdigest()
+    return (("request", key(group, methods, cls), label, {"status_class": cls}, cls == "5xx"),)
+
+
+def _user_request(rec):
+    uid = text(rec.get("user"))
+    if not uid:
+        return ()
+    return (("user_request", key(uid), uid, None, _status_class(rec.get("status_code")) == "5xx"),)
+
+
+def _query(rec):
+    sql = text(rec.get("sql"))
+    conn = text(rec.get("connection"))
+    group = text(rec.get("_group")) or hashlib.md5(records.to_utf8(conn + "," + sql)).hexdigest()
+    return (("query", key(group), sql, {"connection": conn}, False),)
+
+
+def _job(rec):
+    name = text(rec.get("name"))
+    queue = text(rec.get("queue"))
+    status = text(rec.get("status")) or ("queued" if rec.get("t") == "queued-job" else "")
+    return (("job", key(name, queue, status), name, {"queue": queue, "status": status},
+             status == "failed"),)
+
+
+def _outgoing(rec):
+    host = text(rec.get("host"))
+    cls = _status_class(rec.get("status_code"))
+    return (("outgoing", key(host, cls), host, {"status_class": cls},
+             cls in ("4xx", "5xx", "other")),)
+
+
+def _cache(rec):
+    store = text(rec.get("store"))
+    kind = text(rec.get("type"))
+    return (("cache", key(store, kind), store, {"type": kind}, "fail" in kind),)
+
+
+def _command(rec):
+    name = text(rec.get("name")) or text(rec.get("command"))
+    code = records._int(rec.get("exit_code"))
+    return (("command", key(text(rec.get("_group")) or name), name, None,
+             code is not None and code != 0),)
+
+
+def _scheduled(rec):
+    name = text(rec.get("name"))
+    cron = text(rec.get("cron"))
+    return (("scheduled_task", key(text(rec.get("_group")) or key(name, cron)), name,
+             {"cron": cron}, text(rec.get("status")) == "failed"),)
+
+
+def _mail(rec):
+    cls = text(rec.get("class")) or text(rec.get("mailer"))
+    return (("mail", key(text(rec.get("_group")) or cls), cls, None, rec.get("failed") is True),)
+
+
+def _notification(rec):
+    cls = text(rec.get("class"))
+    channel = text(rec.get("channel"))
+    return (("notification", key(text(rec.get("_group")) or cls, channel), cls,
+             {"channel": channel}, rec.get("failed") is True),)
+
+
+def _exception(rec):
+    handled = records.c_bool(rec.get("handled"))
+    return (("exception", key(records._fingerprint(rec)), text(rec.get("class")), None,
+             handled == "f"),)
+
+
+def _log(rec):
+    level = text(rec.get("level")).lower()
+    return (("log", key(level), level, None, level in ERROR_LEVELS),)
+
+
+#: record type -> (function rec -> ((kind, group_key, label, attrs, error), ...), has duration)
+KINDS = {
+    "request": (lambda rec: _request(rec) + _user_request(rec), True),
+    "query": (_query, True),
+    "queued-job": (_job, True),
+    "job-attempt": (_job, True),
+    "outgoing-request": (_outgoing, True),
+    "cache-event": (_cache, True),
+    "command": (_command, True),
+    "scheduled-task": (_scheduled, True),
+    "mail": (_mail, True),
+    "notification": (_notification, True),
+    "exception": (_exception, False),
+    "log": (_log, False),
+}
+
+
+def minute_of(ts):
+    """Start of the minute (Unix seconds) of the created_at written for ``ts``."""
+    return (int(round(ts * 1000000.0)) // 60000000) * 60
+
+
+def add_record(fold, rec, minute):
+    """Count one record (type ``rec['t']``) into ``fold`` at ``minute``."""
+    spec = KINDS.get(rec.get("t"))
+    if spec is None:
+        return
+    groups, timed = spec
+    duration = _duration(rec) if timed else None
+    for kind, group_key, label, attrs, error in groups(rec):
+        k = (minute, kind, group_key)
+        row = fold.get(k)
+        if row is None:
+            row = fold[k] = Row(label, attrs)
+        row.add(duration, error)
+
+
+def fold(recs, now, out=None):
+    """Fold one payload's decoded records; ``now``: the drain clock (seconds)."""
+    if out is None:
+        out = {}
+    event_time = records.event_time
+    for rec in recs:
+        if type(rec) is not dict or rec.get("t") not in KINDS:
+            continue
+        ts, _ = event_time(rec.get("timestamp"), now)
+        add_record(out, rec, minute_of(ts))
+    return out
+
+
+def merge(folds, out=None):
+    """Merge several folds (the payloads of a batch) into one new fold."""
+    if out is None:
+        out = {}
+    for f in folds:
+        for k, row in f.items():
+            cur = out.get(k)
+            if cur is None:
+                out[k] = row.copy()
+            else:
+                cur.merge(row)
+    return out
+
+
+def tiers(minutes):
+    """{tier name: fold} with the minute fold re-collapsed into hours and days."""
+    out = {"minute": minutes}
+    for name, width in TIERS[1:]:
+        t = out[name] = {}
+        for (bucket, kind, group_key), row in minutes.items():
+            k = (bucket - bucket % width, kind, group_key)
+            cur = t.get(k)
+            if cur is None:
+                t[k] = row.copy()
+            else:
+                cur.merge(row)
+    return out
+
+
+def columns(fold):
+    """Sorted fold -> the parallel arrays the upsert unnests."""
+    cols = ([], [], [], [], [], [], [], [], [], [], [])
+    (b, k, g, lab, at, n, e, s, mn, mx, sk) = cols
+    for (bucket, kind, group_key) in sorted(fold):
+        row = fold[(bucket, kind, group_key)]
+        b.append(bucket)
+        k.append(kind)
+        g.append(group_key)
+        lab.append(row.label)
+        at.append(None if row.attrs is None else orjson.dumps(row.attrs).decode("utf-8"))
+        n.append(row.count)
+        e.append(row.errors)
+        s.append(float(row.sum_us) if math.isfinite(float(row.sum_us)) else 0.0)
+        mn.append(row.min_us)
+        mx.append(row.max_us)
+        sk.append(None if not row.sketch else sketch.encode(row.sketch))
+    return cols

@@ -1,0 +1,52 @@
+"""
+Upsert rollup folds into the three tier tables, inside the caller's
+transaction (the drain's batch transaction, or a rebuild's).
+
+One statement per tier table, rows in primary-key order (ORDER BY in the
+statement itself, so every writer locks keys in the same order: no 40P01
+between workers or agents), merging additively: counts and sums add,
+min/max fold, sketches add (``nightowl_sketch_add``), the first label stays.
+Writers hold ``ROLLUP_LOCK`` shared for their transaction; ``rebuild`` takes
+it exclusively while it replaces a range.
+"""
+
+from nightowl.rollups import aggregate
+
+TABLES = {"minute": "nightowl_rollups_minute", "hour": "nightowl_rollups_hour",
+          "day": "nightowl_rollups_day"}
+
+#: advisory lock key: pg_advisory_xact_lock(ROLLUP_LOCK)
+ROLLUP_LOCK = 0x6e6f726f6c6c  # "norall"
+
+UPSERT = """
+INSERT INTO {table} AS r (bucket, kind, environment, group_key, label, attrs, count, errors,
+                          sum_us, min_us, max_us, sketch)
+SELECT to_timestamp(u.b), u.k, %(env)s, u.g, u.l, u.a::jsonb, u.n, u.e, u.s, u.mn, u.mx,
+       u.sk::numeric
+FROM unnest(%(b)s::bigint[], %(k)s::text[], %(g)s::text[], %(l)s::text[], %(a)s::text[],
+            %(n)s::bigint[], %(e)s::bigint[], %(s)s::float8[], %(mn)s::bigint[],
+            %(mx)s::bigint[], %(sk)s::text[]) AS u (b, k, g, l, a, n, e, s, mn, mx, sk)
+ORDER BY u.k, u.b, u.g
+ON CONFLICT (kind, bucket, environment, group_key) DO UPDATE SET
+    count = r.count + EXCLUDED.count,
+    errors = r.errors + EXCLUDED.errors,
+    sum_us = r.sum_us + EXCLUDED.sum_us,
+    min_us = LEAST(r.min_us, EXCLUDED.min_us),
+    max_us = GREATEST(r.max_us, EXCLUDED.max_us),
+    sketch = nightowl_sketch_add(r.sketch, EXCLUDED.sketch)
+"""
+
+
+def upsert(cur, environment, minutes, lock=True):
+    """Write the minute fold ``minutes`` and its hour and day tiers."""
+    if not minutes:
+        return 0
+    if lock:
+        cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ROLLUP_LOCK,))
+    n = 0
+    for tier, fold in aggregate.tiers(minutes).items():
+        b, k, g, lab, at, cnt, e, s, mn, mx, sk = aggregate.columns(fold)
+        cur.execute(UPSERT.format(table=TABLES[tier]), dict(
+            env=environment, b=b, k=k, g=g, l=lab, a=at, n=cnt, e=e, s=s, mn=mn, mx=mx, sk=sk))
+        n += len(b)
+    return n

@@ -1,0 +1,334 @@
+"""Rollups against a real PostgreSQL: exactly-once counts, SQL sketch functions,
+concurrent writers, tiers, retention, rebuild, hostile labels, top/series."""
+
+import json
+import math
+import random
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import orjson
+import psycopg2
+import pytest
+
+from nightowl import migrate
+from nightowl.bench import payloads
+from nightowl.pgwrite import BatchWriter
+from nightowl.rollups import query, rebuild, sketch
+from tests.conftest import fetch
+
+NOW = 1714694500.0
+T0 = datetime.fromtimestamp(1714694400 - 3600, timezone.utc)
+T1 = datetime.fromtimestamp(1714694400 + 86400, timezone.utc)
+
+
+@pytest.fixture
+def db(fresh_pg_dsn):
+    migrate.apply(fresh_pg_dsn)
+    return fresh_pg_dsn
+
+
+def writer(dsn, **kw):
+    kw.setdefault("clock", lambda: NOW)
+    return BatchWriter(dsn, kw.pop("environment", "production"),
+                       kw.pop("buffer_id", str(uuid.uuid4())), **kw)
+
+
+def raw_count(dsn, table, where="true"):
+    return fetch(dsn, "SELECT count(*) FROM {} WHERE {}".format(table, where))[0][0]
+
+
+def rollup_count(dsn, kind, tier="minute"):
+    return fetch(dsn, "SELECT coalesce(sum(count), 0) FROM nightowl_rollups_{} WHERE kind = %s"
+                 .format(tier), kind)[0][0]
+
+
+def verify(dsn):
+    conn = psycopg2.connect(dsn)
+    try:
+        return rebuild.verify(conn, T0, T1)
+    finally:
+        conn.close()
+
+
+def test_sql_quantile_equals_python_quantile(db):
+    rnd = random.Random(7)
+    conn = psycopg2.connect(db)
+    cur = conn.cursor()
+    for trial in range(20):
+        values = [int(rnd.paretovariate(1.2) * 1000) for _ in range(rnd.randint(1, 3000))]
+        s = {}
+        for v in values:
+            sketch.add(s, v)
+        enc = sketch.encode(s)
+        for q in (0.0, 0.3, 0.5, 0.95, 0.99, 1.0):
+            cur.execute("SELECT nightowl_sketch_quantile(%s::numeric, %s), "
+                        "nightowl_sketch_count(%s::numeric)", (enc, q, enc))
+            got, n = cur.fetchone()
+            assert got == sketch.quantile(s, q)
+            assert n == len(values)
+            # the min/max hints narrow the search; wrong hints must not change the answer
+            lo, hi = min(values), max(values)
+            for hint in ((lo, hi), (None, hi), (lo, None), (lo * 3 + 5, hi // 3), (0, 10 ** 12)):
+                cur.execute("SELECT nightowl_sketch_quantile(%s::numeric, %s, %s, %s)",
+                            (enc, q) + hint)
+                assert cur.fetchone()[0] == sketch.quantile(s, q), hint
+        cur.execute("SELECT %s::numeric", (enc,))
+        assert sketch.decode(cur.fetchone()[0]) == s
+    cur.execute("SELECT nightowl_sketch_merge(x::numeric) FROM (VALUES (%s), (%s), (NULL)) v (x)",
+                (sketch.encode({3: 2, 500: 1}), sketch.encode({3: 1, 7: 4})))
+    assert sketch.decode(cur.fetchone()[0]) == {3: 3, 7: 4, 500: 1}
+    cur.execute("SELECT nightowl_sketch_quantile(nightowl_sketch_merge(x), 0.5) "
+                "FROM (SELECT NULL::numeric WHERE false) v (x)")
+    assert cur.fetchone()[0] is None
+    conn.close()
+
+
+def test_rollup_counts_equal_raw_rows_and_a_ledger_retry_adds_nothing(db):
+    rows = [(i + 1, p) for i, p in enumerate(payloads.fixture_mix(300, random.Random(3)))]
+    buffer_id = str(uuid.uuid4())
+    w = writer(db, buffer_id=buffer_id)
+    w.write(rows[:200])
+    # a crash between commit and mark: the same rows come again (plus new ones)
+    w.write(rows[150:])
+    w.close()
+    assert rollup_count(db, "query") == raw_count(db, "nightowl_queries") > 0
+    assert rollup_count(db, "request") == raw_count(db, "nightowl_requests") > 0
+    assert rollup_count(db, "log") == raw_count(db, "nightowl_logs") > 0
+    assert rollup_count(db, "exception") == raw_count(db, "nightowl_exceptions")
+    assert rollup_count(db, "job") == raw_count(db, "nightowl_jobs")
+    for tier in ("hour", "day"):
+        assert rollup_count(db, "query", tier) == rollup_count(db, "query")
+    assert verify(db) == []
+
+
+def test_tiers_equal_the_merge_of_their_minutes(db):
+    rnd = random.Random(11)
+    recs = []
+    for i in range(3000):
+        recs.append({"t": "query", "v": 1, "_group": "g%d" % (i % 5), "sql": "select %d" % (i % 5),
+                     "connection": "pgsql", "duration": int(rnd.lognormvariate(7, 1.2)),
+                     "timestamp": 1714694400 - 3000 + i * 2.1})
+    w = writer(db)
+    w.write([(i + 1, orjson.dumps(recs[i * 100:(i + 1) * 100])) for i in range(30)])
+    w.close()
+    for tier, width in (("hour", "hour"), ("day", "day")):
+        got = fetch(db, """
+            SELECT t.group_key, t.count, m.count, t.sketch = m.sketch, t.min_us = m.min_us,
+                   t.max_us = m.max_us, t.sum_us = m.sum_us
+            FROM nightowl_rollups_{tier} t JOIN (
+                SELECT date_trunc('{width}', bucket AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS b,
+                       kind, environment, group_key, sum(count) AS count, sum(sketch) AS sketch,
+                       min(min_us) AS min_us, max(max_us) AS max_us, sum(sum_us) AS sum_us
+                FROM nightowl_rollups_minute GROUP BY 1, 2, 3, 4) m
+            ON m.b = t.bucket AND m.kind = t.kind AND m.group_key = t.group_key""".format(
+            tier=tier, width=width))
+        assert got and all(r[1] == r[2] and r[3] and r[4] and r[5] and r[6] for r in got), got
+    # percentiles from merged rows stay within 2 % of percentile_disc over the raw rows
+    for q in (0.5, 0.95, 0.99):
+        for tier in ("minute", "hour", "day"):
+            exact, est = fetch(db, """
+                SELECT (SELECT percentile_disc(%s) WITHIN GROUP (ORDER BY duration)
+                        FROM nightowl_queries),
+                       (SELECT nightowl_sketch_quantile(nightowl_sketch_merge(sketch), %s)
+                        FROM nightowl_rollups_{})""".format(tier), q, q)[0]
+            assert abs(est - exact) / exact <= 0.02, (tier, q, est, exact)
+
+
+def test_concurrent_writers_on_contended_keys_never_deadlock(db):
+    """Three writers (as three agents) upsert the same keys in different payload orders."""
+    rnd = random.Random(5)
+    groups = ["k%02d" % i for i in range(40)]
+
+    def batch(seed, first):
+        r = random.Random(seed)
+        recs = [{"t": "query", "_group": r.choice(groups), "sql": "q", "duration": r.randint(1, 9999),
+                 "timestamp": 1714694400 + r.randint(0, 600)} for _ in range(400)]
+        r.shuffle(recs)
+        return [(first + j, orjson.dumps(recs[j * 40:(j + 1) * 40])) for j in range(10)]
+
+    errors = []
+    written = [0]
+    lock = threading.Lock()
+
+    def agent(n):
+        w = writer(db, buffer_id=str(uuid.uuid4()))
+        try:
+            for k in range(15):
+                res = w.write(batch(n * 1000 + k + rnd.random(), 1 + 10 * k))
+                with lock:
+                    written[0] += res.records
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            errors.append(repr(e))
+        finally:
+            w.close()
+
+    threads = [threading.Thread(target=agent, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert rollup_count(db, "query") == raw_count(db, "nightowl_queries") == written[0] == 3 * 15 * 400
+    assert rollup_count(db, "query", "day") == written[0]
+    stats = fetch(db, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+    assert stats[0][0] == 0
+
+
+def test_rebuild_twice_gives_the_same_rows_and_matches_the_drain(db):
+    rows = [(i + 1, p) for i, p in enumerate(payloads.fixture_mix(120, random.Random(9)))]
+    writer(db).write(rows)
+    sql = ("SELECT bucket, kind, environment, group_key, label, attrs::text, count, errors, "
+           "sum_us, min_us, max_us, sketch FROM nightowl_rollups_{} ORDER BY 1, 2, 3, 4")
+    drained = {t: fetch(db, sql.format(t)) for t in ("minute", "hour", "day")}
+    since, until = "2024-05-02T22:00:00", "2024-05-04T00:00:00"
+    results = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-m", "nightowl.cli", "rollups", "rebuild",
+                              "--since", since, "--until", until, "--dsn", db],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert "rebuilt 26 hours" in out.stdout
+        results.append({t: fetch(db, sql.format(t)) for t in ("minute", "hour", "day")})
+    assert results[0] == results[1]
+
+    def counts(rows):
+        return [(r[0], r[1], r[3], r[6], r[7], r[9], r[10], r[11]) for r in rows]
+    for t in ("minute", "hour", "day"):
+        assert counts(results[0][t]) == counts(drained[t])
+    assert verify(db) == []
+
+
+def test_hostile_labels_are_stored_safely(db):
+    huge = "SELECT '" + "x" * (1 << 20) + "'"
+    recs = [
+        {"t": "query", "_group": "huge", "sql": huge, "connection": "c", "duration": 5,
+         "timestamp": 1714694400.5},
+        {"t": "query", "_group": "nul\x00group", "sql": "select\x00 1", "duration": 6,
+         "timestamp": 1714694400.5},
+        {"t": "request", "_group": "", "route_path": "/\x00\ud800bad\t\n", "method": "GET",
+         "status_code": 500, "duration": 7, "timestamp": 1714694400.5},
+        {"t": "job-attempt", "name": "J" * 5000, "queue": "q\x00", "status": "failed",
+         "duration": 1, "timestamp": 1714694400.5},
+    ]
+    payload = orjson.dumps(recs, option=orjson.OPT_NON_STR_KEYS) if False else \
+        json.dumps(recs).encode("utf-8") + b""
+    bad_utf8 = b'[{"t":"log","level":"err\xff\xfeor","message":"m","timestamp":1714694400.5}]'
+    res = writer(db).write([(1, payload), (2, bad_utf8)])
+    assert res.quarantined == []
+    rows = fetch(db, "SELECT kind, group_key, label FROM nightowl_rollups_minute ORDER BY 1, 2")
+    for kind, group_key, label in rows:
+        assert "\x00" not in label and "\x00" not in group_key
+        assert len(label) <= 1024 and len(group_key) <= 256
+    labels = {k: l for k, _, l in rows}
+    assert labels["query"].startswith("SELECT 'xxx") or labels["query"] == "select 1"
+    assert any(l == "select 1" for k, _, l in rows if k == "query")
+    assert any(l.startswith("SELECT 'xxx") and len(l) == 1024 for k, _, l in rows if k == "query")
+    assert any(k == "log" and "\ufffd" in l for k, _, l in rows)
+    assert verify(db) == []
+
+
+def test_top_and_series(db):
+    recs = []
+    for i in range(600):
+        recs.append({"t": "request", "_group": "slow" if i % 3 == 0 else "fast",
+                     "route_methods": ["GET", "HEAD"], "route_path": "/slow" if i % 3 == 0 else "/fast",
+                     "method": "GET", "status_code": 500 if i % 30 == 0 else 200,
+                     "duration": (100000 if i % 3 == 0 else 1000) + i, "user": "u%d" % (i % 4),
+                     "timestamp": 1714694400 + i * 10})
+    writer(db).write([(1, orjson.dumps(recs))])
+    conn = psycopg2.connect(db)
+    since = datetime.fromtimestamp(1714694400, timezone.utc)
+    until = since + timedelta(seconds=6000)
+    rows = query.top(conn, "request", since, until)
+    assert rows[0]["target"] == "GET|HEAD /slow [2xx]"
+    assert rows[0]["count"] == 180 and rows[0]["errors"] == 0
+    assert abs(rows[0]["p95_ms"] - 100.57) / 100.57 < 0.02
+    by_count = query.top(conn, "request", since, until, order="count", limit=1)
+    assert by_count[0]["target"] == "GET|HEAD /fast [2xx]" and by_count[0]["count"] == 400
+    errs = query.top(conn, "request", since, until, order="errors", limit=1)
+    assert errs[0]["target"] == "GET|HEAD /slow [5xx]" and errs[0]["errors"] == 20
+    assert len(query.top(conn, "user_request", since, until)) == 4
+    assert query.top(conn, "request", since, until, environment="staging") == []
+    # the same answer whether the range is served by minutes or by hours + edge minutes
+    whole = query.top(conn, "request", since - timedelta(minutes=7), until + timedelta(hours=2))
+    assert [(r["group_key"], r["count"], r["p95_ms"]) for r in whole] == \
+        [(r["group_key"], r["count"], r["p95_ms"]) for r in query.top(
+            conn, "request", since, until + timedelta(minutes=1))]
+    points = query.series(conn, "request", since, until, group_key=rows[0]["group_key"])
+    assert len(points) == 100 and sum(p["count"] for p in points) == 180
+    assert query.series(conn, "request", since, until + timedelta(days=1))[0]["bucket"] == since
+    conn.close()
+
+
+def test_top_reads_whole_hours_where_the_edge_minutes_are_pruned(db):
+    recs = [{"t": "request", "_group": "g", "route_path": "/r", "method": "GET",
+             "status_code": 200, "duration": 1000 + i, "timestamp": 1714694400 + i * 10}
+            for i in range(600)]    # 00:00 to 01:40 UTC
+    writer(db).write([(1, orjson.dumps(recs))])
+    t0 = datetime.fromtimestamp(1714694400, timezone.utc)
+    conn = psycopg2.connect(db)
+    half = (t0 + timedelta(minutes=30), t0 + timedelta(minutes=90))
+    assert query.top(conn, "request", *half)[0]["count"] == 360     # from minutes
+    cur = conn.cursor()
+    cur.execute("DELETE FROM nightowl_rollups_minute WHERE bucket < %s", (t0 + timedelta(hours=1),))
+    conn.commit()
+    # the minutes of 00:30-01:00 are gone: the edge widens to the hours 00:00-02:00
+    assert query.top(conn, "request", *half)[0]["count"] == 600
+    cur.execute("DELETE FROM nightowl_rollups_minute; DELETE FROM nightowl_rollups_hour")
+    conn.commit()
+    got = query.top(conn, "request", t0 + timedelta(minutes=30), t0 + timedelta(days=3))
+    assert got[0]["count"] == 600       # one day row, read once for both edges
+    conn.close()
+
+
+def test_fall_back_never_reads_a_coarse_bucket_twice():
+    t0 = datetime(2024, 5, 3, 0, 30, tzinfo=timezone.utc)
+    segs = query.segments(t0, t0 + timedelta(hours=30))
+    assert [s[0] for s in segs] == ["minute", "minute", "hour"]
+    late = t0 + timedelta(days=30)
+    assert query.fall_back(segs, {"minute": None, "hour": late}) == [
+        ("day", datetime(2024, 5, 3, tzinfo=timezone.utc), datetime(2024, 5, 5, tzinfo=timezone.utc))]
+    assert query.fall_back(segs, {"minute": t0, "hour": t0}) == sorted(segs)
+
+
+def test_top_on_an_empty_database(db):
+    for fmt in ("json", "table"):
+        out = subprocess.run([sys.executable, "-m", "nightowl.cli", "top", "routes", "--since", "7d",
+                              "--format", fmt, "--dsn", db], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert (out.stdout == "[]\n") if fmt == "json" else ("no rollups" in out.stdout)
+
+
+def test_top_json_keys(db):
+    now = fetch(db, "SELECT extract(epoch FROM now())")[0][0]
+    rec = {"t": "outgoing-request", "host": "api.example.com", "status_code": 200,
+           "duration": 12000, "timestamp": float(now) - 30}
+    BatchWriter(db, "production", str(uuid.uuid4())).write([(1, orjson.dumps([rec]))])
+    out = subprocess.run([sys.executable, "-m", "nightowl.cli", "top", "outgoing", "--format",
+                          "json", "--dsn", db], capture_output=True, text=True)
+    got = json.loads(out.stdout)
+    assert [sorted(g) for g in got] == [sorted(["target", "count", "errors", "p50_ms", "p95_ms",
+                                                "p99_ms", "max_ms"])]
+    assert got[0]["count"] == 1 and got[0]["target"] == "api.example.com [2xx]"
+    assert math.isclose(got[0]["max_ms"], 12.0)
+
+
+def test_retention_per_tier_uses_the_database_clock(db):
+    conn = psycopg2.connect(db)
+    cur = conn.cursor()
+    for tier, ages in (("minute", (6, 8)), ("hour", (89, 91)), ("day", (729, 731))):
+        for age in ages:
+            cur.execute("INSERT INTO nightowl_rollups_{} (bucket, kind, environment, group_key, count) "
+                        "VALUES (now() - make_interval(days => %s), 'log', 'p', %s, 1)".format(tier),
+                        (age, str(age)))
+    conn.commit()
+    deleted = rebuild.prune(conn, 7, 90, 730)
+    assert deleted == {"nightowl_rollups_minute": 1, "nightowl_rollups_hour": 1,
+                       "nightowl_rollups_day": 1}
+    for tier, kept in (("minute", "6"), ("hour", "89"), ("day", "729")):
+        assert fetch(db, "SELECT group_key FROM nightowl_rollups_{}".format(tier)) == [(kept,)]
+    conn.close()
