@@ -2,7 +2,7 @@
 ``nightowl send``: a simulator.  Sends SDK-shaped payloads to an agent the
 way laravel/nightwatch does (one frame per connection, read up to 4 bytes,
 ``2:OK`` or it failed) and counts the outcomes.  Records come from
-nightowl.bench.payloads (the shared fixtures, else a built-in set), restamped
+nightowl.bench.payloads (the repository's fixtures, else a built-in set), restamped
 with fresh trace ids and the current time so they land in today's partitions.
 
 Scenarios: ``requests`` (a request with its queries, cache event and log),

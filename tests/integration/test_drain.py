@@ -6,6 +6,7 @@ so loss and duplication are counted per payload.
 """
 
 import os
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -54,6 +55,8 @@ class DrainTestBase(unittest.TestCase):
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="nightowl-drain-")
+        # registered first, so it runs last: after the writer closed its file
+        self.addCleanup(shutil.rmtree, self.tmp, True)
         self.path = os.path.join(self.tmp, "buffer.sqlite")
         self.writer = BufferWriter(self.path, reactor=reactor)
         self.writer.open()
