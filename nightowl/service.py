@@ -17,18 +17,10 @@ from twisted.logger import Logger
 from nightowl.buffer import BufferError, BufferWriter
 from nightowl.ingest import IngestFactory
 from nightowl.metrics import Metrics
+from nightowl.migrate import mask_dsn
 
 HOUSEKEEP_EVERY = 5.0
 RECOUNT_EVERY = 12  # housekeeping rounds between full recounts (a table scan)
-
-
-def mask_dsn(dsn):
-    """A DSN fit for logs: the password replaced by ***."""
-    if not dsn:
-        return dsn
-    import re
-    dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", dsn)
 
 
 LISTEN_BACKLOG = 1024
