@@ -93,13 +93,14 @@ class NightowlService(service.MultiService):
 
     def privilegedStartService(self):
         """
-        Open the buffer (writability probe) and bind the listeners before
+        Bind the listeners, then open the buffer (writability probe), before
         anything else: a failure here stops startup with one line.
         """
         try:
-            self.buffer.open()
+            # listeners first: a port that cannot be bound leaves no buffer file behind
             for s in self.ordered:
                 s.privilegedStartService()
+            self.buffer.open()
         except BufferError as e:
             raise SystemExit("nightowl: {}".format(e))
         except CannotListenError as e:

@@ -7,6 +7,7 @@ functions in ``postOptions`` so a bad value stops startup with one line.
 """
 
 import os
+import re
 
 from twisted.python import usage
 
@@ -84,6 +85,45 @@ def _strports(name, allow_none=False):
                 "got {!r}".format(name, value))
         if text.isdigit():
             text = "tcp:" + text
+        _check_endpoint(name, text)
+        return text
+    return coerce
+
+
+def _check_endpoint(name, text):
+    """A strports description that parses, with a port in 0-65535 (no I/O but ssl's key file)."""
+    kind, _, rest = text.partition(":")
+    if kind.lower() in ("tcp", "tcp6", "ssl"):
+        parts = re.split(r"(?<!\\):", rest)
+        ports = [p[5:] for p in parts if p.startswith("port=")] or [
+            p for p in parts if "=" not in p][:1]
+        port = ports[0] if ports else ""
+        if not port.strip().isdigit():
+            raise usage.UsageError("--{}: expected a port number in {!r}".format(name, text))
+        if not 0 <= int(port) <= 65535:
+            raise usage.UsageError("--{}: port {} is out of range (0-65535)".format(
+                name, int(port)))
+    from twisted.internet import endpoints
+    try:
+        endpoints.serverFromString(None, text)
+    except Exception as e:
+        raise usage.UsageError("--{}: {!r} is not a valid endpoint: {}".format(
+            name, text, str(e).splitlines()[0] if str(e) else e.__class__.__name__))
+
+
+def _dsn(name):
+    """A DSN libpq can parse (checked without connecting; never echoed: it may hold a password)."""
+    def coerce(value):
+        text = str(value).strip()
+        if not text:
+            return text
+        from psycopg2.extensions import parse_dsn
+        try:
+            parse_dsn(text)
+        except Exception:
+            raise usage.UsageError(
+                "--{}: not a PostgreSQL connection string (expected \"host=... dbname=... "
+                "user=...\" or postgresql://user@host/dbname)".format(name))
         return text
     return coerce
 
@@ -126,7 +166,7 @@ PARAMETERS = [
      "Back-pressure: refuse new payloads while more than this many rows wait in the buffer."),
     ("max-queue", None, 20000, "NIGHTOWL_MAX_QUEUE", _positive_int("max-queue"),
      "Back-pressure: refuse new payloads while this many wait for the writer thread."),
-    ("dsn", None, None, "NIGHTOWL_DSN", _text("dsn"),
+    ("dsn", None, None, "NIGHTOWL_DSN", _dsn("dsn"),
      "PostgreSQL DSN to drain into. Unset: buffer only."),
     ("drain-workers", None, 2, "NIGHTOWL_DRAIN_WORKERS", _non_negative_int("drain-workers"),
      "Number of drain worker processes (0 disables draining)."),
@@ -162,9 +202,23 @@ class Options(usage.Options):
     optFlags = [[long, short, help + " [env {}]".format(env)]
                 for (long, short, env, help) in FLAGS]
 
-    def __init__(self, environ=None):
+    def __init__(self, environ=None, exit_on_error=True):
         usage.Options.__init__(self)
         self._environ = os.environ if environ is None else environ
+        self._exit_on_error = exit_on_error
+
+    def parseOptions(self, options=None):
+        """
+        As twistd calls it: a configuration error ends the process with one
+        line on stderr (``nightowl: <reason>``) instead of twistd's usage dump
+        and nothing is opened or created.  ``parse`` raises ``UsageError``.
+        """
+        try:
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            if not self._exit_on_error:
+                raise
+            raise SystemExit("nightowl: {} (see twistd nightowl --help)".format(e))
 
     def opt_version(self):
         """Print the version and exit."""
@@ -206,8 +260,12 @@ def makeService(options, reactor=None):
     return NightowlService(options, reactor=reactor)
 
 
-def parse(argv=(), environ=None):
-    """Parse an argument list the way twistd does; for .tac files and tests."""
-    options = Options(environ=environ)
+def parse(argv=(), environ=None, exit_on_error=False):
+    """
+    Parse an argument list the way twistd does; for .tac files and tests.
+    Raises ``UsageError``; with ``exit_on_error`` (a .tac) a bad value ends
+    the process with one line instead, as ``twistd nightowl`` does.
+    """
+    options = Options(environ=environ, exit_on_error=exit_on_error)
     options.parseOptions(list(argv))
     return options
