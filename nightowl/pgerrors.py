@@ -79,6 +79,14 @@ def sqlstate(error):
     return None
 
 
+def _is_pg_error(error):
+    try:
+        import psycopg2
+    except ImportError:   # pragma: no cover - psycopg2 is a dependency
+        return False
+    return isinstance(error, psycopg2.Error)
+
+
 def _is_connection_error(error):
     try:
         import psycopg2
@@ -150,7 +158,14 @@ def first_line(error, state=None):
 
 
 def describe(error):
-    """One line: ``<label> (SQLSTATE <code>): <first line of the message>``."""
+    """
+    One line: ``<label> (SQLSTATE <code>): <first line of the message>``.
+    An error that does not come from PostgreSQL is named by its class only:
+    its message may quote anything, payload content included.
+    """
+    if not _is_pg_error(error):
+        state = getattr(error, "pgcode", None) or getattr(error, "sqlstate", None)
+        return error.__class__.__name__ + (" (SQLSTATE {})".format(state) if state else "")
     state = sqlstate(error)
     line = first_line(error, state)
     if state is None:

@@ -32,7 +32,7 @@ import psycopg2.extensions
 import psycopg2.extras
 from twisted.logger import Logger
 
-from nightowl import records
+from nightowl import pgerrors, records
 
 CONNECT_OPTIONS = dict(
     connect_timeout=10, keepalives=1, keepalives_idle=10, keepalives_interval=5,
@@ -48,11 +48,13 @@ UNAVAILABLE_STATES = frozenset(("57P01", "57P02", "57P03", "53300"))
 
 
 class PostgresUnavailable(Exception):
-    """Postgres cannot take the batch now; back off and retry later (rows stay claimed)."""
+    """Postgres cannot take the batch now; back off and retry later (rows stay claimed).
+    ``cause`` is the one-line reason (nightowl.pgerrors.describe)."""
 
-    def __init__(self, message, sqlstate=None):
+    def __init__(self, message, sqlstate=None, cause=None):
         Exception.__init__(self, message)
         self.sqlstate = sqlstate
+        self.cause = cause or message
 
 
 class PostgresBusy(PostgresUnavailable):
@@ -63,10 +65,11 @@ class PostgresSchemaError(Exception):
     """The database refuses every batch (missing table/column, permissions,
     read-only...): an operator must act; nothing is quarantined."""
 
-    def __init__(self, message, sqlstate=None, table=None):
+    def __init__(self, message, sqlstate=None, table=None, cause=None):
         Exception.__init__(self, message)
         self.sqlstate = sqlstate
         self.table = table
+        self.cause = cause or message
 
 
 class BatchResult(NamedTuple):
@@ -135,8 +138,9 @@ class BatchWriter:
             try:
                 conn = psycopg2.connect(self.dsn, **CONNECT_OPTIONS)
             except psycopg2.Error as e:
-                raise PostgresUnavailable("cannot connect to PostgreSQL ({})".format(
-                    e.pgcode or type(e).__name__), e.pgcode)
+                cause = pgerrors.describe(e)
+                raise PostgresUnavailable("cannot connect to PostgreSQL: " + cause,
+                                          pgerrors.sqlstate(e), cause)
             conn.autocommit = False
             self._conn = conn
         return conn
@@ -238,8 +242,9 @@ class BatchWriter:
             self._rollback()
             if classify(e) == "connection":
                 self._discard()
-                raise PostgresUnavailable("PostgreSQL unavailable ({})".format(
-                    e.pgcode or type(e).__name__), e.pgcode)
+                cause = pgerrors.describe(e)
+                raise PostgresUnavailable("PostgreSQL unavailable: " + cause,
+                                          pgerrors.sqlstate(e), cause)
             raise
         return n
 
@@ -304,16 +309,17 @@ class BatchWriter:
             kind = classify(e)
             if kind == "connection":
                 self._discard()
-                raise PostgresUnavailable("PostgreSQL unavailable ({})".format(
-                    e.pgcode or type(e).__name__), e.pgcode)
+                cause = pgerrors.describe(e)
+                raise PostgresUnavailable("PostgreSQL unavailable: " + cause,
+                                          pgerrors.sqlstate(e), cause)
             if kind == "transient":
                 raise _Transient(e.pgcode)
             if kind == "data":
                 raise _DataError(e.pgcode, step)
-            self.log.error("PostgreSQL refused the batch: {sqlstate} on {table}",
-                           sqlstate=e.pgcode, table=step)
-            raise PostgresSchemaError("PostgreSQL refused the batch ({} on {})".format(
-                e.pgcode, step), e.pgcode, step)
+            cause = "{} (writing {})".format(pgerrors.describe(e), step)
+            self.log.error("PostgreSQL refused the batch: {cause}", cause=cause)
+            raise PostgresSchemaError("PostgreSQL refused the batch: " + cause,
+                                      e.pgcode, step, cause)
         except BaseException:
             self._rollback()
             raise

@@ -12,6 +12,7 @@ HELLO = "hello"
 CLAIM = "claim"
 DONE = "done"
 STATS = "stats"
+REPORT = "report"    # the maintenance child's outcome: {"op": "report", "error": "<one line>"}
 # supervisor -> worker
 CLAIMED = "claimed"
 MARKED = "marked"

@@ -9,6 +9,10 @@ hourly partition sweep (``python -m nightowl.drain.worker maintenance``, a
 killable child with a deadline: a migration stuck on a lock never holds up
 ingest or shutdown).
 
+A failed startup migration is retried with ``backoffPolicy`` (1 s doubling to
+60 s) until it succeeds; each failure is one log line naming the cause
+(``nightowl.pgerrors``: role missing, database missing, schema missing ...).
+
 IPC: docs/design.rst, "Drain worker IPC".  Supervision: a dead worker's claims
 are released, then it is respawned after 1 s, doubling per crash up to 60 s;
 the delay resets once a worker stayed up 60 s.  Stop: ``stop`` to every
@@ -21,6 +25,7 @@ import sys
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol
+from twisted.application.internet import backoffPolicy
 from twisted.logger import Logger, LogLevel
 
 import nightowl
@@ -133,13 +138,23 @@ class MaintenanceProtocol(protocol.ProcessProtocol):
         self.what = what
         self.done = defer.Deferred()
         self.ended = False
+        self.error = None          # the child's one-line cause, if it failed
         self._err = b""
+        self._out = b""
 
     def connectionMade(self):
         self.transport.closeStdin()
 
     def outReceived(self, data):
-        pass
+        lines, self._out = _lines(self._out, data)
+        self._out = self._out[-MAX_LINE:]
+        for line in lines:
+            try:
+                message = ipc.decode(line)
+            except ipc.ProtocolError:
+                continue
+            if message["op"] == ipc.REPORT and message.get("error"):
+                self.error = str(message["error"])[:1000]
 
     def errReceived(self, data):
         lines, self._err = _lines(self._err, data)
@@ -185,6 +200,8 @@ class DrainSupervisor(service.Service):
 
     name = "drain"
     log = Logger()
+    #: delay before migration retry N (0, 1, ...): 1 s doubling to 60 s, with jitter
+    migrate_backoff = staticmethod(backoffPolicy(initialDelay=1.0, maxDelay=60.0, factor=2.0))
 
     def __init__(self, buffer_writer, options, metrics, reactor=None,
                  worker_env=None, stop_grace=STOP_GRACE, kill_after=KILL_AFTER):
@@ -202,6 +219,8 @@ class DrainSupervisor(service.Service):
         self.maintenance = None
         self.maintenance_call = None
         self.migrated = None       # None: not tried, True/False: last outcome
+        self.migration_error = None  # the last failed migration's cause, one line
+        self.migrate_call = None
         self._stopped = None
 
     # -- configuration -----------------------------------------------------
@@ -253,7 +272,10 @@ class DrainSupervisor(service.Service):
         d = defer.maybeDeferred(self.buffer_writer.release, None)
         d.addCallback(self._releasedStale)
         d.addErrback(self._logFailure, "releasing stale claims at startup")
-        d.addCallback(lambda _: self._runMaintenance(migrate=not self.options.get("no-migrate")))
+        migrate = not self.options.get("no-migrate")
+        d.addCallback(lambda _: self._runMaintenance(migrate=migrate))
+        if migrate:
+            d.addCallback(self._migrationEnded, 0)
         d.addCallback(lambda _: self._spawnAll(count))
         d.addErrback(self._logFailure, "starting the drain workers")
 
@@ -292,6 +314,9 @@ class DrainSupervisor(service.Service):
         if self.maintenance_call is not None and self.maintenance_call.active():
             self.maintenance_call.cancel()
         self.maintenance_call = None
+        if self.migrate_call is not None and self.migrate_call.active():
+            self.migrate_call.cancel()
+        self.migrate_call = None
         if self.maintenance is not None:
             self.maintenance.signal("TERM")
         live = []
@@ -516,8 +541,12 @@ class DrainSupervisor(service.Service):
             ok = code == 0
             if migrate:
                 self.migrated = ok
+                self.migration_error = None if ok else (
+                    proto.error or "exit code {}, signal {}".format(code, sig))
             if ok:
                 self.log.info("drain {what}: done", what=what)
+            elif migrate:
+                pass   # _migrationEnded logs the cause and when it retries
             elif not self.stopping:
                 self.log.error("drain {what} FAILED (exit code {code}, signal {signal}); "
                                "ingest keeps buffering, draining goes on against the "
@@ -525,6 +554,30 @@ class DrainSupervisor(service.Service):
             return ok
         proto.done.addCallback(ended)
         return proto.done
+
+    def _migrationEnded(self, ok, attempt):
+        """After migration attempt ``attempt``: on failure, retry with backoff until it works."""
+        if self.stopping or ok:
+            if ok and attempt:
+                self.log.info("migration succeeded after {attempts} failed attempts",
+                              attempts=attempt)
+            return ok
+        delay = self.migrate_backoff(attempt) if ok is False else self.migrate_backoff(0)
+        if ok is False:
+            self.log.error("migration failed: {cause}; retrying in {delay:.0f} s (attempt "
+                           "{attempt}); payloads wait in the buffer", cause=self.migration_error,
+                           delay=delay, attempt=attempt + 1)
+            attempt += 1
+        self.migrate_call = self.reactor.callLater(delay, self._retryMigration, attempt)
+        return ok
+
+    def _retryMigration(self, attempt):
+        self.migrate_call = None
+        if self.stopping:
+            return
+        d = self._runMaintenance(migrate=True)
+        d.addCallback(self._migrationEnded, attempt)
+        d.addErrback(self._logFailure, "retrying the migration")
 
     def _maintenanceTimeout(self, proto):
         self.log.error("drain {what} still running after {deadline} s: killing it",

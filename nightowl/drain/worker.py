@@ -284,7 +284,7 @@ class Worker:
             "worker": config.worker_id, "pid": os.getpid(),
             "batches": 0, "payloads": 0, "records": 0, "rows": 0, "rows_by_table": {},
             "quarantined": 0, "skipped": 0, "ledger_skipped": 0, "failures": 0,
-            "last_error": None,
+            "last_error": None, "blocked": None,
             "pg_reachable": None, "seconds_since_success": None,
         }
 
@@ -315,6 +315,7 @@ class Worker:
         s["skipped"] += _count(getattr(result, "skipped", None))
         s["ledger_skipped"] += int(getattr(result, "ledger_skipped", 0) or 0)
         s["pg_reachable"] = True
+        s["blocked"] = None
         self.last_success = self.clock()
 
     # -- the loop --------------------------------------------------------
@@ -421,9 +422,18 @@ class Worker:
 
     def _failed(self, error, attempt, delay, outage):
         self.stats["failures"] += 1
-        self.stats["last_error"] = error.__class__.__name__
+        cause = _describe(error)
+        self.stats["last_error"] = cause
         if outage:
             self.stats["pg_reachable"] = False
+        elif getattr(error, "sqlstate", None):
+            # Postgres answered and refuses every batch (schema missing, permission
+            # denied ...): not an outage; /status shows it as critical until it clears
+            from nightowl import pgerrors
+            self.stats["pg_reachable"] = True
+            self.stats["blocked"] = {"kind": pgerrors.kind(error.sqlstate),
+                                     "sqlstate": error.sqlstate,
+                                     "table": getattr(error, "table", None), "error": cause}
         if attempt & (attempt - 1) == 0:   # 1, 2, 4, 8 ...: doublings only
             self.log("error", "{} writing a batch of {} (attempt {}, retrying the same rows "
                               "in {:.1f} s): {}".format(
@@ -452,10 +462,15 @@ def _count(value):
 
 
 def _describe(error):
-    """The error class and SQLSTATE, never the message (it may hold customer data)."""
-    code = getattr(error, "pgcode", None) or getattr(getattr(error, "__cause__", None),
-                                                     "pgcode", None)
-    return error.__class__.__name__ + (" sqlstate {}".format(code) if code else "")
+    """
+    One line: the cause's label, SQLSTATE and the first line of the message
+    (nightowl.pgerrors: data values cut off, so no customer data).
+    """
+    cause = getattr(error, "cause", None)
+    if cause:
+        return str(cause)
+    from nightowl import pgerrors
+    return pgerrors.describe(error)
 
 
 def make_logger(stream):
@@ -486,9 +501,10 @@ def maintenance_main(environ, log):
     if environ.get("NIGHTOWL_MIGRATE", "1") != "0":
         try:
             from nightowl import migrate
-            result = migrate.apply(dsn)   # also ensures the partitions
+            result = migrate.apply(dsn)   # also ensures the partitions (and creates the db)
         except Exception as e:
-            log("error", "migration failed: {}".format(_describe(e)))
+            # the supervisor logs this one line with its retry delay
+            _report(_describe(e))
             return 3
         log("info", "migrations applied: {}".format(
             ", ".join(result) if result else "schema up to date"))
@@ -506,6 +522,15 @@ def maintenance_main(environ, log):
         log("error", "partition maintenance failed: {}".format(_describe(e)))
         return 4
     return 0
+
+
+def _report(error):
+    """The maintenance child's outcome, one IPC line on stdout for the supervisor."""
+    try:
+        sys.stdout.buffer.write(ipc.encode({"op": ipc.REPORT, "error": error}))
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _log_twisted_to(log):
