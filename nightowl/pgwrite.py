@@ -20,7 +20,9 @@ Errors are classified by SQLSTATE, never by message text (PHP §3.2):
 * data errors (classes 21, 22, 23, 54) -> the payloads are bisected, each
   half in its own transaction with its own ledger row, until the poison
   payload is alone; it is quarantined with ``"<SQLSTATE> <table>"`` (never the
-  message: it can hold customer data) and the rest commits.
+  message: it can hold customer data) and the rest commits.  With a
+  ``breaker`` (nightowl.drain.breaker), an error it calls systematic holds
+  the failing rows instead (``BatchResult.held``: not written, kept pending).
 """
 
 import io
@@ -79,6 +81,7 @@ class BatchResult(NamedTuple):
     rows_by_table: dict
     skipped: dict
     ledger_skipped: int = 0  # payloads already committed (a retry after a crash): not rewritten
+    held: list = []          # ids the quarantine breaker held back: not written, stay pending
 
 
 class _DataError(Exception):
@@ -113,8 +116,13 @@ def classify(exc):
 class BatchWriter:
     log = Logger()
 
-    def __init__(self, dsn, environment, buffer_id, ledger=True, clock=time.time, log=None):
+    def __init__(self, dsn, environment, buffer_id, ledger=True, clock=time.time, log=None,
+                 breaker=None):
         self.dsn = dsn
+        # nightowl.drain.breaker.QuarantineBreaker: a systematic data error holds
+        # the rows (they stay pending) instead of quarantining them one by one
+        self.breaker = breaker
+        self._held = []
         self.environment = environment
         self.buffer_id = str(buffer_id)
         self.ledger = ledger
@@ -191,6 +199,7 @@ class BatchWriter:
         while True:
             attempt += 1
             self._ledger_skipped = 0
+            self._held = []
             try:
                 drained, q, written = [], [], []
                 self._write_bisect(items, now, drained, q, written)
@@ -214,7 +223,8 @@ class BatchWriter:
                           reasons=sorted(set(r for _, r in quarantined)))
         return BatchResult(drained=sorted(drained), quarantined=quarantined,
                            records=merged.records, rows_by_table=merged.rows_by_table(),
-                           skipped=dict(merged.skipped), ledger_skipped=self._ledger_skipped)
+                           skipped=dict(merged.skipped), ledger_skipped=self._ledger_skipped,
+                           held=sorted(self._held))
 
     def prune_ledger(self, low_water, other_buffers_after_days=30):
         """
@@ -256,9 +266,15 @@ class BatchWriter:
         try:
             done, wrote = self._write_once(items, now)
         except _DataError as e:
+            breaker = self.breaker
+            if breaker is not None and breaker.holds(e.sqlstate, e.table):
+                self._held.extend(i for i, _ in items)
+                return
             if len(items) == 1:
                 reason = "{} {}".format(e.sqlstate, e.table)
                 quarantined.append((items[0][0], reason))
+                if breaker is not None:
+                    breaker.quarantined(e.sqlstate, e.table, items[0][0])
                 return
             half = len(items) // 2
             self._write_bisect(items[:half], now, drained, quarantined, written)

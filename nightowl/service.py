@@ -123,7 +123,8 @@ class NightowlService(service.MultiService):
             token="enforced" if self.options["token"] is not None else "not enforced (any hash)",
             drain=("{} workers into {}".format(self.options["drain-workers"],
                                                mask_dsn(self.options["dsn"]))
-                   if self.options["dsn"] else "waiting for a DSN"))
+                   if self.options["dsn"] else
+                   "off: buffer-only mode, no --dsn / NIGHTOWL_DSN (payloads stay in the buffer)"))
 
     def listen_description(self):
         port = self.listening_port()

@@ -262,8 +262,8 @@ class DrainSupervisor(service.Service):
         service.Service.startService(self)
         self.stopping = False
         if self.dsn is None:
-            self.log.info("no DSN configured: payloads stay in the buffer; draining waits "
-                          "for a DSN (--dsn / NIGHTOWL_DSN)")
+            self.log.info("buffer-only mode: no DSN configured (--dsn / NIGHTOWL_DSN); "
+                          "payloads stay in the buffer until one is set")
             return
         count = int(self.options.get("drain-workers") or 0)
         if count <= 0:
@@ -411,8 +411,12 @@ class DrainSupervisor(service.Service):
     def _done(self, proto, message):
         drained = [int(i) for i in message.get("drained") or ()]
         quarantined = [(int(i), str(r)) for (i, r) in message.get("quarantined") or ()]
+        # the quarantine breaker (nightowl.drain.breaker) held these back: pending again
+        held = [int(i) for i in message.get("held") or ()]
+        requeue = [int(i) for i in message.get("requeue") or ()]
         self._stats(proto.worker_id, message.get("stats"))
-        d = self._markUntilCommitted(proto.worker_id, drained, quarantined, MARK_RETRY_FIRST)
+        d = self._markUntilCommitted(proto.worker_id, drained, quarantined, MARK_RETRY_FIRST,
+                                     held, requeue)
 
         def reply(_):
             m = self._workerMetrics(proto.worker_id)
@@ -423,7 +427,7 @@ class DrainSupervisor(service.Service):
         d.addErrback(self._logFailure, "replying to done")
         self._track(proto, d)
 
-    def _markUntilCommitted(self, worker_id, drained, quarantined, delay):
+    def _markUntilCommitted(self, worker_id, drained, quarantined, delay, held=(), requeue=()):
         """
         The rows are committed in Postgres: retry only the SQLite mark until it
         lands (never re-drain committed rows because a mark failed).
@@ -434,6 +438,10 @@ class DrainSupervisor(service.Service):
                 d.addCallback(lambda _: self.buffer_writer.mark_drained(drained))
             if quarantined:
                 d.addCallback(lambda _: self.buffer_writer.quarantine(quarantined))
+            if held:   # the worker's only claimed rows left are the held ones
+                d.addCallback(lambda _: self.buffer_writer.release(worker_id))
+            if requeue:
+                d.addCallback(lambda _: self.buffer_writer.requeue_quarantined(requeue))
             return d
 
         def retry(f):
@@ -449,7 +457,8 @@ class DrainSupervisor(service.Service):
                            error=f.type.__name__, delay=delay)
             from twisted.internet import task
             return task.deferLater(self.reactor, delay, self._markUntilCommitted, worker_id,
-                                   drained, quarantined, min(delay * 2, MARK_RETRY_MAX))
+                                   drained, quarantined, min(delay * 2, MARK_RETRY_MAX),
+                                   held, requeue)
         d = defer.maybeDeferred(mark)
         d.addErrback(retry)
         return d

@@ -264,8 +264,9 @@ class Channel:
 
 class Worker:
     def __init__(self, config, channel, reader, writer_factory, stop_event, log,
-                 clock=time.monotonic, unavailable=(), kill=_kill_self):
+                 clock=time.monotonic, unavailable=(), kill=_kill_self, breaker=None):
         self.config = config
+        self.breaker = breaker  # the QuarantineBreaker the writer consults, if any
         self.channel = channel
         self.reader = reader
         self.writer_factory = writer_factory
@@ -293,6 +294,8 @@ class Worker:
     def snapshot(self):
         s = dict(self.stats)
         s["rows_by_table"] = dict(self.stats["rows_by_table"])
+        if self.breaker is not None:
+            s["breaker"] = self.breaker.state()
         if self.last_success is not None:
             s["seconds_since_success"] = round(self.clock() - self.last_success, 3)
         return s
@@ -346,6 +349,10 @@ class Worker:
             if self.channel.expect(ipc.MARKED) is None:
                 return 0
             self.last_stats_sent = self.clock()
+            if done.get("held") and self.breaker is not None:
+                # the breaker is open: the held rows are pending again; retry later
+                if self.stop_event.wait(self.breaker.delay()):
+                    break
         self.log("info", "worker {} stopped".format(self.config.worker_id))
         return 0
 
@@ -382,18 +389,49 @@ class Worker:
         if self.config.fault == ("kill-after-commit", self.commits):
             self.log("warn", "fault injection: SIGKILL after commit {}".format(self.commits))
             self.kill()
-        self._record(result, len(rows))
-        quarantined = [[int(i), str(reason)] for (i, reason) in (result.quarantined or ())]
+        quarantined = list(result.quarantined or ())
+        held, requeue = [], []
+        if self.breaker is not None:
+            quarantined, held, requeue = self._settle(result, quarantined)
+        result = result._replace(quarantined=quarantined) if hasattr(result, "_replace") \
+            else result
+        self._record(result, len(rows) - len(held))
+        quarantined = [[int(i), str(reason)] for (i, reason) in quarantined]
         q_ids = set(i for (i, _r) in quarantined)
         drained = set(int(i) for i in (result.drained or ()))
         drained.update(missing)
         drained.difference_update(q_ids)
-        # every id we wrote is either drained or quarantined
+        drained.difference_update(held)
+        # every id we wrote is either drained, quarantined or held back (pending again)
         for i in found:
-            if i not in drained and i not in q_ids:
+            if i not in drained and i not in q_ids and i not in held:
                 drained.add(i)
-        return {"op": ipc.DONE, "drained": sorted(drained), "quarantined": quarantined,
+        done = {"op": ipc.DONE, "drained": sorted(drained), "quarantined": quarantined,
                 "stats": self.snapshot()}
+        if held or requeue:
+            done["held"] = held
+            done["requeue"] = requeue
+        return done
+
+    def _settle(self, result, quarantined):
+        """The breaker's say on this batch: (quarantined, held, requeue)."""
+        was_open = set((b["sqlstate"], b["table"]) for b in self.breaker.state())
+        quarantined, held, requeue = self.breaker.settle(
+            result.drained or (), quarantined, getattr(result, "held", None) or (),
+            getattr(result, "rows_by_table", None) or {})
+        now_open = set((b["sqlstate"], b["table"]) for b in self.breaker.state())
+        for sqlstate, table in sorted(now_open - was_open):
+            self.log("error", "quarantine breaker OPEN: payloads keep failing with SQLSTATE {} "
+                              "on {}; the drain stops quarantining them, keeps them pending and "
+                              "retries with backoff ({} requeued)".format(
+                                  sqlstate, table, len(requeue)))
+        for sqlstate, table in sorted(was_open - now_open):
+            self.log("info", "quarantine breaker closed: SQLSTATE {} on {} cleared; draining "
+                             "resumes".format(sqlstate, table))
+        if held and now_open:
+            self.log("warn", "held {} payloads back (breaker open); retrying in about "
+                             "{:.0f} s".format(len(held), self.breaker.delay()))
+        return quarantined, held, requeue
 
     def _write_with_retry(self, rows):
         delay = BACKOFF_FIRST
@@ -611,13 +649,16 @@ def main(environ=None, argv=None):
             log("error", "the buffer has no buffer_id in its meta table")
             return 2
 
+    from nightowl.drain.breaker import QuarantineBreaker
+    breaker = QuarantineBreaker()
+
     def writer_factory():
         return BatchWriter(config.dsn, config.environment, config.buffer_id,
-                           ledger=config.ledger)
+                           ledger=config.ledger, breaker=breaker)
 
     channel = Channel(sys.stdin.buffer, ipc_out, stop_event, on_eof, log)
     worker = Worker(config, channel, reader, writer_factory, stop_event, log,
-                    unavailable=(PostgresUnavailable,))
+                    unavailable=(PostgresUnavailable,), breaker=breaker)
     channel.start()
     code = worker.run()
     ipc_out.flush()
