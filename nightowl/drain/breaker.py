@@ -21,6 +21,8 @@ stream with only a warning.  The breaker tells the two apart:
 * **Closes** by itself once a batch is written without that error (the cause
   was fixed: a migration, an ``ALTER TABLE``, a new version): everything held
   drains, nothing was lost and nothing needs ``nightowl buffer requeue``.
+  It also closes when the table takes rows in a batch that had the error:
+  then the problem is sporadic, and bisecting quarantines the few culprits.
 
 Each drain worker keeps its own breaker (no shared state): with N workers at
 most N x THRESHOLD payloads are quarantined before every breaker is open, and
@@ -89,6 +91,21 @@ class QuarantineBreaker:
         ids quarantined earlier to requeue.
         """
         failed, self.failed = self.failed, set()
+        # 1. a table that took rows in this batch has a sporadic problem, not a
+        #    systematic one: forget its suspects and close its keys (what was
+        #    quarantined stays quarantined, what was held is retried and bisected)
+        written = set(t for t, n in (rows_by_table or {}).items() if n)
+        for key in list(self.suspects) + list(self.opened):
+            if key[1] in written:
+                self.suspects.pop(key, None)
+                self.requeued.pop(key, None)
+                self.opened.pop(key, None)
+        # 2. a batch went through without the error: the cause is gone
+        for key in list(self.opened):
+            if key not in failed and drained:
+                del self.opened[key]
+                self.requeued.pop(key, None)
+        # 3. still open: this batch's quarantines of that key are held instead
         held = list(held)
         keep = []
         for item in quarantined:
@@ -97,27 +114,17 @@ class QuarantineBreaker:
                 held.append(item[0])
             else:
                 keep.append(item)
+        # 4. ... and the ones quarantined before are requeued, once
+        batch = set(held)
         requeue = []
         for key in self.opened:
             done = self.requeued.setdefault(key, set())
-            batch = set(held)
             for i in self.suspects.get(key, {}):
-                if i not in done and i not in batch:
+                if i not in done:
                     done.add(i)
-                    requeue.append(i)
-        written = set(t for t, n in (rows_by_table or {}).items() if n)
-        for key in list(self.suspects):
-            if key[1] in written and key not in failed:
-                # the table takes rows again: what failed before was not systematic
-                self.suspects.pop(key, None)
-                self.requeued.pop(key, None)
-        for key in list(self.opened):
-            if key not in failed and (drained or key[1] in written):
-                del self.opened[key]
-                self.requeued.pop(key, None)
-                self.suspects.pop(key, None)
-        for key in failed:
-            if key in self.opened:
+                    if i not in batch:
+                        requeue.append(i)
+            if key in failed:
                 self.opened[key]["held"] += len(held)
         self.attempt = self.attempt + 1 if held else 0
         return keep, sorted(held), sorted(requeue)

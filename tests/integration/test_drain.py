@@ -69,11 +69,13 @@ class DrainTestBase(unittest.TestCase):
         self.addCleanup(drop_database, name)
         return dsn
 
-    def start(self, dsn, workers=2, batch=50, env=None):
+    def start(self, dsn, workers=2, batch=50, env=None, no_migrate=False, migrate_backoff=None):
         options = {"dsn": dsn, "drain-workers": workers, "batch-size": batch,
-                   "environment": "test", "buffer": self.path, "no-migrate": False}
+                   "environment": "test", "buffer": self.path, "no-migrate": no_migrate}
         self.supervisor = DrainSupervisor(self.writer, options, self.metrics, reactor=reactor,
                                           worker_env=env)
+        if migrate_backoff is not None:
+            self.supervisor.migrate_backoff = migrate_backoff
         self.supervisor.startService()
         self.addCleanup(self.stop)
 
