@@ -15,6 +15,8 @@ from nightowl import __version__
 
 DEFAULT_LISTEN = "tcp:2407:interface=127.0.0.1"
 DEFAULT_HEALTH = "tcp:2409:interface=127.0.0.1"
+#: where contrib/nightowl.service and supervisord.conf keep it; created if missing
+DEFAULT_BUFFER = "/var/lib/nightowl/buffer.sqlite"
 
 
 def _int_at_least(name, minimum):
@@ -148,7 +150,7 @@ def _text(name):
 PARAMETERS = [
     ("listen", "l", DEFAULT_LISTEN, "NIGHTOWL_LISTEN", _strports("listen"),
      "Ingest endpoint (twisted strports)."),
-    ("buffer", "b", "nightowl-buffer.sqlite", "NIGHTOWL_BUFFER", _text("buffer"),
+    ("buffer", "b", DEFAULT_BUFFER, "NIGHTOWL_BUFFER", _text("buffer"),
      "Path of the SQLite buffer file."),
     ("token", "t", None, "NIGHTOWL_TOKEN", _text("token"),
      "Nightwatch token; frames must carry its hash. Unset: any token hash is accepted. "
@@ -227,17 +229,8 @@ class Options(usage.Options):
 
     def postOptions(self):
         env = self._environ
-        for (long, _short, default, var, coerce, _help) in PARAMETERS:
-            key = long
-            value = self.opts.get(key)
-            if value is None:
-                value = env.get(var)
-                if value is None and long == "token":
-                    value = env.get("NIGHTWATCH_TOKEN")
-            if value is None:
-                self.opts[key] = default
-            else:
-                self.opts[key] = coerce(value)
+        for (long, _short, _default, _var, _coerce, _help) in PARAMETERS:
+            self.opts[long] = option_value(long, self.opts.get(long), env)
         for (long, _short, var, _help) in FLAGS:
             if not self.opts.get(long):
                 self.opts[long] = env.get(var, "").strip().lower() in _TRUE
@@ -250,6 +243,25 @@ class Options(usage.Options):
         if self.opts["max-inflated-bytes"] < self.opts["max-frame-bytes"]:
             raise usage.UsageError(
                 "--max-inflated-bytes must be at least --max-frame-bytes")
+
+
+def option_value(name, given=None, environ=None):
+    """
+    One option as the agent resolves it: ``given`` (the command line), else
+    its ``NIGHTOWL_*`` variable, else the default; coerced.  The admin
+    commands use it to find what the agent uses (``nightowl buffer``).
+    """
+    env = os.environ if environ is None else environ
+    for (long, _short, default, var, coerce, _help) in PARAMETERS:
+        if long != name:
+            continue
+        value = given
+        if value is None:
+            value = env.get(var)
+            if value is None and long == "token":
+                value = env.get("NIGHTWATCH_TOKEN")
+        return default if value is None else coerce(value)
+    raise KeyError(name)
 
 
 def makeService(options, reactor=None):

@@ -115,7 +115,9 @@ def run(args):
             ok += 1
         else:
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        progress.update(n + 1)
+        # progress counts deliveries (2:OK replies), not attempts
+        failed = sum(outcomes.values())
+        progress.update(ok, note="{} failed".format(failed) if failed else "")
         if n == 2 and not ok and sum(outcomes.values()) == 3 and len(outcomes) == 1 \
                 and "refused" in next(iter(outcomes)).lower():
             progress.finish("aborted")
