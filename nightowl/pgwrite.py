@@ -332,8 +332,8 @@ class BatchWriter:
                 raise _Transient(e.pgcode)
             if kind == "data":
                 raise _DataError(e.pgcode, step)
+            # the worker logs it (at doublings only: it retries every few seconds)
             cause = "{} (writing {})".format(pgerrors.describe(e), step)
-            self.log.error("PostgreSQL refused the batch: {cause}", cause=cause)
             raise PostgresSchemaError("PostgreSQL refused the batch: " + cause,
                                       e.pgcode, step, cause)
         except BaseException:

@@ -475,7 +475,9 @@ class Worker:
         if attempt & (attempt - 1) == 0:   # 1, 2, 4, 8 ...: doublings only
             self.log("error", "{} writing a batch of {} (attempt {}, retrying the same rows "
                               "in {:.1f} s): {}".format(
-                                  "postgres unavailable" if outage else "unexpected error",
+                                  "postgres unavailable" if outage else
+                                  "postgres refused" if getattr(error, "sqlstate", None)
+                                  else "unexpected error",
                                   "payloads", attempt, delay, _describe(error)))
 
     def _discard_writer(self):
