@@ -100,6 +100,10 @@ def evaluate(snapshot, now):
         add("postgres-unreachable", "warning",
             "PostgreSQL is unreachable ({}); payloads wait in the buffer".format(
                 drain.get("last_error") or "connection failed"))
+    if draining:
+        from nightowl.drain import conditions
+        for code, level, message in conditions.reasons(drain):
+            add(code, level, message)
     for worker in snapshot.get("workers") or ():
         frozen = worker.get("frozen_at")
         if frozen is not None and now - frozen < CRASH_LOOP_WINDOW:
@@ -670,6 +674,8 @@ class HealthService(service.MultiService):
                 "batches_failed": t.get("failures", 0),
                 "postgres_reachable": m.get("pg_reachable"),
                 "last_error": m.get("last_error"),
+                "blocked": m.get("blocked"),
+                "breaker": list(m.get("breaker") or ()),
                 "seconds_since_success": m.get("seconds_since_success"),
                 "frozen_at": m.get("frozen_at"),
                 "frozen_count": m.get("frozen_count", 0),
@@ -677,6 +683,8 @@ class HealthService(service.MultiService):
 
         dsn = self.options.get("dsn")
         workers_configured = int(self.options.get("drain-workers") or 0)
+        from nightowl.drain import conditions
+        blocking = conditions.gather(self._drain_metrics().values())
         if reachable:
             postgres_reachable = all(reachable)
         else:
@@ -756,6 +764,12 @@ class HealthService(service.MultiService):
                 "last_error": last_error[0],
                 "lag_seconds": _round(oldest),
                 "migrated": getattr(supervisor, "migrated", None),
+                "migration_error": getattr(supervisor, "migration_error", None),
+                "mode": ("buffer-only" if not dsn else
+                         "draining" if workers_configured > 0 and supervisor is not None
+                         else "disabled"),
+                "blocked": blocking["blocked"],
+                "breaker": blocking["breaker"],
             },
             "workers": workers,
             "process": process_figures(),
@@ -777,7 +791,10 @@ class HealthService(service.MultiService):
         """(ok, reason): can the agent accept and commit payloads right now?"""
         snap = self.snapshot()
         _status, reasons = evaluate(snap, self.reactor.seconds())
-        critical = [r for r in reasons if r["level"] == "critical"]
+        from nightowl.drain.conditions import DRAIN_CODES
+        # the drain's own blocks do not stop the agent accepting and committing
+        critical = [r for r in reasons if r["level"] == "critical"
+                    and r["code"] not in DRAIN_CODES]
         if critical:
             return False, "; ".join("{}: {}".format(r["code"], r["message"]) for r in critical)
         return True, "ok"

@@ -22,7 +22,9 @@ Errors are classified by SQLSTATE, never by message text (PHP §3.2):
 * data errors (classes 21, 22, 23, 54) -> the payloads are bisected, each
   half in its own transaction with its own ledger row, until the poison
   payload is alone; it is quarantined with ``"<SQLSTATE> <table>"`` (never the
-  message: it can hold customer data) and the rest commits.
+  message: it can hold customer data) and the rest commits.  With a
+  ``breaker`` (nightowl.drain.breaker), an error it calls systematic holds
+  the failing rows instead (``BatchResult.held``: not written, kept pending).
 """
 
 import io
@@ -34,7 +36,7 @@ import psycopg2.extensions
 import psycopg2.extras
 from twisted.logger import Logger
 
-from nightowl import records
+from nightowl import pgerrors, records
 from nightowl.issues import thresholds as _thresholds, upsert as _issue_upsert
 from nightowl.rollups import aggregate as rollup_aggregate
 from nightowl.rollups import write as rollup_write
@@ -53,11 +55,13 @@ UNAVAILABLE_STATES = frozenset(("57P01", "57P02", "57P03", "53300"))
 
 
 class PostgresUnavailable(Exception):
-    """Postgres cannot take the batch now; back off and retry later (rows stay claimed)."""
+    """Postgres cannot take the batch now; back off and retry later (rows stay claimed).
+    ``cause`` is the one-line reason (nightowl.pgerrors.describe)."""
 
-    def __init__(self, message, sqlstate=None):
+    def __init__(self, message, sqlstate=None, cause=None):
         Exception.__init__(self, message)
         self.sqlstate = sqlstate
+        self.cause = cause or message
 
 
 class PostgresBusy(PostgresUnavailable):
@@ -68,10 +72,11 @@ class PostgresSchemaError(Exception):
     """The database refuses every batch (missing table/column, permissions,
     read-only...): an operator must act; nothing is quarantined."""
 
-    def __init__(self, message, sqlstate=None, table=None):
+    def __init__(self, message, sqlstate=None, table=None, cause=None):
         Exception.__init__(self, message)
         self.sqlstate = sqlstate
         self.table = table
+        self.cause = cause or message
 
 
 class BatchResult(NamedTuple):
@@ -81,6 +86,7 @@ class BatchResult(NamedTuple):
     rows_by_table: dict
     skipped: dict
     ledger_skipped: int = 0  # payloads already committed (a retry after a crash): not rewritten
+    held: list = []          # ids the quarantine breaker held back: not written, stay pending
 
 
 class _DataError(Exception):
@@ -116,7 +122,7 @@ class BatchWriter:
     log = Logger()
 
     def __init__(self, dsn, environment, buffer_id, ledger=True, clock=time.time, log=None,
-                 issues=True, thresholds=None, rollups=True):
+                 issues=True, thresholds=None, rollups=True, breaker=None):
         self.dsn = dsn
         # issues=False: raw rows only (no issue upserts, thresholds, alerts); bench baseline
         self.issues = issues
@@ -125,6 +131,10 @@ class BatchWriter:
         self._perf = {}  # buffer row id -> slow-record aggregate, for the current write()
         self.rollups = rollups
         self._decoded = {}  # buffer row id -> decoded records, folded into rollups at write
+        # nightowl.drain.breaker.QuarantineBreaker: a systematic data error holds
+        # the rows (they stay pending) instead of quarantining them one by one
+        self.breaker = breaker
+        self._held = []
         self.environment = environment
         self.buffer_id = str(buffer_id)
         self.ledger = ledger
@@ -148,8 +158,9 @@ class BatchWriter:
             try:
                 conn = psycopg2.connect(self.dsn, **CONNECT_OPTIONS)
             except psycopg2.Error as e:
-                raise PostgresUnavailable("cannot connect to PostgreSQL ({})".format(
-                    e.pgcode or type(e).__name__), e.pgcode)
+                cause = pgerrors.describe(e)
+                raise PostgresUnavailable("cannot connect to PostgreSQL: " + cause,
+                                          pgerrors.sqlstate(e), cause)
             conn.autocommit = False
             self._conn = conn
         return conn
@@ -215,7 +226,8 @@ class BatchWriter:
                           reasons=sorted(set(r for _, r in quarantined)))
         return BatchResult(drained=sorted(drained), quarantined=quarantined,
                            records=merged.records, rows_by_table=merged.rows_by_table(),
-                           skipped=dict(merged.skipped), ledger_skipped=ledger_skipped)
+                           skipped=dict(merged.skipped), ledger_skipped=ledger_skipped,
+                           held=sorted(self._held))
 
     def _write_items(self, items, now):
         drained, q, written = [], [], []
@@ -223,6 +235,7 @@ class BatchWriter:
         while True:
             attempt += 1
             self._ledger_skipped = 0
+            self._held = []
             try:
                 drained, q, written = [], [], []
                 self._write_bisect(items, now, drained, q, written)
@@ -267,8 +280,9 @@ class BatchWriter:
             self._rollback()
             if classify(e) == "connection":
                 self._discard()
-                raise PostgresUnavailable("PostgreSQL unavailable ({})".format(
-                    e.pgcode or type(e).__name__), e.pgcode)
+                cause = pgerrors.describe(e)
+                raise PostgresUnavailable("PostgreSQL unavailable: " + cause,
+                                          pgerrors.sqlstate(e), cause)
             raise
         return n
 
@@ -280,9 +294,15 @@ class BatchWriter:
         try:
             done, wrote = self._write_once(items, now)
         except _DataError as e:
+            breaker = self.breaker
+            if breaker is not None and breaker.holds(e.sqlstate, e.table):
+                self._held.extend(i for i, _ in items)
+                return
             if len(items) == 1:
                 reason = "{} {}".format(e.sqlstate, e.table)
                 quarantined.append((items[0][0], reason))
+                if breaker is not None:
+                    breaker.quarantined(e.sqlstate, e.table, items[0][0])
                 return
             half = len(items) // 2
             self._write_bisect(items[:half], now, drained, quarantined, written)
@@ -340,16 +360,17 @@ class BatchWriter:
             kind = classify(e)
             if kind == "connection":
                 self._discard()
-                raise PostgresUnavailable("PostgreSQL unavailable ({})".format(
-                    e.pgcode or type(e).__name__), e.pgcode)
+                cause = pgerrors.describe(e)
+                raise PostgresUnavailable("PostgreSQL unavailable: " + cause,
+                                          pgerrors.sqlstate(e), cause)
             if kind == "transient":
                 raise _Transient(e.pgcode)
             if kind == "data":
                 raise _DataError(e.pgcode, step)
-            self.log.error("PostgreSQL refused the batch: {sqlstate} on {table}",
-                           sqlstate=e.pgcode, table=step)
-            raise PostgresSchemaError("PostgreSQL refused the batch ({} on {})".format(
-                e.pgcode, step), e.pgcode, step)
+            # the worker logs it (at doublings only: it retries every few seconds)
+            cause = "{} (writing {})".format(pgerrors.describe(e), step)
+            raise PostgresSchemaError("PostgreSQL refused the batch: " + cause,
+                                      e.pgcode, step, cause)
         except BaseException:
             self._rollback()
             raise

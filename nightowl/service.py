@@ -20,18 +20,10 @@ from nightowl.checker import FrameChecker
 from nightowl.ingest import IngestFactory
 from nightowl.metrics import Metrics
 from nightowl.wire import token_hash
+from nightowl.migrate import mask_dsn
 
 HOUSEKEEP_EVERY = 5.0
 RECOUNT_EVERY = 12  # housekeeping rounds between full recounts (a table scan)
-
-
-def mask_dsn(dsn):
-    """A DSN fit for logs: the password replaced by ***."""
-    if not dsn:
-        return dsn
-    import re
-    dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", dsn)
 
 
 LISTEN_BACKLOG = 1024
@@ -121,13 +113,14 @@ class NightowlService(service.MultiService):
 
     def privilegedStartService(self):
         """
-        Open the buffer (writability probe) and bind the listeners before
+        Bind the listeners, then open the buffer (writability probe), before
         anything else: a failure here stops startup with one line.
         """
         try:
-            self.buffer.open()
+            # listeners first: a port that cannot be bound leaves no buffer file behind
             for s in self.ordered:
                 s.privilegedStartService()
+            self.buffer.open()
         except BufferError as e:
             raise SystemExit("nightowl: {}".format(e))
         except CannotListenError as e:
@@ -150,7 +143,8 @@ class NightowlService(service.MultiService):
             token="enforced" if self.options["token"] is not None else "not enforced (any hash)",
             drain=("{} workers into {}".format(self.options["drain-workers"],
                                                mask_dsn(self.options["dsn"]))
-                   if self.options["dsn"] else "waiting for a DSN"))
+                   if self.options["dsn"] else
+                   "off: buffer-only mode, no --dsn / NIGHTOWL_DSN (payloads stay in the buffer)"))
 
     def listen_description(self):
         port = self.listening_port()

@@ -7,6 +7,7 @@ functions in ``postOptions`` so a bad value stops startup with one line.
 """
 
 import os
+import re
 
 from twisted.python import usage
 
@@ -15,6 +16,8 @@ from nightowl import __version__
 DEFAULT_LISTEN = "tcp:2407:interface=127.0.0.1"
 DEFAULT_HEALTH = "tcp:2409:interface=127.0.0.1"
 DEFAULT_DASHBOARD = "tcp:2410:interface=127.0.0.1"
+#: where contrib/nightowl.service and supervisord.conf keep it; created if missing
+DEFAULT_BUFFER = "/var/lib/nightowl/buffer.sqlite"
 
 
 def _int_at_least(name, minimum):
@@ -85,6 +88,45 @@ def _strports(name, allow_none=False):
                 "got {!r}".format(name, value))
         if text.isdigit():
             text = "tcp:" + text
+        _check_endpoint(name, text)
+        return text
+    return coerce
+
+
+def _check_endpoint(name, text):
+    """A strports description that parses, with a port in 0-65535 (no I/O but ssl's key file)."""
+    kind, _, rest = text.partition(":")
+    if kind.lower() in ("tcp", "tcp6", "ssl"):
+        parts = re.split(r"(?<!\\):", rest)
+        ports = [p[5:] for p in parts if p.startswith("port=")] or [
+            p for p in parts if "=" not in p][:1]
+        port = ports[0] if ports else ""
+        if not port.strip().isdigit():
+            raise usage.UsageError("--{}: expected a port number in {!r}".format(name, text))
+        if not 0 <= int(port) <= 65535:
+            raise usage.UsageError("--{}: port {} is out of range (0-65535)".format(
+                name, int(port)))
+    from twisted.internet import endpoints
+    try:
+        endpoints.serverFromString(None, text)
+    except Exception as e:
+        raise usage.UsageError("--{}: {!r} is not a valid endpoint: {}".format(
+            name, text, str(e).splitlines()[0] if str(e) else e.__class__.__name__))
+
+
+def _dsn(name):
+    """A DSN libpq can parse (checked without connecting; never echoed: it may hold a password)."""
+    def coerce(value):
+        text = str(value).strip()
+        if not text:
+            return text
+        from psycopg2.extensions import parse_dsn
+        try:
+            parse_dsn(text)
+        except Exception:
+            raise usage.UsageError(
+                "--{}: not a PostgreSQL connection string (expected \"host=... dbname=... "
+                "user=...\" or postgresql://user@host/dbname)".format(name))
         return text
     return coerce
 
@@ -109,7 +151,7 @@ def _text(name):
 PARAMETERS = [
     ("listen", "l", DEFAULT_LISTEN, "NIGHTOWL_LISTEN", _strports("listen"),
      "Ingest endpoint (twisted strports)."),
-    ("buffer", "b", "nightowl-buffer.sqlite", "NIGHTOWL_BUFFER", _text("buffer"),
+    ("buffer", "b", DEFAULT_BUFFER, "NIGHTOWL_BUFFER", _text("buffer"),
      "Path of the SQLite buffer file."),
     ("token", "t", None, "NIGHTOWL_TOKEN", _text("token"),
      "Nightwatch token; frames must carry its hash. Unset: any token hash is accepted. "
@@ -135,7 +177,7 @@ PARAMETERS = [
      _size("max-check-bytes"),
      "Back-pressure: inflated bytes that big and gzip frames may hold while they are "
      "inflated and checked off the writer thread."),
-    ("dsn", None, None, "NIGHTOWL_DSN", _text("dsn"),
+    ("dsn", None, None, "NIGHTOWL_DSN", _dsn("dsn"),
      "PostgreSQL DSN to drain into. Unset: buffer only."),
     ("drain-workers", None, 2, "NIGHTOWL_DRAIN_WORKERS", _non_negative_int("drain-workers"),
      "Number of drain worker processes (0 disables draining)."),
@@ -207,9 +249,23 @@ class Options(usage.Options):
     optFlags = [[long, short, help + " [env {}]".format(env)]
                 for (long, short, env, help) in FLAGS]
 
-    def __init__(self, environ=None):
+    def __init__(self, environ=None, exit_on_error=True):
         usage.Options.__init__(self)
         self._environ = os.environ if environ is None else environ
+        self._exit_on_error = exit_on_error
+
+    def parseOptions(self, options=None):
+        """
+        As twistd calls it: a configuration error ends the process with one
+        line on stderr (``nightowl: <reason>``) instead of twistd's usage dump
+        and nothing is opened or created.  ``parse`` raises ``UsageError``.
+        """
+        try:
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            if not self._exit_on_error:
+                raise
+            raise SystemExit("nightowl: {} (see twistd nightowl --help)".format(e))
 
     def opt_version(self):
         """Print the version and exit."""
@@ -218,17 +274,8 @@ class Options(usage.Options):
 
     def postOptions(self):
         env = self._environ
-        for (long, _short, default, var, coerce, _help) in PARAMETERS:
-            key = long
-            value = self.opts.get(key)
-            if value is None:
-                value = env.get(var)
-                if value is None and long == "token":
-                    value = env.get("NIGHTWATCH_TOKEN")
-            if value is None:
-                self.opts[key] = default
-            else:
-                self.opts[key] = coerce(value)
+        for (long, _short, _default, _var, _coerce, _help) in PARAMETERS:
+            self.opts[long] = option_value(long, self.opts.get(long), env)
         for (long, _short, var, _help) in FLAGS:
             if not self.opts.get(long):
                 self.opts[long] = env.get(var, "").strip().lower() in _TRUE
@@ -243,6 +290,25 @@ class Options(usage.Options):
         if self.opts["max-inflated-bytes"] < self.opts["max-frame-bytes"]:
             raise usage.UsageError(
                 "--max-inflated-bytes must be at least --max-frame-bytes")
+
+
+def option_value(name, given=None, environ=None):
+    """
+    One option as the agent resolves it: ``given`` (the command line), else
+    its ``NIGHTOWL_*`` variable, else the default; coerced.  The admin
+    commands use it to find what the agent uses (``nightowl buffer``).
+    """
+    env = os.environ if environ is None else environ
+    for (long, _short, default, var, coerce, _help) in PARAMETERS:
+        if long != name:
+            continue
+        value = given
+        if value is None:
+            value = env.get(var)
+            if value is None and long == "token":
+                value = env.get("NIGHTWATCH_TOKEN")
+        return default if value is None else coerce(value)
+    raise KeyError(name)
 
 
 def makeService(options, reactor=None):
@@ -299,8 +365,12 @@ def dashboard_password(options):
     return password
 
 
-def parse(argv=(), environ=None):
-    """Parse an argument list the way twistd does; for .tac files and tests."""
-    options = Options(environ=environ)
+def parse(argv=(), environ=None, exit_on_error=False):
+    """
+    Parse an argument list the way twistd does; for .tac files and tests.
+    Raises ``UsageError``; with ``exit_on_error`` (a .tac) a bad value ends
+    the process with one line instead, as ``twistd nightowl`` does.
+    """
+    options = Options(environ=environ, exit_on_error=exit_on_error)
     options.parseOptions(list(argv))
     return options

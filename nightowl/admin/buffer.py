@@ -28,16 +28,18 @@ def configure(parser):
     parser.add_argument("action", choices=("inspect", "requeue", "verify"),
                         help="inspect: counts and oldest/quarantined rows; requeue: "
                              "quarantined -> pending; verify: integrity check")
+    from nightowl.tap import DEFAULT_BUFFER
     parser.add_argument("--buffer", default=None, metavar="PATH",
-                        help="the buffer file (default: NIGHTOWL_BUFFER, else "
-                             "nightowl-buffer.sqlite)")
+                        help="the buffer file (default: NIGHTOWL_BUFFER, else {}, as the "
+                             "agent)".format(DEFAULT_BUFFER))
     parser.add_argument("--limit", type=int, default=10,
                         help="rows listed per section by inspect (default 10)")
 
 
 def buffer_path(args):
     from nightowl.cli import CommandError
-    path = args.buffer or os.environ.get("NIGHTOWL_BUFFER") or "nightowl-buffer.sqlite"
+    from nightowl.tap import option_value
+    path = option_value("buffer", args.buffer, os.environ)   # where the agent keeps it
     if not os.path.isfile(path):
         raise CommandError("no buffer file at {}".format(path))
     return path

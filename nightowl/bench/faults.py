@@ -803,8 +803,10 @@ def backpressure_trial(workdir, max_pending=200, dsn=None, log=print):
         agent = Agent(path, ["--drain-workers", "1", "--max-pending", str(max_pending),
                              "--dsn", dsn])
         with running(agent):
-            drained = wait_for(lambda: (agent.status() or {}).get("buffer", {}).get(
-                "pending", 1) == 0, 120.0, every=0.5)
+            # drained: neither pending nor claimed (a claimed batch still counts
+            # against --max-pending until its mark commits)
+            drained = wait_for(lambda: (lambda b: b.get("pending", 1) == 0 and b.get(
+                "claimed", 1) == 0)((agent.status() or {}).get("buffer", {})), 120.0, every=0.5)
             resumed = 0
             for _ in range(20):
                 seq += 1

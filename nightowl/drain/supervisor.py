@@ -9,6 +9,10 @@ hourly partition sweep (``python -m nightowl.drain.worker maintenance``, a
 killable child with a deadline: a migration stuck on a lock never holds up
 ingest or shutdown).
 
+A failed startup migration is retried with ``backoffPolicy`` (1 s doubling to
+60 s) until it succeeds; each failure is one log line naming the cause
+(``nightowl.pgerrors``: role missing, database missing, schema missing ...).
+
 IPC: docs/design.rst, "Drain worker IPC".  Supervision: a dead worker's claims
 are released, then it is respawned after 1 s, doubling per crash up to 60 s;
 the delay resets once a worker stayed up 60 s.  Stop: ``stop`` to every
@@ -21,6 +25,7 @@ import sys
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol
+from twisted.application.internet import backoffPolicy
 from twisted.logger import Logger, LogLevel
 
 import nightowl
@@ -140,13 +145,23 @@ class MaintenanceProtocol(protocol.ProcessProtocol):
         self.what = what
         self.done = defer.Deferred()
         self.ended = False
+        self.error = None          # the child's one-line cause, if it failed
         self._err = b""
+        self._out = b""
 
     def connectionMade(self):
         self.transport.closeStdin()
 
     def outReceived(self, data):
-        pass
+        lines, self._out = _lines(self._out, data)
+        self._out = self._out[-MAX_LINE:]
+        for line in lines:
+            try:
+                message = ipc.decode(line)
+            except ipc.ProtocolError:
+                continue
+            if message["op"] == ipc.REPORT and message.get("error"):
+                self.error = str(message["error"])[:1000]
 
     def errReceived(self, data):
         lines, self._err = _lines(self._err, data)
@@ -195,6 +210,8 @@ class DrainSupervisor(service.Service):
 
     name = "drain"
     log = Logger()
+    #: delay before migration retry N (0, 1, ...): 1 s doubling to 60 s, with jitter
+    migrate_backoff = staticmethod(backoffPolicy(initialDelay=1.0, maxDelay=60.0, factor=2.0))
 
     def __init__(self, buffer_writer, options, metrics, reactor=None,
                  worker_env=None, stop_grace=STOP_GRACE, kill_after=KILL_AFTER,
@@ -213,6 +230,8 @@ class DrainSupervisor(service.Service):
         self.maintenance = None
         self.maintenance_call = None
         self.migrated = None       # None: not tried, True/False: last outcome
+        self.migration_error = None  # the last failed migration's cause, one line
+        self.migrate_call = None
         self._stopped = None
         self.shrinker = ClaimShrinker()
         self.watchdog = Watchdog(worker_timeout or options.get("worker-timeout")
@@ -260,8 +279,8 @@ class DrainSupervisor(service.Service):
         service.Service.startService(self)
         self.stopping = False
         if self.dsn is None:
-            self.log.info("no DSN configured: payloads stay in the buffer; draining waits "
-                          "for a DSN (--dsn / NIGHTOWL_DSN)")
+            self.log.info("buffer-only mode: no DSN configured (--dsn / NIGHTOWL_DSN); "
+                          "payloads stay in the buffer until one is set")
             return
         count = int(self.options.get("drain-workers") or 0)
         if count <= 0:
@@ -270,7 +289,10 @@ class DrainSupervisor(service.Service):
         d = defer.maybeDeferred(self.buffer_writer.release, None)
         d.addCallback(self._releasedStale)
         d.addErrback(self._logFailure, "releasing stale claims at startup")
-        d.addCallback(lambda _: self._runMaintenance(migrate=not self.options.get("no-migrate")))
+        migrate = not self.options.get("no-migrate")
+        d.addCallback(lambda _: self._runMaintenance(migrate=migrate))
+        if migrate:
+            d.addCallback(self._migrationEnded, 0)
         d.addCallback(lambda _: self._spawnAll(count))
         d.addErrback(self._logFailure, "starting the drain workers")
 
@@ -316,6 +338,9 @@ class DrainSupervisor(service.Service):
         if self._watch_call is not None and self._watch_call.active():
             self._watch_call.cancel()
         self._watch_call = None
+        if self.migrate_call is not None and self.migrate_call.active():
+            self.migrate_call.cancel()
+        self.migrate_call = None
         if self.maintenance is not None:
             self.maintenance.signal("TERM")
         live = []
@@ -420,12 +445,16 @@ class DrainSupervisor(service.Service):
     def _done(self, proto, message):
         drained = [int(i) for i in message.get("drained") or ()]
         quarantined = [(int(i), str(r)) for (i, r) in message.get("quarantined") or ()]
+        # the quarantine breaker (nightowl.drain.breaker) held these back: pending again
+        held = [int(i) for i in message.get("held") or ()]
+        requeue = [int(i) for i in message.get("requeue") or ()]
         self._stats(proto.worker_id, message.get("stats"))
         slot = self.slots.get(proto.worker_id)
         if slot is not None and slot.proto is proto:
             slot.claim = ()
         self.shrinker.completed(set(drained) | set(i for i, _r in quarantined))
-        d = self._markUntilCommitted(proto.worker_id, drained, quarantined, MARK_RETRY_FIRST)
+        d = self._markUntilCommitted(proto.worker_id, drained, quarantined, MARK_RETRY_FIRST,
+                                     held, requeue)
 
         def reply(_):
             m = self._workerMetrics(proto.worker_id)
@@ -436,7 +465,7 @@ class DrainSupervisor(service.Service):
         d.addErrback(self._logFailure, "replying to done")
         self._track(proto, d)
 
-    def _markUntilCommitted(self, worker_id, drained, quarantined, delay):
+    def _markUntilCommitted(self, worker_id, drained, quarantined, delay, held=(), requeue=()):
         """
         The rows are committed in Postgres: retry only the SQLite mark until it
         lands (never re-drain committed rows because a mark failed).
@@ -447,6 +476,10 @@ class DrainSupervisor(service.Service):
                 d.addCallback(lambda _: self.buffer_writer.mark_drained(drained))
             if quarantined:
                 d.addCallback(lambda _: self.buffer_writer.quarantine(quarantined))
+            if held:   # the worker's only claimed rows left are the held ones
+                d.addCallback(lambda _: self.buffer_writer.release(worker_id))
+            if requeue:
+                d.addCallback(lambda _: self.buffer_writer.requeue_quarantined(requeue))
             return d
 
         def retry(f):
@@ -462,7 +495,8 @@ class DrainSupervisor(service.Service):
                            error=f.type.__name__, delay=delay)
             from twisted.internet import task
             return task.deferLater(self.reactor, delay, self._markUntilCommitted, worker_id,
-                                   drained, quarantined, min(delay * 2, MARK_RETRY_MAX))
+                                   drained, quarantined, min(delay * 2, MARK_RETRY_MAX),
+                                   held, requeue)
         d = defer.maybeDeferred(mark)
         d.addErrback(retry)
         return d
@@ -621,8 +655,12 @@ class DrainSupervisor(service.Service):
             ok = code == 0
             if migrate:
                 self.migrated = ok
+                self.migration_error = None if ok else (
+                    proto.error or "exit code {}, signal {}".format(code, sig))
             if ok:
                 self.log.info("drain {what}: done", what=what)
+            elif migrate:
+                pass   # _migrationEnded logs the cause and when it retries
             elif not self.stopping:
                 self.log.error("drain {what} FAILED (exit code {code}, signal {signal}); "
                                "ingest keeps buffering, draining goes on against the "
@@ -630,6 +668,30 @@ class DrainSupervisor(service.Service):
             return ok
         proto.done.addCallback(ended)
         return proto.done
+
+    def _migrationEnded(self, ok, attempt):
+        """After migration attempt ``attempt``: on failure, retry with backoff until it works."""
+        if self.stopping or ok:
+            if ok and attempt:
+                self.log.info("migration succeeded after {attempts} failed attempts",
+                              attempts=attempt)
+            return ok
+        delay = self.migrate_backoff(attempt) if ok is False else self.migrate_backoff(0)
+        if ok is False:
+            self.log.error("migration failed: {cause}; retrying in {delay:.0f} s (attempt "
+                           "{attempt}); payloads wait in the buffer", cause=self.migration_error,
+                           delay=delay, attempt=attempt + 1)
+            attempt += 1
+        self.migrate_call = self.reactor.callLater(delay, self._retryMigration, attempt)
+        return ok
+
+    def _retryMigration(self, attempt):
+        self.migrate_call = None
+        if self.stopping:
+            return
+        d = self._runMaintenance(migrate=True)
+        d.addCallback(self._migrationEnded, attempt)
+        d.addErrback(self._logFailure, "retrying the migration")
 
     def _maintenanceTimeout(self, proto):
         self.log.error("drain {what} still running after {deadline} s: killing it",

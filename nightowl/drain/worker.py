@@ -288,8 +288,9 @@ class Channel:
 
 class Worker:
     def __init__(self, config, channel, reader, writer_factory, stop_event, log,
-                 clock=time.monotonic, unavailable=(), kill=_kill_self):
+                 clock=time.monotonic, unavailable=(), kill=_kill_self, breaker=None):
         self.config = config
+        self.breaker = breaker  # the QuarantineBreaker the writer consults, if any
         self.channel = channel
         self.reader = reader
         self.writer_factory = writer_factory
@@ -308,7 +309,7 @@ class Worker:
             "worker": config.worker_id, "pid": os.getpid(),
             "batches": 0, "payloads": 0, "records": 0, "rows": 0, "rows_by_table": {},
             "quarantined": 0, "skipped": 0, "ledger_skipped": 0, "failures": 0,
-            "last_error": None,
+            "last_error": None, "blocked": None,
             "pg_reachable": None, "seconds_since_success": None,
         }
 
@@ -317,6 +318,8 @@ class Worker:
     def snapshot(self):
         s = dict(self.stats)
         s["rows_by_table"] = dict(self.stats["rows_by_table"])
+        if self.breaker is not None:
+            s["breaker"] = self.breaker.state()
         if self.last_success is not None:
             s["seconds_since_success"] = round(self.clock() - self.last_success, 3)
         return s
@@ -339,6 +342,7 @@ class Worker:
         s["skipped"] += _count(getattr(result, "skipped", None))
         s["ledger_skipped"] += int(getattr(result, "ledger_skipped", 0) or 0)
         s["pg_reachable"] = True
+        s["blocked"] = None
         self.last_success = self.clock()
 
     # -- the loop --------------------------------------------------------
@@ -369,6 +373,10 @@ class Worker:
             if self.channel.expect(ipc.MARKED) is None:
                 return 0
             self.last_stats_sent = self.clock()
+            if done.get("held") and self.breaker is not None:
+                # the breaker is open: the held rows are pending again; retry later
+                if self.stop_event.wait(self.breaker.delay()):
+                    break
         self.log("info", "worker {} stopped".format(self.config.worker_id))
         return 0
 
@@ -409,18 +417,49 @@ class Worker:
         if self.config.fault == ("kill-after-commit", self.commits):
             self.log("warn", "fault injection: SIGKILL after commit {}".format(self.commits))
             self.kill()
-        self._record(result, len(rows))
-        quarantined = [[int(i), str(reason)] for (i, reason) in (result.quarantined or ())]
+        quarantined = list(result.quarantined or ())
+        held, requeue = [], []
+        if self.breaker is not None:
+            quarantined, held, requeue = self._settle(result, quarantined)
+        result = result._replace(quarantined=quarantined) if hasattr(result, "_replace") \
+            else result
+        self._record(result, len(rows) - len(held))
+        quarantined = [[int(i), str(reason)] for (i, reason) in quarantined]
         q_ids = set(i for (i, _r) in quarantined)
         drained = set(int(i) for i in (result.drained or ()))
         drained.update(missing)
         drained.difference_update(q_ids)
-        # every id we wrote is either drained or quarantined
+        drained.difference_update(held)
+        # every id we wrote is either drained, quarantined or held back (pending again)
         for i in found:
-            if i not in drained and i not in q_ids:
+            if i not in drained and i not in q_ids and i not in held:
                 drained.add(i)
-        return {"op": ipc.DONE, "drained": sorted(drained), "quarantined": quarantined,
+        done = {"op": ipc.DONE, "drained": sorted(drained), "quarantined": quarantined,
                 "stats": self.snapshot()}
+        if held or requeue:
+            done["held"] = held
+            done["requeue"] = requeue
+        return done
+
+    def _settle(self, result, quarantined):
+        """The breaker's say on this batch: (quarantined, held, requeue)."""
+        was_open = set((b["sqlstate"], b["table"]) for b in self.breaker.state())
+        quarantined, held, requeue = self.breaker.settle(
+            result.drained or (), quarantined, getattr(result, "held", None) or (),
+            getattr(result, "rows_by_table", None) or {})
+        now_open = set((b["sqlstate"], b["table"]) for b in self.breaker.state())
+        for sqlstate, table in sorted(now_open - was_open):
+            self.log("error", "quarantine breaker OPEN: payloads keep failing with SQLSTATE {} "
+                              "on {}; the drain stops quarantining them, keeps them pending and "
+                              "retries with backoff ({} requeued)".format(
+                                  sqlstate, table, len(requeue)))
+        for sqlstate, table in sorted(was_open - now_open):
+            self.log("info", "quarantine breaker closed: SQLSTATE {} on {} cleared; draining "
+                             "resumes".format(sqlstate, table))
+        if held and now_open:
+            self.log("warn", "held {} payloads back (breaker open); retrying in about "
+                             "{:.0f} s".format(len(held), self.breaker.delay()))
+        return quarantined, held, requeue
 
     def _write_with_retry(self, rows):
         delay = BACKOFF_FIRST
@@ -449,13 +488,24 @@ class Worker:
 
     def _failed(self, error, attempt, delay, outage):
         self.stats["failures"] += 1
-        self.stats["last_error"] = error.__class__.__name__
+        cause = _describe(error)
+        self.stats["last_error"] = cause
         if outage:
             self.stats["pg_reachable"] = False
+        elif getattr(error, "sqlstate", None):
+            # Postgres answered and refuses every batch (schema missing, permission
+            # denied ...): not an outage; /status shows it as critical until it clears
+            from nightowl import pgerrors
+            self.stats["pg_reachable"] = True
+            self.stats["blocked"] = {"kind": pgerrors.kind(error.sqlstate),
+                                     "sqlstate": error.sqlstate,
+                                     "table": getattr(error, "table", None), "error": cause}
         if attempt & (attempt - 1) == 0:   # 1, 2, 4, 8 ...: doublings only
             self.log("error", "{} writing a batch of {} (attempt {}, retrying the same rows "
                               "in {:.1f} s): {}".format(
-                                  "postgres unavailable" if outage else "unexpected error",
+                                  "postgres unavailable" if outage else
+                                  "postgres refused" if getattr(error, "sqlstate", None)
+                                  else "unexpected error",
                                   "payloads", attempt, delay, _describe(error)))
 
     def _discard_writer(self):
@@ -480,10 +530,15 @@ def _count(value):
 
 
 def _describe(error):
-    """The error class and SQLSTATE, never the message (it may hold customer data)."""
-    code = getattr(error, "pgcode", None) or getattr(getattr(error, "__cause__", None),
-                                                     "pgcode", None)
-    return error.__class__.__name__ + (" sqlstate {}".format(code) if code else "")
+    """
+    One line: the cause's label, SQLSTATE and the first line of the message
+    (nightowl.pgerrors: data values cut off, so no customer data).
+    """
+    cause = getattr(error, "cause", None)
+    if cause:
+        return str(cause)
+    from nightowl import pgerrors
+    return pgerrors.describe(error)
 
 
 def make_logger(stream):
@@ -514,9 +569,10 @@ def maintenance_main(environ, log):
     if environ.get("NIGHTOWL_MIGRATE", "1") != "0":
         try:
             from nightowl import migrate
-            result = migrate.apply(dsn)   # also ensures the partitions
+            result = migrate.apply(dsn)   # also ensures the partitions (and creates the db)
         except Exception as e:
-            log("error", "migration failed: {}".format(_describe(e)))
+            # the supervisor logs this one line with its retry delay
+            _report(_describe(e))
             return 3
         log("info", "migrations applied: {}".format(
             ", ".join(result) if result else "schema up to date"))
@@ -534,6 +590,15 @@ def maintenance_main(environ, log):
         log("error", "partition maintenance failed: {}".format(_describe(e)))
         return 4
     return 0
+
+
+def _report(error):
+    """The maintenance child's outcome, one IPC line on stdout for the supervisor."""
+    try:
+        sys.stdout.buffer.write(ipc.encode({"op": ipc.REPORT, "error": error}))
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _log_twisted_to(log):
@@ -614,14 +679,17 @@ def main(environ=None, argv=None):
             log("error", "the buffer has no buffer_id in its meta table")
             return 2
 
+    from nightowl.drain.breaker import QuarantineBreaker
+    breaker = QuarantineBreaker()
+
     def writer_factory():
         return BatchWriter(config.dsn, config.environment, config.buffer_id,
                            ledger=config.ledger, issues=config.issues,
-                           rollups=config.rollups)
+                           rollups=config.rollups, breaker=breaker)
 
     channel = Channel(sys.stdin.buffer, ipc_out, stop_event, on_eof, log)
     worker = Worker(config, channel, reader, writer_factory, stop_event, log,
-                    unavailable=(PostgresUnavailable,))
+                    unavailable=(PostgresUnavailable,), breaker=breaker)
     channel.start()
     from nightowl.drain.watchdog import HEARTBEAT_EVERY
     channel.start_heartbeat(HEARTBEAT_EVERY)
