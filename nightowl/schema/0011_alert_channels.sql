@@ -1,18 +1,7 @@
 -- Alert channels and per-channel delivery state (nightowl/alerts/).
 --
--- The outbox is owned by 0010_issue_lifecycle.sql (the drain writes one row per
--- issue event in the transaction that changes the issue).  It is repeated here,
--- IF NOT EXISTS, so this migration works without 0010; after 0010 it is a no-op.
-CREATE TABLE IF NOT EXISTS nightowl_alert_outbox (
-    id bigserial PRIMARY KEY,
-    event text NOT NULL,              -- 'issue.new' | 'issue.reopened' | 'performance.new'
-    issue_id bigint REFERENCES nightowl_issues (id) ON DELETE SET NULL,
-    environment text,
-    payload jsonb NOT NULL,           -- the event body
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS nightowl_alert_outbox_created_at_idx
-    ON nightowl_alert_outbox (created_at);
+-- The outbox itself is 0010_issue_lifecycle.sql's (the drain writes one row
+-- per issue event in the transaction that changes the issue).
 
 -- Set by the dispatcher when it has made the row's delivery rows (fan-out):
 -- rows still NULL are found through the partial index.
