@@ -27,7 +27,7 @@ def test_skew_is_logged_once_per_occurrence():
               "clock_skew": {"seconds": 2592000.0, "message": "local clock is off"}}
     fine = {"created": [], "dropped": [], "errors": []}
 
-    def sweep(dsn, days, ensure):
+    def sweep(dsn, days, ensure, **kw):
         return results.pop(0)
 
     reactor = MemoryReactorClock()

@@ -101,5 +101,11 @@ def seed(conn, now=None):
                     "last_seen_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                     (user, "User " + user, user + "@example.com", at(5), at(3)))
     conn.commit()
+    # The figures pages read rollups: fold the seeded raw rows into them through
+    # the same code as `nightowl rollups rebuild`.
+    from nightowl.rollups import rebuild
+    for hour in rebuild.hours(now - datetime.timedelta(hours=2),
+                              now + datetime.timedelta(minutes=1)):
+        rebuild.rebuild_hour(conn, hour)
     return {"trace": trace, "job_attempt": job_attempt, "issues": issues, "now": now,
             "orders_count": 41, "hostile_count": 3}
