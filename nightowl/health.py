@@ -806,7 +806,7 @@ def _probe_figures(conn, now):
     rows counted from the file (rows requeued by `nightowl buffer requeue`,
     another process, are not in the writer's in-memory counters).
     """
-    from nightowl.buffer import oldest_pending_age
+    from nightowl.buffer.reader import oldest_pending_age
     quarantined = conn.execute("SELECT count(*) FROM payloads WHERE state = 2").fetchone()[0]
     return oldest_pending_age(conn, now), quarantined
 

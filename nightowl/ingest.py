@@ -142,7 +142,7 @@ class IngestFactory(Factory):
     """
     Builds L{IngestProtocol}s.  ``buffer`` is anything with
     ``refusal() -> reason or None`` and ``append(bytes) -> Deferred``
-    (L{nightowl.buffer.BufferWriter}, or an in-memory fake in tests).
+    (L{nightowl.buffer.writer.BufferWriter}, or an in-memory fake in tests).
     """
 
     protocol = IngestProtocol

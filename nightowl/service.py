@@ -15,7 +15,8 @@ from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from nightowl.buffer import BufferError, BufferWriter
+from nightowl.buffer.schema import BufferError
+from nightowl.buffer.writer import BufferWriter
 from nightowl.checker import FrameChecker
 from nightowl.ingest import IngestFactory
 from nightowl.metrics import Metrics
@@ -128,7 +129,7 @@ class NightowlService(service.MultiService):
                 _describe(e), _reason(e)))
 
     def startService(self):
-        if not self.buffer._thread:
+        if not self.buffer.is_open():
             self.privilegedStartService()
         service.Service.startService(self)
         for s in self.ordered:

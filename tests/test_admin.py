@@ -13,7 +13,7 @@ import time
 import psycopg2
 import pytest
 
-from nightowl import buffer as nbuffer
+from nightowl.buffer import schema as nbuffer
 from nightowl import cli, migrate, partitions
 from nightowl.admin import ping, send
 from nightowl.admin.progress import Progress

@@ -9,8 +9,9 @@ import stat
 
 import pytest
 
-from nightowl import buffer as buf
-from nightowl.buffer import BufferError, BufferWriter
+from nightowl.buffer import checkpoint, groupcommit
+from nightowl.buffer.schema import BufferError
+from nightowl.buffer.writer import BufferWriter
 from tests.fakes import ThreadReactor
 
 
@@ -20,7 +21,7 @@ def writer(tmp_path):
     w = BufferWriter(str(tmp_path / "b.sqlite"), reactor=reactor, max_pending=100)
     w.open()
     yield w, reactor
-    if not w._closed:
+    if w.is_open():
         reactor.wait(w.close())
 
 
@@ -250,11 +251,11 @@ def test_recount_grouped_with_appends_does_not_double_count(writer):
 def test_alive(tmp_path):
     reactor = ThreadReactor()
     w = BufferWriter(str(tmp_path / "b.sqlite"), reactor=reactor)
-    assert not w.alive()
+    assert not w.alive() and not w.is_open()
     w.open()
-    assert w.alive()
+    assert w.alive() and w.is_open()
     reactor.wait(w.close())
-    assert not w.alive()
+    assert not w.alive() and not w.is_open()
 
 
 def test_failed_append_errbacks_every_payload_and_releases_inflight(writer):
@@ -319,7 +320,7 @@ def test_invalid_payload_refused_alone_in_its_group(writer):
 
 def test_housekeeping_deletes_in_chunks_until_done(writer, monkeypatch):
     w, reactor = writer
-    monkeypatch.setattr(buf, "DELETE_CHUNK", 7)
+    monkeypatch.setattr(groupcommit, "DELETE_CHUNK", 7)
     for i in range(30):
         reactor.wait(w.append(b"[]"))
     ids = reactor.wait(w.claim(0, 30))
@@ -377,9 +378,9 @@ def test_wal_rewinds_under_steady_writes(tmp_path, monkeypatch):
     # Without the writer's own checkpoint the WAL only rewinds when the
     # background checkpointer happens to catch up, which it never does under
     # steady writes (here it is kept out of the way entirely): 11 MB.
-    monkeypatch.setattr(buf, "WAL_LIMIT_BYTES", 256 * 1024)
-    monkeypatch.setattr(buf, "REWIND_EVERY", 0.0)
-    monkeypatch.setattr(buf, "CHECKPOINT_EVERY", 3600.0)
+    monkeypatch.setattr(checkpoint, "WAL_LIMIT_BYTES", 256 * 1024)
+    monkeypatch.setattr(checkpoint, "REWIND_EVERY", 0.0)
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_EVERY", 3600.0)
     reactor = ThreadReactor()
     w = BufferWriter(str(tmp_path / "b.sqlite"), reactor=reactor)
     w.open()

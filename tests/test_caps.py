@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from nightowl import wire
-from nightowl.buffer import BufferWriter
+from nightowl.buffer.writer import BufferWriter
 from nightowl.checker import FrameChecker
 from nightowl.ingest import IngestFactory
 from nightowl.metrics import Metrics

@@ -10,7 +10,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from nightowl import health
-from nightowl.buffer import BufferWriter
+from nightowl.buffer.writer import BufferWriter
 from nightowl.drain.supervisor import WATCH_EVERY, DrainSupervisor
 from nightowl.metrics import Metrics
 from tests.fakes import ThreadReactor

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
-from nightowl import buffer as nbuffer
+from nightowl.buffer import schema as nbuffer
 from nightowl import health, migrate, partitions, tap, wire
 from nightowl.bench import payloads
 from nightowl.metrics import Metrics

@@ -244,7 +244,7 @@ def test_config_from_environ():
 
 
 def make_buffer(path, count):
-    from nightowl import buffer as nbuffer
+    from nightowl.buffer import schema as nbuffer
     conn = nbuffer.connect(path)
     conn.execute("BEGIN IMMEDIATE")
     buffer_id = nbuffer.buffer_identity(conn)
@@ -256,7 +256,8 @@ def make_buffer(path, count):
 def test_buffer_reader_reads_by_id_in_chunks_and_never_writes(tmp_path):
     path = str(tmp_path / "b.sqlite")
     conn, buffer_id = make_buffer(path, 1200)
-    reader = w.BufferReader(path)
+    from nightowl.buffer.reader import BufferReader
+    reader = BufferReader(path)
     assert reader.buffer_id() == buffer_id
     ids = list(range(1200, 0, -2))
     rows = reader.read(ids + [99999])

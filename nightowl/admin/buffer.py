@@ -17,11 +17,11 @@ import os
 import sqlite3
 import time
 
-from nightowl import buffer as nbuffer
+from nightowl.buffer import schema as nbuffer, states as buffer_states
 from nightowl.admin.progress import human_size
 
 CHUNK = 500
-SCHEMA_VERSION = "2"  # nightowl.buffer's layout (meta.schema)
+SCHEMA_VERSION = nbuffer.SCHEMA_VERSION  # the layout verify expects (meta.schema)
 
 
 def configure(parser):
@@ -61,14 +61,14 @@ def open_readonly(path):
 
 
 def _state_name(state):
-    if state == nbuffer.PENDING:
+    if state == buffer_states.PENDING:
         return "pending"
-    if state == nbuffer.DRAINED:
+    if state == buffer_states.DRAINED:
         return "drained"
-    if state == nbuffer.QUARANTINED:
+    if state == buffer_states.QUARANTINED:
         return "quarantined"
-    if state >= nbuffer.CLAIMED:
-        return "claimed by worker {}".format(state - nbuffer.CLAIMED)
+    if state >= buffer_states.CLAIMED:
+        return "claimed by worker {}".format(state - buffer_states.CLAIMED)
     return "unknown state {}".format(state)
 
 
@@ -83,11 +83,11 @@ def inspect(path, limit, out=print):
                 "SELECT state, count(*), coalesce(sum(size), 0) FROM payloads "
                 "GROUP BY state ORDER BY state"))
             oldest = list(conn.execute(
-                "SELECT id, received_at, size FROM payloads WHERE state = 0 "
-                "ORDER BY id LIMIT ?", (limit,)))
+                "SELECT id, received_at, size FROM payloads WHERE state = ? "
+                "ORDER BY id LIMIT ?", (buffer_states.PENDING, limit)))
             quarantined = list(conn.execute(
                 "SELECT id, received_at, state_at, size, error FROM payloads "
-                "WHERE state = 2 ORDER BY id LIMIT ?", (limit,)))
+                "WHERE state = ? ORDER BY id LIMIT ?", (buffer_states.QUARANTINED, limit)))
         except sqlite3.DatabaseError as e:
             raise CommandError("cannot read {}: {}".format(path, e))
     finally:
@@ -126,7 +126,8 @@ def requeue(path, progress_stream=None):
     try:
         try:
             ids = [row[0] for row in conn.execute(
-                "SELECT id FROM payloads WHERE state = 2 ORDER BY id")]
+                "SELECT id FROM payloads WHERE state = ? ORDER BY id",
+                (buffer_states.QUARANTINED,))]
         except sqlite3.DatabaseError as e:
             raise CommandError("cannot read {}: {}".format(path, e))
         if not ids:
@@ -137,10 +138,7 @@ def requeue(path, progress_stream=None):
             chunk = ids[i:i + CHUNK]
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                moved += conn.execute(
-                    "UPDATE payloads SET state = 0, state_at = ?, error = NULL "
-                    "WHERE state = 2 AND id IN ({})".format(",".join("?" * len(chunk))),
-                    [time.time()] + chunk).rowcount
+                moved += buffer_states.requeue(conn, chunk, time.time())
                 conn.execute("COMMIT")
             except sqlite3.DatabaseError as e:
                 try:
@@ -184,8 +182,9 @@ def verify(path):
                     meta.get("schema"), SCHEMA_VERSION))
         if "payloads" in tables:
             bad = conn.execute(
-                "SELECT count(*) FROM payloads WHERE state NOT IN (0, 1, 2) AND state < 100"
-            ).fetchone()[0]
+                "SELECT count(*) FROM payloads WHERE state NOT IN (?, ?, ?) AND state < ?",
+                (buffer_states.PENDING, buffer_states.DRAINED, buffer_states.QUARANTINED,
+                 buffer_states.CLAIMED)).fetchone()[0]
             if bad:
                 problems.append("{} rows have an unknown state".format(bad))
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
@@ -204,7 +203,7 @@ def run(args):
         inspect(path, max(0, args.limit))
         return 0
     if args.action == "requeue":
-        from nightowl.bufferlock import holder
+        from nightowl.buffer.lock import holder
         owner = holder(path)
         if owner is not None:
             # safe beside the agent: small transactions on quarantined rows only,

@@ -113,7 +113,7 @@ def seed_thresholds(dsn):
 
 def fill_buffer(path, payloads):
     """A buffer file with the documented schema holding ``payloads`` pending."""
-    from nightowl import buffer
+    from nightowl.buffer import schema as buffer
     conn = buffer.connect(path)
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -194,7 +194,7 @@ def drain_once(reactor, buffer_path, dsn, total, workers, batch_size, ledger, pr
                issues=True, extra_env=None):
     """Deferred firing with (elapsed seconds, metrics.drain) for one drain run."""
     from twisted.internet import defer
-    from nightowl.buffer import BufferWriter
+    from nightowl.buffer.writer import BufferWriter
     from nightowl.drain.supervisor import DrainSupervisor
     from nightowl.metrics import Metrics
 

@@ -338,7 +338,7 @@ def read_buffer(path):
         conn = sqlite3.connect(copy)
         try:
             rows = []
-            from nightowl.buffer import read_payloads
+            from nightowl.buffer.reader import read_payloads
             for rowid, state, payload in read_payloads(conn):
                 found = set(ID_RE.findall(bytes(payload)))
                 rows.append((rowid, state, int(found.pop()) if len(found) == 1 else None))
@@ -955,7 +955,7 @@ def _populate(path, n, seq_start=1, crash_image_of_wal=False):
     ``crash_image_of_wal`` the file pair is copied while the WAL still holds
     the rows (as a SIGKILL leaves it), one commit per row.
     """
-    from nightowl.buffer import buffer_identity, connect
+    from nightowl.buffer.schema import buffer_identity, connect
     src = path + ".src" if crash_image_of_wal else path
     conn = connect(src)
     try:
@@ -965,7 +965,7 @@ def _populate(path, n, seq_start=1, crash_image_of_wal=False):
         conn.execute("COMMIT")
         if not crash_image_of_wal:
             conn.execute("BEGIN IMMEDIATE")
-        from nightowl.buffer import insert_many
+        from nightowl.buffer.schema import insert_many
         for i in range(n):
             insert_many(conn, [(time.time(), id_payload(seq_start + i))])
         if crash_image_of_wal:

@@ -33,11 +33,11 @@ Logs: one line each on stderr; the supervisor tags them with the worker id.
 import os
 import queue
 import signal
-import sqlite3
 import sys
 import threading
 import time
 
+from nightowl.buffer.reader import BufferReader
 from nightowl.drain import ipc
 
 IDLE_SECONDS = 0.1
@@ -45,7 +45,6 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 10.0
 STATS_EVERY = 2.0
 LEDGER_PRUNE_EVERY = 60.0  # seconds between ledger clean-ups
-READ_CHUNK = 500
 
 
 class ConfigError(Exception):
@@ -163,57 +162,6 @@ def install_mid_copy_fault(batch_number, current_batch):
         return real_connect(*args, **kwargs)
 
     psycopg2.connect = connect
-
-
-class BufferReader:
-    """Reads payload bytes by id from the SQLite buffer.  SELECT only."""
-
-    def __init__(self, path):
-        self.path = path
-        self._conn = None
-
-    def _connect(self):
-        try:
-            conn = sqlite3.connect("file:{}?mode=ro".format(self.path), uri=True,
-                                   isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute("SELECT 1 FROM payloads LIMIT 1").fetchall()
-        except sqlite3.Error:
-            # read-only open can fail on odd filesystems; we still only SELECT
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=5000")
-        return conn
-
-    @property
-    def conn(self):
-        if self._conn is None:
-            self._conn = self._connect()
-        return self._conn
-
-    def buffer_id(self):
-        row = self.conn.execute("SELECT value FROM meta WHERE key = 'buffer_id'").fetchone()
-        return row[0] if row else None
-
-    def read(self, ids):
-        """[(id, bytes)] for the ids that exist, in id order."""
-        out = []
-        ids = sorted(ids)
-        conn = self.conn
-        conn.execute("BEGIN")
-        try:
-            for start in range(0, len(ids), READ_CHUNK):
-                chunk = ids[start:start + READ_CHUNK]
-                out.extend(conn.execute(
-                    "SELECT id, payload FROM payload_bodies WHERE id IN ({}) ORDER BY id".format(
-                        ",".join("?" * len(chunk))), chunk).fetchall())
-        finally:
-            conn.execute("COMMIT")
-        return [(i, bytes(p)) for (i, p) in out]
-
-    def close(self):
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
 
 class Channel:

@@ -9,7 +9,8 @@ import os
 import subprocess
 import sys
 
-from nightowl import bufferlock, cli, wire
+from nightowl import cli, wire
+from nightowl.buffer import lock as bufferlock
 from tests.integration.agent import TWISTD, AgentProcess, send_frame
 
 
@@ -50,7 +51,7 @@ def test_a_second_agent_on_the_same_buffer_refuses(tmp_path, capsys):
 
 CHILD = """
 import sys, time
-from nightowl.bufferlock import BufferLock, BufferLocked
+from nightowl.buffer.lock import BufferLock, BufferLocked
 try:
     BufferLock(sys.argv[1]).acquire()
 except BufferLocked as e:

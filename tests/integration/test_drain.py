@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from nightowl.bench.payloads import id_of, payload_with_id
-from nightowl.buffer import BufferWriter
+from nightowl.buffer.writer import BufferWriter
 from nightowl.drain.supervisor import DrainSupervisor
 from nightowl.metrics import Metrics
 from tests.conftest import create_database, drop_database

@@ -19,6 +19,8 @@ import errno
 import fcntl
 import os
 
+from nightowl.buffer.schema import BufferError
+
 
 class BufferLocked(Exception):
     """The buffer is owned by another process (``pid``, None if unknown)."""
@@ -111,3 +113,14 @@ class BufferLock:
         except OSError:
             pass
         os.close(fd)
+
+
+def own_buffer(path):
+    """Take the buffer's ownership lock, or a one-line L{BufferError}."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), 0o750, exist_ok=True)
+        return BufferLock(path).acquire()
+    except BufferLocked as e:
+        raise BufferError(str(e))
+    except OSError as e:
+        raise BufferError("cannot lock buffer {}: {}".format(path, e.strerror or e))
