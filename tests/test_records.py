@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from nightowl import records
-from nightowl.records import NULL, COLUMNS, encode_records, escape
+from nightowl.records import NULL, COLUMNS, copytext, encode_records, escape, eventtime
 
 NOW = 1714694500.0
 
@@ -245,9 +245,9 @@ def reference_line(rec, environment, now):
     if table == "nightowl_jobs":
         fields.append(t)
     elif t == "exception":
-        fields.append(escape(records._fingerprint(rec)))
+        fields.append(escape(records.fingerprint(rec)))
     extra = rec.keys() - set(records.PREFIX_KEYS) - {key for _, key, _ in spec}
-    fields.append(escape(records._dumps({k: rec[k] for k in sorted(extra)})) if extra else NULL)
+    fields.append(escape(copytext.dumps({k: rec[k] for k in sorted(extra)})) if extra else NULL)
     return "\t".join(fields) + "\n"
 
 
@@ -292,9 +292,9 @@ def test_generated_encoders_match_on_fixture_mix():
 def test_created_at_from_repr_matches_format_time(ts):
     # the encoders build created_at from repr(ts) and a per-second prefix
     stamp = repr(ts)
-    assert records._created(ts, stamp) == records.format_time(ts)
+    assert eventtime.created_text(ts, stamp) == records.format_time(ts)
     sec, _, frac = stamp.partition(".")
-    prefix = records._sec_text.get(sec)
+    prefix = eventtime.sec_text.get(sec)
     if prefix is not None and len(frac) <= 6:
         assert "{}{:0<6}+00".format(prefix, frac) == records.format_time(ts)
 
