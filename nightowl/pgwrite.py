@@ -10,21 +10,14 @@ slow records against nightowl.issues.thresholds, rollups nightowl.rollups'),
 inserts the ledger row, commits.  ``synchronous_commit`` stays on: an asynchronously
 committed batch can vanish after the buffer already marked it drained.
 
-Errors are classified by SQLSTATE, never by message text (PHP §3.2):
-
-* connection-class, server shutting down, too many connections ->
-  ``PostgresUnavailable`` (the caller backs off, rows stay claimed);
-* deadlock / serialization / lock timeout -> the batch is retried a few
-  times, then ``PostgresBusy`` (a ``PostgresUnavailable``);
-* schema-level (42xxx, 28xxx, 3D000, 25006 read-only, and anything else not
-  known to be about one row's data) -> ``PostgresSchemaError``: never a
-  reason to quarantine (hazard 12);
-* data errors (classes 21, 22, 23, 54) -> the payloads are bisected, each
-  half in its own transaction with its own ledger row, until the poison
-  payload is alone; it is quarantined with ``"<SQLSTATE> <table>"`` (never the
-  message: it can hold customer data) and the rest commits.  With a
-  ``breaker`` (nightowl.drain.breaker), an error it calls systematic holds
-  the failing rows instead (``BatchResult.held``: not written, kept pending).
+Errors are classified by SQLSTATE (nightowl.batcherrors): an unreachable
+server raises ``PostgresUnavailable``, lasting lock conflicts ``PostgresBusy``,
+a refusing schema ``PostgresSchemaError``; on a data error the payloads are
+bisected, each half in its own transaction with its own ledger row, until the
+poison payload is alone; it is quarantined with ``"<SQLSTATE> <table>"`` (never
+the message: it can hold customer data) and the rest commits.  With a
+``breaker`` (nightowl.drain.breaker), an error it calls systematic holds the
+failing rows instead (``BatchResult.held``: not written, kept pending).
 """
 
 import io
@@ -37,6 +30,9 @@ import psycopg2.extras
 from twisted.logger import Logger
 
 from nightowl import pgerrors, records
+from nightowl.batcherrors import (
+    DataError, PostgresBusy, PostgresSchemaError, PostgresUnavailable, Transient, classify,
+    unavailable)
 from nightowl.issues import thresholds as _thresholds, upsert as _issue_upsert
 from nightowl.rollups import aggregate as rollup_aggregate
 from nightowl.rollups import write as rollup_write
@@ -50,33 +46,6 @@ TRANSACTION_GUARDS = ("SET LOCAL lock_timeout = '10s'; "
                       "SET LOCAL statement_timeout = '120s'")
 
 TRANSIENT_RETRIES = 3
-DATA_CLASSES = ("21", "22", "23", "54")
-UNAVAILABLE_STATES = frozenset(("57P01", "57P02", "57P03", "53300"))
-
-
-class PostgresUnavailable(Exception):
-    """Postgres cannot take the batch now; back off and retry later (rows stay claimed).
-    ``cause`` is the one-line reason (nightowl.pgerrors.describe)."""
-
-    def __init__(self, message, sqlstate=None, cause=None):
-        Exception.__init__(self, message)
-        self.sqlstate = sqlstate
-        self.cause = cause or message
-
-
-class PostgresBusy(PostgresUnavailable):
-    """Deadlocks, serialization failures or lock timeouts persisted across retries."""
-
-
-class PostgresSchemaError(Exception):
-    """The database refuses every batch (missing table/column, permissions,
-    read-only...): an operator must act; nothing is quarantined."""
-
-    def __init__(self, message, sqlstate=None, table=None, cause=None):
-        Exception.__init__(self, message)
-        self.sqlstate = sqlstate
-        self.table = table
-        self.cause = cause or message
 
 
 class BatchResult(NamedTuple):
@@ -87,35 +56,6 @@ class BatchResult(NamedTuple):
     skipped: dict
     ledger_skipped: int = 0  # payloads already committed (a retry after a crash): not rewritten
     held: list = []          # ids the quarantine breaker held back: not written, stay pending
-
-
-class _DataError(Exception):
-    def __init__(self, sqlstate, table):
-        Exception.__init__(self, sqlstate, table)
-        self.sqlstate = sqlstate
-        self.table = table
-
-
-class _Transient(Exception):
-    def __init__(self, sqlstate):
-        Exception.__init__(self, sqlstate)
-        self.sqlstate = sqlstate
-
-
-def classify(exc):
-    """'connection' | 'transient' | 'data' | 'schema' for a psycopg2 error."""
-    code = getattr(exc, "pgcode", None)
-    if not code:
-        if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-            return "connection"
-        return "schema"
-    if code.startswith("08") or code in UNAVAILABLE_STATES:
-        return "connection"
-    if code.startswith("40") or code == "55P03":
-        return "transient"
-    if code[:2] in DATA_CLASSES:
-        return "data"
-    return "schema"
 
 
 class BatchWriter:
@@ -158,9 +98,7 @@ class BatchWriter:
             try:
                 conn = psycopg2.connect(self.dsn, **CONNECT_OPTIONS)
             except psycopg2.Error as e:
-                cause = pgerrors.describe(e)
-                raise PostgresUnavailable("cannot connect to PostgreSQL: " + cause,
-                                          pgerrors.sqlstate(e), cause)
+                raise unavailable("cannot connect to PostgreSQL", e)
             conn.autocommit = False
             self._conn = conn
         return conn
@@ -240,7 +178,7 @@ class BatchWriter:
                 drained, q, written = [], [], []
                 self._write_bisect(items, now, drained, q, written)
                 break
-            except _Transient as e:
+            except Transient as e:
                 self._rollback()
                 self.log.warn("transient PostgreSQL error {sqlstate}, attempt {attempt}",
                               sqlstate=e.sqlstate, attempt=attempt)
@@ -280,9 +218,7 @@ class BatchWriter:
             self._rollback()
             if classify(e) == "connection":
                 self._discard()
-                cause = pgerrors.describe(e)
-                raise PostgresUnavailable("PostgreSQL unavailable: " + cause,
-                                          pgerrors.sqlstate(e), cause)
+                raise unavailable("PostgreSQL unavailable", e)
             raise
         return n
 
@@ -293,7 +229,7 @@ class BatchWriter:
             return
         try:
             done, wrote = self._write_once(items, now)
-        except _DataError as e:
+        except DataError as e:
             breaker = self.breaker
             if breaker is not None and breaker.holds(e.sqlstate, e.table):
                 self._held.extend(i for i, _ in items)
@@ -360,13 +296,11 @@ class BatchWriter:
             kind = classify(e)
             if kind == "connection":
                 self._discard()
-                cause = pgerrors.describe(e)
-                raise PostgresUnavailable("PostgreSQL unavailable: " + cause,
-                                          pgerrors.sqlstate(e), cause)
+                raise unavailable("PostgreSQL unavailable", e)
             if kind == "transient":
-                raise _Transient(e.pgcode)
+                raise Transient(e.pgcode)
             if kind == "data":
-                raise _DataError(e.pgcode, step)
+                raise DataError(e.pgcode, step)
             # the worker logs it (at doublings only: it retries every few seconds)
             cause = "{} (writing {})".format(pgerrors.describe(e), step)
             raise PostgresSchemaError("PostgreSQL refused the batch: " + cause,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from nightowl import records
-from nightowl.records import NULL, COLUMNS, encode_records, escape
+from nightowl.records import NULL, COLUMNS, copytext, encode_records, escape, eventtime
 
 NOW = 1714694500.0
 
@@ -245,9 +245,9 @@ def reference_line(rec, environment, now):
     if table == "nightowl_jobs":
         fields.append(t)
     elif t == "exception":
-        fields.append(escape(records._fingerprint(rec)))
+        fields.append(escape(records.fingerprint(rec)))
     extra = rec.keys() - set(records.PREFIX_KEYS) - {key for _, key, _ in spec}
-    fields.append(escape(records._dumps({k: rec[k] for k in sorted(extra)})) if extra else NULL)
+    fields.append(escape(copytext.dumps({k: rec[k] for k in sorted(extra)})) if extra else NULL)
     return "\t".join(fields) + "\n"
 
 
@@ -292,9 +292,9 @@ def test_generated_encoders_match_on_fixture_mix():
 def test_created_at_from_repr_matches_format_time(ts):
     # the encoders build created_at from repr(ts) and a per-second prefix
     stamp = repr(ts)
-    assert records._created(ts, stamp) == records.format_time(ts)
+    assert eventtime.created_text(ts, stamp) == records.format_time(ts)
     sec, _, frac = stamp.partition(".")
-    prefix = records._sec_text.get(sec)
+    prefix = eventtime.sec_text.get(sec)
     if prefix is not None and len(frac) <= 6:
         assert "{}{:0<6}+00".format(prefix, frac) == records.format_time(ts)
 
@@ -325,3 +325,22 @@ def test_nan_beside_a_lone_surrogate_does_not_raise():
     recs = records.decode_payload(payload)
     _, row = one_row(recs[0])
     assert orjson.loads(records.to_utf8(row["extra_fields"])) == {"x": None, "y": "\ufffd", "z": [None]}
+
+
+def test_group_helpers_count_and_merge_occurrences():
+    # one occurrence counter serves exception issues and slow records (issues.thresholds)
+    from nightowl.records import aggregate
+    g = aggregate.new_group("u1", 10.0, "a", "b", "d1")
+    assert g == [1, {"u1"}, 10.0, 10.0, "a", "b", 10.0, "d1"]
+    assert aggregate.new_group("", 10.0, "a", "b", "d1")[1] == set()
+    assert aggregate.seen_again(g, "u2", 5.0) is False      # earlier: widens first only
+    assert g[:4] == [2, {"u1", "u2"}, 5.0, 10.0] and g[6] == 10.0
+    assert aggregate.seen_again(g, "", 10.0) is True        # a tie counts as the latest
+    assert g[:4] == [3, {"u1", "u2"}, 5.0, 10.0]
+    other = aggregate.copy_group(g)
+    assert other == g and other[1] is not g[1]
+    later = aggregate.new_group("u3", 20.0, "x", "y", "d2")
+    assert aggregate.fold_group(other, later) is True
+    assert other[:4] == [4, {"u1", "u2", "u3"}, 5.0, 20.0] and g[1] == {"u1", "u2"}
+    assert aggregate.fold_group(later, aggregate.new_group("", 1.0, "p", "q", "d0")) is False
+    assert later[:4] == [2, {"u3"}, 1.0, 20.0]

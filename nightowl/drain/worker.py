@@ -618,7 +618,8 @@ def main(environ=None, argv=None):
     if config.fault and config.fault[0] == "kill-mid-copy":
         install_mid_copy_fault(config.fault[1], lambda: worker.current_batch)
 
-    from nightowl.pgwrite import BatchWriter, PostgresUnavailable
+    from nightowl.batcherrors import PostgresUnavailable
+    from nightowl.pgwrite import BatchWriter
 
     reader = BufferReader(config.buffer)
     if config.buffer_id is None:

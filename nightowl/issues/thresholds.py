@@ -23,7 +23,8 @@ scheduled_task  scheduled-task    the task (``name``)
 A record triggers when its ``duration`` (microseconds) is at or above its
 threshold.  ``aggregate`` is pure: decoded records + a ``Thresholds`` ->
 ``{(kind, target): [count, users, first_ts, last_ts, threshold_ms, worst_us,
-latest_ts, deploy]}``.  ``ThresholdCache`` reloads the table at most every
+latest_ts, deploy]}``, the group record of nightowl.records.aggregate, which
+counts the occurrences of exception issues the same way.  ``ThresholdCache`` reloads the table at most every
 ``interval`` seconds (30 s: running workers pick up a change within that).
 """
 
@@ -35,6 +36,7 @@ import psycopg2
 from twisted.logger import Logger
 
 from nightowl import records as _records
+from nightowl.records import aggregate as _groups
 
 KINDS = ("request", "query", "job", "outgoing", "command", "scheduled_task")
 #: spellings the CLI also accepts
@@ -211,25 +213,16 @@ def aggregate(recs, table, now, out=None):
         if limit is None or d < limit:
             continue
         ts, _ = _records.event_time(rec.get("timestamp"), now)
-        user = rec.get("user")
-        uid = user if type(user) is str else ("" if user is None else str(user))
+        uid = _groups.text_of(rec.get("user"))
         d = int(min(d, 1 << 62))
         key = (kind, target)
         cur = out.get(key)
         if cur is None:
-            out[key] = [1, {uid} if uid else set(), ts, ts, limit // 1000, d, ts,
-                        _text(rec.get("deploy"))]
+            out[key] = _groups.new_group(uid, ts, limit // 1000, d, _text(rec.get("deploy")))
             continue
-        cur[0] += 1
-        if uid:
-            cur[1].add(uid)
-        if ts < cur[2]:
-            cur[2] = ts
-        if ts > cur[3]:
-            cur[3] = ts
         if d > cur[5]:
             cur[5] = d
-        if ts >= cur[6]:
+        if _groups.seen_again(cur, uid, ts):
             cur[6] = ts
             cur[7] = _text(rec.get("deploy"))
     return out
@@ -240,14 +233,10 @@ def merge(into, part):
     for key, agg in part.items():
         cur = into.get(key)
         if cur is None:
-            into[key] = [agg[0], set(agg[1])] + agg[2:]
+            into[key] = _groups.copy_group(agg)
             continue
-        cur[0] += agg[0]
-        cur[1] |= agg[1]
-        cur[2] = min(cur[2], agg[2])
-        cur[3] = max(cur[3], agg[3])
         cur[5] = max(cur[5], agg[5])
-        if agg[6] >= cur[6]:
+        if _groups.fold_group(cur, agg):
             cur[4], cur[6], cur[7] = agg[4], agg[6], agg[7]
     return into
 

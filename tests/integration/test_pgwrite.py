@@ -10,7 +10,8 @@ import pytest
 
 from tests.conftest import fetch
 from nightowl import migrate
-from nightowl.pgwrite import BatchWriter, PostgresSchemaError, PostgresUnavailable, classify
+from nightowl.batcherrors import PostgresSchemaError, PostgresUnavailable, classify
+from nightowl.pgwrite import BatchWriter
 
 NOW = 1714694500.0  # the fixtures' day (2024-05-03 UTC)
 ENV = "production"
