@@ -20,7 +20,7 @@ from nightowl.checker import FrameChecker
 from nightowl.ingest import IngestFactory
 from nightowl.metrics import Metrics
 from nightowl.wire import token_hash
-from nightowl.migrate import mask_dsn
+from nightowl.dsn import mask_dsn
 
 HOUSEKEEP_EVERY = 5.0
 RECOUNT_EVERY = 12  # housekeeping rounds between full recounts (a table scan)

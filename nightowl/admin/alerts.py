@@ -59,8 +59,8 @@ def configure(parser):
 def _connect(dsn):
     import psycopg2
 
-    from nightowl.cli import CommandError
-    from nightowl.migrate import mask_dsn
+    from nightowl.errors import CommandError
+    from nightowl.dsn import mask_dsn
     if not dsn:
         raise CommandError("no DSN: pass --dsn or set NIGHTOWL_DSN")
     try:
@@ -71,7 +71,7 @@ def _connect(dsn):
 
 
 def run(args):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     if not args.action:
         raise CommandError("expected an action: add, list, remove or test")
     conn = _connect(args.dsn)
@@ -129,7 +129,7 @@ def _list(conn, args):
 
 
 def _remove(conn, args):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     if not ch.remove(conn, args.name):
         raise CommandError("no channel named {!r}".format(args.name))
     print("removed {}".format(args.name))
@@ -137,7 +137,7 @@ def _remove(conn, args):
 
 
 def _test(conn, args):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     found = ch.load(conn, name=args.channel)
     if not found:
         raise CommandError("no enabled channel named {!r}".format(args.channel)

@@ -12,7 +12,7 @@ import json
 import os
 import re
 
-from nightowl.migrate import mask_dsn
+from nightowl.dsn import mask_dsn
 
 STATUS_ACTIONS = {"resolve": "resolved", "ignore": "ignored", "reopen": "open"}
 
@@ -42,7 +42,7 @@ def configure(parser):
 def connect(args, application_name):
     """A psycopg2 connection from --dsn / $NIGHTOWL_DSN, or a one-line CommandError."""
     import psycopg2
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     dsn = args.dsn or os.environ.get("NIGHTOWL_DSN")
     if not dsn or not dsn.strip():
         raise CommandError("no DSN: pass --dsn or set NIGHTOWL_DSN")
@@ -58,7 +58,7 @@ def first_line(text):
 
 
 def database_error(e):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     return CommandError("PostgreSQL refused ({}): {}".format(
         getattr(e, "pgcode", None) or type(e).__name__, first_line(str(e))))
 
@@ -90,7 +90,7 @@ def _title(issue):
 
 def run(args):
     import psycopg2
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     from nightowl.issues import lifecycle
     fmt = getattr(args, "format", "table")
     if fmt not in ("table", "json"):

@@ -9,7 +9,7 @@ that by the database clock are deleted).  Issues and users are never touched.
 
 import os
 
-from nightowl.migrate import mask_dsn
+from nightowl.dsn import mask_dsn
 
 
 #: rollup tiers and their default retention in days (as tap.Options)
@@ -30,7 +30,7 @@ def configure(parser):
 
 
 def _days(args, attr="retention_days", env="NIGHTOWL_RETENTION_DAYS", default=14):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     value = getattr(args, attr)
     if value is None:
         text = os.environ.get(env, "").strip() or str(default)
@@ -48,7 +48,7 @@ def run(args):
     import psycopg2
 
     from nightowl.admin.progress import Progress
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     from nightowl.health import RecordingLog, sweep
     dsn = args.dsn or os.environ.get("NIGHTOWL_DSN")
     if not dsn or not dsn.strip():

@@ -38,8 +38,8 @@ def configure(parser):
 def connect(args, name):
     import psycopg2
 
-    from nightowl.cli import CommandError
-    from nightowl.migrate import mask_dsn
+    from nightowl.errors import CommandError
+    from nightowl.dsn import mask_dsn
     dsn = args.dsn or os.environ.get("NIGHTOWL_DSN")
     if not dsn or not dsn.strip():
         raise CommandError("no DSN: pass --dsn or set NIGHTOWL_DSN")
@@ -76,7 +76,7 @@ def render_table(rows, out):
 def run(args):
     import psycopg2
 
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     from nightowl.rollups import query
     try:
         span = parse_duration(args.since)

@@ -247,7 +247,7 @@ class _ReactorProxy:
 
 
 def run(args):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     if args.payloads <= 0 or args.workers <= 0:
         raise CommandError("--payloads and --workers must be greater than 0")
     import psycopg2
