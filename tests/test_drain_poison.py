@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from nightowl import health
+from nightowl.health import rules
 from nightowl.buffer import BufferWriter
 from nightowl.drain.supervisor import WATCH_EVERY, DrainSupervisor
 from nightowl.metrics import Metrics
@@ -156,11 +156,11 @@ class FrozenWorkerTests(Base):
     def test_a_frozen_worker_is_a_warning_in_status(self):
         snap = {"buffer": {"writer_alive": True}, "drain": {},
                 "workers": [{"worker": 0, "frozen_at": 990.0, "restart_times": []}]}
-        status, reasons = health.evaluate(snap, 1000.0)
+        status, reasons = rules.evaluate(snap, 1000.0)
         self.assertEqual(status, "degraded")
         self.assertIn("worker-frozen", [r["code"] for r in reasons])
-        snap["workers"][0]["frozen_at"] = 1000.0 - health.CRASH_LOOP_WINDOW - 1
-        self.assertNotIn("worker-frozen", [r["code"] for r in health.evaluate(snap, 1000.0)[1]])
+        snap["workers"][0]["frozen_at"] = 1000.0 - rules.CRASH_LOOP_WINDOW - 1
+        self.assertNotIn("worker-frozen", [r["code"] for r in rules.evaluate(snap, 1000.0)[1]])
 
 
 class CountersAndLogsTests(Base):

@@ -18,7 +18,9 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from nightowl import buffer as nbuffer
-from nightowl import health, migrate, partitions, tap, wire
+from nightowl import health, migrate, partitions, retention, tap, wire
+from nightowl.drain.ipc import WorkerStats
+from nightowl.health import prometheus
 from nightowl.bench import payloads
 from nightowl.metrics import Metrics
 from tests.integration.agent import AgentProcess, send_frame
@@ -181,11 +183,45 @@ class StuckBuffer:
                 "back_pressure": False, "max_pending": 10}
 
 
+class FakeDrain:
+    """
+    The DrainSupervisor as health sees it: per-worker statistics (carried
+    across restarts by the supervisor: tests/test_supervisor.py) and its flags.
+    """
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+        self.carried = {}        # worker -> WorkerStats of its earlier processes
+        self.stopping = False
+        self.migrated = None
+        self.migration_error = None
+
+    def worker_stats(self):
+        return {w: WorkerStats.sum([self.carried.get(w, WorkerStats()),
+                                    WorkerStats.from_counters(m)])
+                for w, m in self.metrics.drain.items()}
+
+    def totals(self):
+        return WorkerStats.sum(self.worker_stats().values())
+
+    def restarted(self, worker):
+        """What a worker process counted, kept when its replacement starts from 0."""
+        self.carried[worker] = self.worker_stats()[worker]
+
+
 class FakeRoot:
     def __init__(self, reactor, buffer):
         self.metrics = Metrics(reactor)
         self.buffer = buffer
-        self.supervisor = None
+        self.supervisor = FakeDrain(self.metrics)
+
+
+def make_health(options, root, reactor, retention=None):
+    """A HealthService wired as tap.makeService wires it, from fakes."""
+    return health.HealthService(
+        options["health"], metrics=root.metrics, buffer=root.buffer, drain=root.supervisor,
+        dsn_configured=bool(options["dsn"]), workers_configured=options["drain-workers"],
+        retention=retention, reactor=reactor)
 
 
 def fake_health(**option_changes):
@@ -195,7 +231,7 @@ def fake_health(**option_changes):
                         environ={})
     options.update(option_changes)
     root = FakeRoot(reactor, StuckBuffer(lambda: reactor.seconds()))
-    h = health.HealthService(options, root, reactor=reactor)
+    h = make_health(options, root, reactor)
     return reactor, root, h
 
 
@@ -241,6 +277,7 @@ def test_worker_figures_restarts_and_totals_across_restarts():
     # the worker dies three times in a few minutes; its replacement starts from 0
     for n, done in ((1, 5), (2, 4), (3, 3)):
         reactor.advance(60)
+        root.supervisor.restarted(0)
         drain[0].update({"alive": n < 3, "restarts": n, "pid": 11 + n, "payloads": done,
                          "rows": 5 * done})
         h.observe(reactor.seconds())
@@ -359,7 +396,7 @@ def test_oldest_pending_age_comes_from_the_writer_probe(agent):
     assert doc["drain"]["lag_seconds"] == doc["buffer"]["oldest_pending_age_seconds"]
 
 
-EXPECTED_METRICS = {name for (name, _t, _h) in health.METRICS}
+EXPECTED_METRICS = {name for (name, _t, _h) in prometheus.METRICS}
 
 
 def metric_families(port):
@@ -477,85 +514,10 @@ def test_drain_figures_from_real_workers(tmp_path, fresh_pg_dsn):
         a.kill()
 
 
-# -- retention -----------------------------------------------------------------------
-
-def test_sweep_drops_expired_partitions_only(fresh_pg_dsn):
-    conn = psycopg2.connect(fresh_pg_dsn)
-    try:
-        migrate.apply(conn, partitions=False)
-        old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=30)
-        made_old = partitions.ensure_partitions(conn, now=old, days_behind=0, days_ahead=0)
-    finally:
-        conn.close()
-    assert made_old and all(name.endswith(old.strftime("_p%Y%m%d")) for name in made_old)
-    result = health.sweep(fresh_pg_dsn, 14, ensure=True)
-    assert sorted(result["dropped"]) == sorted(made_old)
-    assert result["errors"] == []
-    today = datetime.datetime.now(datetime.timezone.utc).strftime("_p%Y%m%d")
-    assert any(name.endswith(today) for name in result["created"])
-    again = health.sweep(fresh_pg_dsn, 14, ensure=False)
-    assert again == {"created": [], "dropped": [], "errors": []}
-
-
-def test_sweep_with_a_bad_dsn_raises_a_psycopg2_error():
-    with pytest.raises(psycopg2.Error):
-        health.sweep("host=127.0.0.1 port=1 dbname=x connect_timeout=2", 14)
-
-
-def test_retention_service_logs_and_keeps_going():
-    calls = []
-
-    def failing_sweep(dsn, days, ensure, **kw):
-        calls.append((dsn, days, ensure))
-        raise psycopg2.OperationalError("connection refused")
-
-    reactor = MemoryReactorClock()
-    service = health.RetentionService({"dsn": "host=x", "retention-days": 3}, ensure=False,
-                                      reactor=reactor, sweep=failing_sweep)
-    # run the pool's work synchronously: a pool whose callInThread calls at once
-    service.startService()
-    service.pool.stop()
-    service.pool = _InlinePool()
-    reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)
-    reactor.advance(health.RETENTION_FIRST)
-    assert calls == [("host=x", 3, False)]
-    assert service.last["error"].startswith("OperationalError: connection refused")
-    reactor.advance(health.RETENTION_EVERY)
-    assert len(calls) == 2
-    service.stopService()
-    assert not reactor.getDelayedCalls()
-
-
-class _InlinePool:
-    def callInThreadWithCallback(self, onResult, f, *a, **kw):
-        try:
-            result = f(*a, **kw)
-        except BaseException:
-            from twisted.python.failure import Failure
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-    def stop(self):
-        pass
-
-
-def test_health_service_skips_ensure_when_the_supervisor_sweeps():
-    reactor = MemoryReactorClock()
-    options = tap.parse(["--dsn", "host=x", "--buffer", "/x"], environ={})
-    root = FakeRoot(reactor, StuckBuffer(lambda: reactor.seconds()))
-    root.supervisor = object()
-    assert health.HealthService(options, root, reactor=reactor).retention.ensure is False
-    root.supervisor = None
-    assert health.HealthService(options, root, reactor=reactor).retention.ensure is True
-    options["dsn"] = None
-    assert health.HealthService(options, root, reactor=reactor).retention is None
-
-
 def test_refusals_and_the_breaker_are_critical_in_status_but_not_in_healthz():
     """The agent still accepts and commits: /healthz stays 200; /status names SQLSTATE and table."""
     reactor, root, h = fake_health(dsn="host=nowhere", **{"drain-workers": 1})
-    root.supervisor = type("Sup", (), {"migrated": True, "migration_error": None})()
+    root.supervisor.migrated = True
     drain = root.metrics.drain
     drain[0] = {"worker": 0, "alive": True, "pid": 11, "pg_reachable": True,
                 "last_error": "permission denied (SQLSTATE 42501): permission denied for "

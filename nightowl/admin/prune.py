@@ -49,7 +49,7 @@ def run(args):
 
     from nightowl.admin.progress import Progress
     from nightowl.errors import CommandError
-    from nightowl.health import RecordingLog, sweep
+    from nightowl.retention import RecordingLog, sweep
     dsn = args.dsn or os.environ.get("NIGHTOWL_DSN")
     if not dsn or not dsn.strip():
         raise CommandError("no DSN: pass --dsn or set NIGHTOWL_DSN")
