@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.fakes import supervisor_settings
 from nightowl.health import rules
 from nightowl.buffer import BufferWriter
 from nightowl.drain.supervisor import WATCH_EVERY, DrainSupervisor
@@ -43,7 +44,7 @@ class Base(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     def start(self, buffer, **kw):
-        sup = DrainSupervisor(buffer, options(**kw), self.metrics, reactor=self.reactor)
+        sup = DrainSupervisor(buffer, self.metrics, **supervisor_settings(options(**kw)), reactor=self.reactor)
         sup.startService()
         if self.reactor.maintenance():
             self.reactor.maintenance()[-1]["transport"].end(0)
