@@ -4,24 +4,22 @@ and a MemoryReactorClock, then every endpoint of a real agent (twistd on
 port 0) including a real drain into a fresh Postgres database.
 """
 
-import datetime
+import dataclasses
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
 
-import psycopg2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from nightowl import buffer as nbuffer
-from nightowl import health, migrate, partitions, retention, tap, wire
-from nightowl.drain.ipc import WorkerStats
-from nightowl.health import prometheus
+from nightowl import health, tap, wire
 from nightowl.bench import payloads
+from nightowl.health import prometheus
 from nightowl.metrics import Metrics
 from tests.integration.agent import AgentProcess, send_frame
 
@@ -183,6 +181,40 @@ class StuckBuffer:
                 "back_pressure": False, "max_pending": 10}
 
 
+def _counter(**metadata):
+    return dataclasses.field(default=0, metadata=metadata)
+
+
+@dataclasses.dataclass
+class ToyStats:
+    """A stand-in for nightowl.drain.ipc.WorkerStats, with the same metadata convention."""
+
+    payloads: int = _counter(metric="nightowl_drain_payloads_total", help="Payloads.")
+    rows: int = _counter(metric="nightowl_drain_rows_total", help="Rows.")
+    rows_by_table: dict = dataclasses.field(default_factory=dict, metadata={
+        "metric": "nightowl_drain_table_rows_total", "help": "Rows by table.", "label": "table"})
+    batches: int = _counter(metric="nightowl_drain_batches_total", help="Batches.")
+    failures: int = _counter(metric="nightowl_drain_batches_failed_total", help="Failed.",
+                             status="batches_failed")
+    quarantined: int = _counter()
+    ledger_skipped: int = _counter()
+    records: int = _counter()
+    skipped: int = _counter()
+
+    @classmethod
+    def of(cls, counters):
+        return cls(**{f.name: counters.get(f.name, f.default if f.name != "rows_by_table"
+                                            else {}) for f in dataclasses.fields(cls)})
+
+    def __add__(self, other):
+        out = {f.name: getattr(self, f.name) + getattr(other, f.name)
+               for f in dataclasses.fields(self) if f.name != "rows_by_table"}
+        tables = dict(self.rows_by_table)
+        for table, n in other.rows_by_table.items():
+            tables[table] = tables.get(table, 0) + n
+        return type(self)(rows_by_table=tables, **out)
+
+
 class FakeDrain:
     """
     The DrainSupervisor as health sees it: per-worker statistics (carried
@@ -191,18 +223,17 @@ class FakeDrain:
 
     def __init__(self, metrics):
         self.metrics = metrics
-        self.carried = {}        # worker -> WorkerStats of its earlier processes
+        self.carried = {}        # worker -> ToyStats of its earlier processes
         self.stopping = False
         self.migrated = None
         self.migration_error = None
 
     def worker_stats(self):
-        return {w: WorkerStats.sum([self.carried.get(w, WorkerStats()),
-                                    WorkerStats.from_counters(m)])
+        return {w: self.carried.get(w, ToyStats()) + ToyStats.of(m)
                 for w, m in self.metrics.drain.items()}
 
     def totals(self):
-        return WorkerStats.sum(self.worker_stats().values())
+        return sum(self.worker_stats().values(), ToyStats())
 
     def restarted(self, worker):
         """What a worker process counted, kept when its replacement starts from 0."""
@@ -290,6 +321,36 @@ def test_worker_figures_restarts_and_totals_across_restarts():
     assert doc["drain"]["rows"] == 200 + 25 + 20 + 15
     assert ("worker-crash-loop", "warning") in codes(doc["reasons"])
     assert doc["status"] == "degraded"
+
+
+def test_a_new_counter_is_one_field_in_status_and_metrics():
+    """Snapshot and Prometheus read the statistics dataclass field by field."""
+    @dataclasses.dataclass
+    class MoreStats(ToyStats):
+        widgets: int = _counter(metric="nightowl_drain_widgets_total", help="Widgets.")
+
+    reactor, root, h = fake_health(dsn="host=nowhere", **{"drain-workers": 1})
+    root.metrics.drain[0] = {"worker": 0, "alive": True, "payloads": 7, "failures": 2,
+                             "rows_by_table": {"nightowl_requests": 3, "nightowl_jobs": 1}}
+    root.supervisor.totals = lambda: MoreStats(payloads=7, failures=2, widgets=11,
+                                               rows_by_table={"nightowl_requests": 3,
+                                                              "nightowl_jobs": 1})
+    drain = h.status()["drain"]
+    assert (drain["payloads"], drain["batches_failed"], drain["widgets"]) == (7, 2, 11)
+    assert "failures" not in drain
+    assert drain["rows_by_table"] == {"nightowl_requests": 3, "nightowl_jobs": 1}
+    names = [row[0] for row in prometheus.metric_table(MoreStats)]
+    assert "nightowl_drain_widgets_total" in names and "nightowl_drain_records_total" not in names
+    collector = prometheus.Collector(lambda: (h.snapshot(), reactor.seconds()), MoreStats)
+    families = {f.name: f for f in collector.collect()}
+    assert [s.value for s in families["nightowl_drain_widgets"].samples
+            if s.name == "nightowl_drain_widgets_total"] == [11]
+    assert [s.value for s in families["nightowl_drain_batches_failed"].samples
+            if s.name == "nightowl_drain_batches_failed_total"] == [2]
+    tables = {s.labels["table"]: s.value for s in families["nightowl_drain_table_rows"].samples
+              if s.name == "nightowl_drain_table_rows_total"}
+    assert tables == {"nightowl_requests": 3, "nightowl_jobs": 1}
+    assert families["nightowl_drain_widgets"].documentation == "Widgets."
 
 
 # -- a real agent -----------------------------------------------------------------
