@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 
+from nightowl.admin import pg
 from nightowl.alerts import channels as ch
 
 
@@ -57,17 +58,7 @@ def configure(parser):
 
 
 def _connect(dsn):
-    import psycopg2
-
-    from nightowl.errors import CommandError
-    from nightowl.dsn import mask_dsn
-    if not dsn:
-        raise CommandError("no DSN: pass --dsn or set NIGHTOWL_DSN")
-    try:
-        return psycopg2.connect(dsn, connect_timeout=10, application_name="nightowl-alerts-cli")
-    except psycopg2.Error as e:
-        first = (str(e).strip().splitlines() or ["connection failed"])[0]
-        raise CommandError("cannot connect to {}: {}".format(mask_dsn(dsn), mask_dsn(first)))
+    return pg.connect(dsn, "nightowl-alerts-cli")
 
 
 def run(args):

@@ -9,7 +9,7 @@ that by the database clock are deleted).  Issues and users are never touched.
 
 import os
 
-from nightowl.dsn import mask_dsn
+from nightowl.admin import pg
 
 
 #: rollup tiers and their default retention in days (as tap.Options)
@@ -57,11 +57,7 @@ def run(args):
     tier_days = tuple(_days(args, "rollup_retention_" + tier,
                             "NIGHTOWL_ROLLUP_RETENTION_" + tier.upper(), default)
                       for tier, default in TIERS)
-    try:
-        conn = psycopg2.connect(dsn, connect_timeout=10, application_name="nightowl-prune")
-    except psycopg2.Error as e:
-        first = (str(e).strip().splitlines() or ["connection failed"])[0]
-        raise CommandError("cannot connect to {}: {}".format(mask_dsn(dsn), mask_dsn(first)))
+    conn = pg.connect(dsn, "nightowl-prune")
     progress = Progress("prune", total=1)
     log = RecordingLog()
     try:
