@@ -5,20 +5,15 @@ Each subcommand lives in its own module and registers here with one line in
 ``COMMANDS``: ``name -> (module path, one-line help)``.  The module exposes
 ``configure(parser)`` (add arguments to an argparse subparser) and
 ``run(args) -> int`` (the exit code).  Errors are one line on stderr and a
-non-zero exit code, never a traceback: raise ``CommandError``.
+non-zero exit code, never a traceback: raise ``nightowl.errors.CommandError``.
+Nothing in the library imports this module.
 """
 
 import argparse
 import importlib
 import sys
 
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit code ``code``."""
-
-    def __init__(self, message, code=1):
-        Exception.__init__(self, message)
-        self.code = code
+from nightowl.errors import CommandError
 
 
 COMMANDS = {
@@ -48,12 +43,7 @@ def build_parser():
     parser.add_argument("--version", action="version", version="nightowl " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help) in COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue  # not built yet
+        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(_module=module)
         mod.configure(p)
@@ -77,7 +67,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    # Run as `python -m nightowl.cli`: use the importable module, so that
-    # subcommands raising nightowl.cli.CommandError are caught by main().
-    from nightowl.cli import main as _main
-    sys.exit(_main())
+    sys.exit(main())

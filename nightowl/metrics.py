@@ -2,7 +2,7 @@
 In-process figures shared by ingest, buffer, drain and health.
 
 Plain attributes and dicts, touched only on the reactor thread (the writer
-thread reports through ``callFromThread``), so no locks.  health.py turns
+thread reports through ``callFromThread``), so no locks.  nightowl.health turns
 them into /status JSON and Prometheus metrics.
 """
 

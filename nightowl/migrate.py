@@ -22,6 +22,8 @@ import psycopg2.errors
 import psycopg2.extensions
 from twisted.logger import Logger
 
+from nightowl.dsn import mask_dsn
+
 _log = Logger(namespace="nightowl.migrate")
 
 #: any fixed 64-bit key; shared by every nightowl agent
@@ -42,12 +44,6 @@ def migrations():
             out.append((entry.name, entry.read_text(encoding="utf-8")))
     out.sort()
     return out
-
-
-def mask_dsn(dsn):
-    """The DSN with any password replaced by ***."""
-    dsn = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn or "")
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", dsn)
 
 
 CONNECT_OPTIONS = dict(connect_timeout=10, application_name="nightowl-migrate")
@@ -161,7 +157,7 @@ def configure(parser):
 
 
 def run(args):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     if not args.dsn:
         raise CommandError("no DSN: pass --dsn or set NIGHTOWL_DSN")
     from nightowl import pgerrors

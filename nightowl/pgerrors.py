@@ -150,7 +150,7 @@ def first_line(error, state=None):
     line = re.sub(r"^.*?\b(ERROR|FATAL):\s+", "", line)
     if state and state[:2] in DATA_CLASSES and ": " in line:
         line = line.split(": ", 1)[0]
-    from nightowl.migrate import mask_dsn
+    from nightowl.dsn import mask_dsn
     line = mask_dsn(line)
     if len(line) > MAX_LINE:
         line = line[:MAX_LINE - 3] + "..."

@@ -1,114 +1,58 @@
 """
 The root service: explicit start order and stop order.
 
-Start: health, buffer writer, drain supervisor, frame checker, alert
-dispatcher (with a DSN), ingest listener.
-Stop, one at a time in reverse: ingest stops accepting (frames in flight
-are finished), the checker hands over what it holds, the drain workers finish their batch and exit, the writer
-commits what is queued and closes the file, health last.
+Start, in this order: health, retention, buffer writer, drain supervisor,
+frame checker, alert dispatcher, ingest listener, dashboard (each only when
+configured; ``tap.makeService`` builds them).  Stop runs the other way, one
+at a time: the dashboard and ingest stop accepting (frames in flight are
+finished), the checker hands over what it holds, the drain workers finish
+their batch and exit, the writer commits what is queued and closes the
+file, retention and health last.
 """
 
-import os
-
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from nightowl.buffer.schema import BufferError
-from nightowl.buffer.writer import BufferWriter
-from nightowl.checker import FrameChecker
-from nightowl.ingest import IngestFactory
-from nightowl.metrics import Metrics
-from nightowl.wire import token_hash
-from nightowl.migrate import mask_dsn
+from nightowl.errors import StartupError
 
 HOUSEKEEP_EVERY = 5.0
 RECOUNT_EVERY = 12  # housekeeping rounds between full recounts (a table scan)
 
-
-LISTEN_BACKLOG = 1024
-
-
-def with_backlog(description, backlog=LISTEN_BACKLOG):
-    """
-    Twisted's default listen backlog is 50.  SDK clients connect in bursts
-    and give up after 0.5 s, so a full accept queue loses their batches:
-    use a deep one unless the endpoint names its own.
-    """
-    if description.split(":", 1)[0] in ("tcp", "tcp6", "unix") and "backlog=" not in description:
-        return description + ":backlog={}".format(backlog)
-    return description
-
-
-class StartupError(Exception):
-    """A reason the agent cannot start, as one line."""
+#: the children in start order (attributes of the root; None when not configured)
+START_ORDER = ("health", "retention", "buffer", "supervisor", "checker", "alerts", "ingest",
+               "dashboard")
 
 
 class NightowlService(service.MultiService):
+    """
+    The agent: its children by name (see L{START_ORDER}), started in that
+    order and stopped in reverse.  ``listen``: the ingest endpoint as
+    configured (shown until bound); ``token_enforced`` and ``drain_summary``
+    go into the startup line.
+    """
+
     log = Logger()
 
-    def __init__(self, options, reactor=None, alerts=None):
-        """``alerts``: None, or a factory ``alerts(metrics=, reactor=)`` of the
-        alert dispatcher (tap.makeService binds its settings)."""
+    def __init__(self, *, buffer, ingest, listen, token_enforced, drain_summary,
+                 reactor, health=None, retention=None, supervisor=None, checker=None,
+                 alerts=None, dashboard=None):
         service.MultiService.__init__(self)
-        if reactor is None:
-            from twisted.internet import reactor
-        self.reactor = reactor
-        self.options = options
-        self.metrics = Metrics(reactor)
-        self.buffer = BufferWriter(os.path.abspath(options["buffer"]), reactor=reactor,
-                                   max_queue=options["max-queue"],
-                                   max_pending=options["max-pending"],
-                                   sync=options["buffer-sync"],
-                                   max_queue_bytes=options["max-queue-bytes"])
-        self.checker = FrameChecker(
-            reactor, token_hash(options["token"]) if options["token"] is not None else None,
-            max_inflated_bytes=options["max-inflated-bytes"],
-            max_bytes=options["max-check-bytes"])
-        self.factory = IngestFactory(
-            self.buffer, self.metrics, token=options["token"],
-            max_frame_bytes=options["max-frame-bytes"],
-            max_inflated_bytes=options["max-inflated-bytes"],
-            frame_timeout=options["frame-timeout"], reactor=reactor, checker=self.checker)
-        self.supervisor = self._make_supervisor()
-        self.health = self._make_health()
-        self.alerts = alerts(metrics=self.metrics, reactor=reactor) if alerts else None
-        if self.alerts is not None and self.health is not None:
-            self.health.status_observers.append(self.alerts.health_alerts.observe)
-        self.ingest = strports.service(with_backlog(options["listen"]), self.factory,
-                                       reactor=reactor)
-        self.ingest.setName("ingest")
-        # Start order; stop runs the other way.
-        self.ordered = [s for s in (self.health, self.buffer, self.supervisor, self.checker,
-                                    self.alerts,
-                                    self.ingest)
+        self.health, self.retention, self.buffer = health, retention, buffer
+        self.supervisor, self.checker, self.alerts = supervisor, checker, alerts
+        self.ingest, self.dashboard = ingest, dashboard
+        self.listen = listen
+        self.token_enforced = token_enforced
+        self.drain_summary = drain_summary
+        self.ordered = [s for s in (getattr(self, name) for name in START_ORDER)
                         if s is not None]
         for s in self.ordered:
             s.setServiceParent(self)
+        self._rounds = 0
         self._housekeeper = task.LoopingCall(self._housekeep)
         self._housekeeper.clock = reactor
-
-    def add_service(self, svc):
-        """Start `svc` after the others and stop it first (the dashboard)."""
-        self.ordered.append(svc)
-        svc.setServiceParent(self)
-
-    def _make_supervisor(self):
-        try:
-            from nightowl.drain.supervisor import DrainSupervisor
-        except ImportError:
-            return None
-        return DrainSupervisor(self.buffer, self.options, self.metrics, reactor=self.reactor)
-
-    def _make_health(self):
-        if not self.options.get("health"):
-            return None
-        try:
-            from nightowl.health import HealthService
-        except ImportError:
-            return None
-        return HealthService(self.options, self, reactor=self.reactor)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -123,9 +67,9 @@ class NightowlService(service.MultiService):
                 s.privilegedStartService()
             self.buffer.open()
         except BufferError as e:
-            raise SystemExit("nightowl: {}".format(e))
+            raise StartupError("nightowl: {}".format(e))
         except CannotListenError as e:
-            raise SystemExit("nightowl: cannot listen on {}: {}".format(
+            raise StartupError("nightowl: cannot listen on {}: {}".format(
                 _describe(e), _reason(e)))
 
     def startService(self):
@@ -141,27 +85,19 @@ class NightowlService(service.MultiService):
             "token {token}, drain {drain}",
             listen=self.listen_description(), buffer=self.buffer.path,
             buffer_id=self.buffer.buffer_id, pending=self.buffer.pending,
-            token="enforced" if self.options["token"] is not None else "not enforced (any hash)",
-            drain=("{} workers into {}".format(self.options["drain-workers"],
-                                               mask_dsn(self.options["dsn"]))
-                   if self.options["dsn"] else
-                   "off: buffer-only mode, no --dsn / NIGHTOWL_DSN (payloads stay in the buffer)"))
+            token="enforced" if self.token_enforced else "not enforced (any hash)",
+            drain=self.drain_summary)
 
     def listen_description(self):
         port = self.listening_port()
         if port is not None:
             host = port.getHost()
             return "{}:{}".format(getattr(host, "host", "?"), getattr(host, "port", "?"))
-        return self.options["listen"]
+        return self.listen
 
     def listening_port(self):
         """The ingest IListeningPort once bound (tests use port 0)."""
-        waiting = getattr(self.ingest, "_waitingForPort", None)
-        if waiting is None:
-            return None
-        result = []
-        waiting.addCallback(lambda port: result.append(port) or port)
-        return result[0] if result else None
+        return self.ingest.port()
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -179,7 +115,7 @@ class NightowlService(service.MultiService):
                       pending=self.buffer.pending)
 
     def _housekeep(self):
-        self._rounds = getattr(self, "_rounds", 0) + 1
+        self._rounds += 1
         d = self.buffer.housekeep()
         if self._rounds % RECOUNT_EVERY == 0:
             d.addCallback(lambda _: self.buffer.recount())

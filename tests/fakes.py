@@ -97,3 +97,14 @@ class MemoryThreadReactor(MemoryReactorClock):
 
     def wait(self, d, timeout=10.0):
         return self._threaded.wait(d, timeout)
+
+
+def supervisor_settings(options):
+    """DrainSupervisor's named settings from a tap.Options-like dict (tests only)."""
+    return dict(dsn=options.get("dsn"), workers=options.get("drain-workers", 2),
+                batch_size=options.get("batch-size", 5000),
+                batch_bytes=options.get("batch-bytes", 64 * 1024 * 1024),
+                environment=options.get("environment", "production"),
+                migrate=not options.get("no-migrate"),
+                worker_timeout=options.get("worker-timeout", 60.0),
+                buffer_path=options.get("buffer"))

@@ -9,7 +9,8 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from nightowl import health
+from tests.fakes import supervisor_settings
+from nightowl.health import rules
 from nightowl.buffer.writer import BufferWriter
 from nightowl.drain.supervisor import WATCH_EVERY, DrainSupervisor
 from nightowl.metrics import Metrics
@@ -43,7 +44,7 @@ class Base(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     def start(self, buffer, **kw):
-        sup = DrainSupervisor(buffer, options(**kw), self.metrics, reactor=self.reactor)
+        sup = DrainSupervisor(buffer, self.metrics, **supervisor_settings(options(**kw)), reactor=self.reactor)
         sup.startService()
         if self.reactor.maintenance():
             self.reactor.maintenance()[-1]["transport"].end(0)
@@ -156,11 +157,11 @@ class FrozenWorkerTests(Base):
     def test_a_frozen_worker_is_a_warning_in_status(self):
         snap = {"buffer": {"writer_alive": True}, "drain": {},
                 "workers": [{"worker": 0, "frozen_at": 990.0, "restart_times": []}]}
-        status, reasons = health.evaluate(snap, 1000.0)
+        status, reasons = rules.evaluate(snap, 1000.0)
         self.assertEqual(status, "degraded")
         self.assertIn("worker-frozen", [r["code"] for r in reasons])
-        snap["workers"][0]["frozen_at"] = 1000.0 - health.CRASH_LOOP_WINDOW - 1
-        self.assertNotIn("worker-frozen", [r["code"] for r in health.evaluate(snap, 1000.0)[1]])
+        snap["workers"][0]["frozen_at"] = 1000.0 - rules.CRASH_LOOP_WINDOW - 1
+        self.assertNotIn("worker-frozen", [r["code"] for r in rules.evaluate(snap, 1000.0)[1]])
 
 
 class CountersAndLogsTests(Base):

@@ -4,22 +4,22 @@ and a MemoryReactorClock, then every endpoint of a real agent (twistd on
 port 0) including a real drain into a fresh Postgres database.
 """
 
-import datetime
+import dataclasses
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
 
-import psycopg2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from nightowl.buffer import schema as nbuffer
-from nightowl import health, migrate, partitions, tap, wire
+from nightowl import health, tap, wire
 from nightowl.bench import payloads
+from nightowl.health import prometheus
 from nightowl.metrics import Metrics
 from tests.integration.agent import AgentProcess, send_frame
 
@@ -181,11 +181,78 @@ class StuckBuffer:
                 "back_pressure": False, "max_pending": 10}
 
 
+def _counter(**metadata):
+    return dataclasses.field(default=0, metadata=metadata)
+
+
+@dataclasses.dataclass
+class ToyStats:
+    """A stand-in for nightowl.drain.ipc.WorkerStats, with the same metadata convention."""
+
+    payloads: int = _counter(metric="nightowl_drain_payloads_total", help="Payloads.")
+    rows: int = _counter(metric="nightowl_drain_rows_total", help="Rows.")
+    rows_by_table: dict = dataclasses.field(default_factory=dict, metadata={
+        "metric": "nightowl_drain_table_rows_total", "help": "Rows by table.", "label": "table"})
+    batches: int = _counter(metric="nightowl_drain_batches_total", help="Batches.")
+    failures: int = _counter(metric="nightowl_drain_batches_failed_total", help="Failed.",
+                             status="batches_failed")
+    quarantined: int = _counter()
+    ledger_skipped: int = _counter()
+    records: int = _counter()
+    skipped: int = _counter()
+
+    @classmethod
+    def of(cls, counters):
+        return cls(**{f.name: counters.get(f.name, f.default if f.name != "rows_by_table"
+                                            else {}) for f in dataclasses.fields(cls)})
+
+    def __add__(self, other):
+        out = {f.name: getattr(self, f.name) + getattr(other, f.name)
+               for f in dataclasses.fields(self) if f.name != "rows_by_table"}
+        tables = dict(self.rows_by_table)
+        for table, n in other.rows_by_table.items():
+            tables[table] = tables.get(table, 0) + n
+        return type(self)(rows_by_table=tables, **out)
+
+
+class FakeDrain:
+    """
+    The DrainSupervisor as health sees it: per-worker statistics (carried
+    across restarts by the supervisor: tests/test_supervisor.py) and its flags.
+    """
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+        self.carried = {}        # worker -> ToyStats of its earlier processes
+        self.stopping = False
+        self.migrated = None
+        self.migration_error = None
+
+    def worker_stats(self):
+        return {w: self.carried.get(w, ToyStats()) + ToyStats.of(m)
+                for w, m in self.metrics.drain.items()}
+
+    def totals(self):
+        return sum(self.worker_stats().values(), ToyStats())
+
+    def restarted(self, worker):
+        """What a worker process counted, kept when its replacement starts from 0."""
+        self.carried[worker] = self.worker_stats()[worker]
+
+
 class FakeRoot:
     def __init__(self, reactor, buffer):
         self.metrics = Metrics(reactor)
         self.buffer = buffer
-        self.supervisor = None
+        self.supervisor = FakeDrain(self.metrics)
+
+
+def make_health(options, root, reactor, retention=None):
+    """A HealthService wired as tap.makeService wires it, from fakes."""
+    return health.HealthService(
+        options["health"], metrics=root.metrics, buffer=root.buffer, drain=root.supervisor,
+        dsn_configured=bool(options["dsn"]), workers_configured=options["drain-workers"],
+        retention=retention, reactor=reactor)
 
 
 def fake_health(**option_changes):
@@ -195,7 +262,7 @@ def fake_health(**option_changes):
                         environ={})
     options.update(option_changes)
     root = FakeRoot(reactor, StuckBuffer(lambda: reactor.seconds()))
-    h = health.HealthService(options, root, reactor=reactor)
+    h = make_health(options, root, reactor)
     return reactor, root, h
 
 
@@ -241,6 +308,7 @@ def test_worker_figures_restarts_and_totals_across_restarts():
     # the worker dies three times in a few minutes; its replacement starts from 0
     for n, done in ((1, 5), (2, 4), (3, 3)):
         reactor.advance(60)
+        root.supervisor.restarted(0)
         drain[0].update({"alive": n < 3, "restarts": n, "pid": 11 + n, "payloads": done,
                          "rows": 5 * done})
         h.observe(reactor.seconds())
@@ -253,6 +321,36 @@ def test_worker_figures_restarts_and_totals_across_restarts():
     assert doc["drain"]["rows"] == 200 + 25 + 20 + 15
     assert ("worker-crash-loop", "warning") in codes(doc["reasons"])
     assert doc["status"] == "degraded"
+
+
+def test_a_new_counter_is_one_field_in_status_and_metrics():
+    """Snapshot and Prometheus read the statistics dataclass field by field."""
+    @dataclasses.dataclass
+    class MoreStats(ToyStats):
+        widgets: int = _counter(metric="nightowl_drain_widgets_total", help="Widgets.")
+
+    reactor, root, h = fake_health(dsn="host=nowhere", **{"drain-workers": 1})
+    root.metrics.drain[0] = {"worker": 0, "alive": True, "payloads": 7, "failures": 2,
+                             "rows_by_table": {"nightowl_requests": 3, "nightowl_jobs": 1}}
+    root.supervisor.totals = lambda: MoreStats(payloads=7, failures=2, widgets=11,
+                                               rows_by_table={"nightowl_requests": 3,
+                                                              "nightowl_jobs": 1})
+    drain = h.status()["drain"]
+    assert (drain["payloads"], drain["batches_failed"], drain["widgets"]) == (7, 2, 11)
+    assert "failures" not in drain
+    assert drain["rows_by_table"] == {"nightowl_requests": 3, "nightowl_jobs": 1}
+    names = [row[0] for row in prometheus.metric_table(MoreStats)]
+    assert "nightowl_drain_widgets_total" in names and "nightowl_drain_records_total" not in names
+    collector = prometheus.Collector(lambda: (h.snapshot(), reactor.seconds()), MoreStats)
+    families = {f.name: f for f in collector.collect()}
+    assert [s.value for s in families["nightowl_drain_widgets"].samples
+            if s.name == "nightowl_drain_widgets_total"] == [11]
+    assert [s.value for s in families["nightowl_drain_batches_failed"].samples
+            if s.name == "nightowl_drain_batches_failed_total"] == [2]
+    tables = {s.labels["table"]: s.value for s in families["nightowl_drain_table_rows"].samples
+              if s.name == "nightowl_drain_table_rows_total"}
+    assert tables == {"nightowl_requests": 3, "nightowl_jobs": 1}
+    assert families["nightowl_drain_widgets"].documentation == "Widgets."
 
 
 # -- a real agent -----------------------------------------------------------------
@@ -359,7 +457,7 @@ def test_oldest_pending_age_comes_from_the_writer_probe(agent):
     assert doc["drain"]["lag_seconds"] == doc["buffer"]["oldest_pending_age_seconds"]
 
 
-EXPECTED_METRICS = {name for (name, _t, _h) in health.METRICS}
+EXPECTED_METRICS = {name for (name, _t, _h) in prometheus.METRICS}
 
 
 def metric_families(port):
@@ -477,85 +575,10 @@ def test_drain_figures_from_real_workers(tmp_path, fresh_pg_dsn):
         a.kill()
 
 
-# -- retention -----------------------------------------------------------------------
-
-def test_sweep_drops_expired_partitions_only(fresh_pg_dsn):
-    conn = psycopg2.connect(fresh_pg_dsn)
-    try:
-        migrate.apply(conn, partitions=False)
-        old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=30)
-        made_old = partitions.ensure_partitions(conn, now=old, days_behind=0, days_ahead=0)
-    finally:
-        conn.close()
-    assert made_old and all(name.endswith(old.strftime("_p%Y%m%d")) for name in made_old)
-    result = health.sweep(fresh_pg_dsn, 14, ensure=True)
-    assert sorted(result["dropped"]) == sorted(made_old)
-    assert result["errors"] == []
-    today = datetime.datetime.now(datetime.timezone.utc).strftime("_p%Y%m%d")
-    assert any(name.endswith(today) for name in result["created"])
-    again = health.sweep(fresh_pg_dsn, 14, ensure=False)
-    assert again == {"created": [], "dropped": [], "errors": []}
-
-
-def test_sweep_with_a_bad_dsn_raises_a_psycopg2_error():
-    with pytest.raises(psycopg2.Error):
-        health.sweep("host=127.0.0.1 port=1 dbname=x connect_timeout=2", 14)
-
-
-def test_retention_service_logs_and_keeps_going():
-    calls = []
-
-    def failing_sweep(dsn, days, ensure, **kw):
-        calls.append((dsn, days, ensure))
-        raise psycopg2.OperationalError("connection refused")
-
-    reactor = MemoryReactorClock()
-    service = health.RetentionService({"dsn": "host=x", "retention-days": 3}, ensure=False,
-                                      reactor=reactor, sweep=failing_sweep)
-    # run the pool's work synchronously: a pool whose callInThread calls at once
-    service.startService()
-    service.pool.stop()
-    service.pool = _InlinePool()
-    reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)
-    reactor.advance(health.RETENTION_FIRST)
-    assert calls == [("host=x", 3, False)]
-    assert service.last["error"].startswith("OperationalError: connection refused")
-    reactor.advance(health.RETENTION_EVERY)
-    assert len(calls) == 2
-    service.stopService()
-    assert not reactor.getDelayedCalls()
-
-
-class _InlinePool:
-    def callInThreadWithCallback(self, onResult, f, *a, **kw):
-        try:
-            result = f(*a, **kw)
-        except BaseException:
-            from twisted.python.failure import Failure
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-    def stop(self):
-        pass
-
-
-def test_health_service_skips_ensure_when_the_supervisor_sweeps():
-    reactor = MemoryReactorClock()
-    options = tap.parse(["--dsn", "host=x", "--buffer", "/x"], environ={})
-    root = FakeRoot(reactor, StuckBuffer(lambda: reactor.seconds()))
-    root.supervisor = object()
-    assert health.HealthService(options, root, reactor=reactor).retention.ensure is False
-    root.supervisor = None
-    assert health.HealthService(options, root, reactor=reactor).retention.ensure is True
-    options["dsn"] = None
-    assert health.HealthService(options, root, reactor=reactor).retention is None
-
-
 def test_refusals_and_the_breaker_are_critical_in_status_but_not_in_healthz():
     """The agent still accepts and commits: /healthz stays 200; /status names SQLSTATE and table."""
     reactor, root, h = fake_health(dsn="host=nowhere", **{"drain-workers": 1})
-    root.supervisor = type("Sup", (), {"migrated": True, "migration_error": None})()
+    root.supervisor.migrated = True
     drain = root.metrics.drain
     drain[0] = {"worker": 0, "alive": True, "pid": 11, "pg_reachable": True,
                 "last_error": "permission denied (SQLSTATE 42501): permission denied for "

@@ -7,18 +7,20 @@ MemoryReactorClock and an inline pool.
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 
-from nightowl import health
-from tests.test_health import NOW, _InlinePool, codes, healthy_snapshot
+from nightowl import retention
+from nightowl.health import rules
+from tests.test_health import NOW, codes, healthy_snapshot
+from tests.test_retention import _InlinePool
 
 
 def test_clock_skew_is_a_warning_in_status():
     snap = healthy_snapshot()
     snap["retention"] = {"clock_skew_seconds": 2592000.0}
-    status, reasons = health.evaluate(snap, NOW)
+    status, reasons = rules.evaluate(snap, NOW)
     assert status == "degraded"
     assert ("clock-skew", "warning") in codes(reasons)
     snap["retention"]["clock_skew_seconds"] = None
-    assert health.evaluate(snap, NOW) == ("healthy", [])
+    assert rules.evaluate(snap, NOW) == ("healthy", [])
 
 
 def test_skew_is_logged_once_per_occurrence():
@@ -31,8 +33,8 @@ def test_skew_is_logged_once_per_occurrence():
         return results.pop(0)
 
     reactor = MemoryReactorClock()
-    service = health.RetentionService({"dsn": "host=x", "retention-days": 3}, ensure=False,
-                                      reactor=reactor, sweep=sweep)
+    service = retention.RetentionService("host=x", 3, ensure=False, reactor=reactor,
+                                         sweep=sweep)
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
@@ -41,10 +43,10 @@ def test_skew_is_logged_once_per_occurrence():
         service.pool = _InlinePool()
         reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)
         results.extend([skewed, dict(skewed), fine])
-        reactor.advance(health.RETENTION_FIRST)
-        reactor.advance(health.RETENTION_EVERY)
+        reactor.advance(retention.RETENTION_FIRST)
+        reactor.advance(retention.RETENTION_EVERY)
         assert service.last["clock_skew"]["seconds"] == 2592000.0
-        reactor.advance(health.RETENTION_EVERY)
+        reactor.advance(retention.RETENTION_EVERY)
         assert "clock_skew" not in service.last
         service.stopService()
     finally:

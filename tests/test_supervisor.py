@@ -10,6 +10,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.fakes import supervisor_settings
 from nightowl.drain import ipc
 from nightowl.drain.supervisor import DrainSupervisor
 from nightowl.metrics import Metrics
@@ -147,7 +148,7 @@ class SupervisorTests(SynchronousTestCase):
         self.metrics = Metrics(self.reactor)
 
     def start(self, finish_maintenance=True, **kw):
-        sup = DrainSupervisor(self.buffer, options(**kw), self.metrics, reactor=self.reactor)
+        sup = DrainSupervisor(self.buffer, self.metrics, **supervisor_settings(options(**kw)), reactor=self.reactor)
         sup.startService()
         if finish_maintenance and self.reactor.maintenance():
             self.reactor.maintenance()[-1]["transport"].end(0)
@@ -254,6 +255,24 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual([c for c in self.buffer.calls if c[0] == "claim"], [("claim", 0, 5)])
         self.assertEqual({self.buffer.state[i] for i in range(1, 6)}, {1})
         self.flushLoggedErrors()
+
+    def test_totals_carry_across_worker_restarts(self):
+        sup = self.start()
+        t = self.reactor.workers()[0]["transport"]
+        t.say({"op": "stats", "stats": {"payloads": 40, "rows": 200, "failures": 1,
+                                        "rows_by_table": {"nightowl_requests": 40}}})
+        self.reactor.workers()[1]["transport"].say({"op": "stats", "stats": {"payloads": 2}})
+        before = len(self.reactor.workers())
+        t.end(code=None, sig=9)
+        while len(self.reactor.workers()) == before:
+            self.reactor.advance(0.5)
+        # the replacement of worker 0 counts from 0 again
+        self.reactor.workers()[-1]["transport"].say({"op": "stats", "stats": {"payloads": 5,
+                                                                              "rows": 25}})
+        mine = sup.worker_stats()[0]
+        self.assertEqual((mine.payloads, mine.rows, mine.failures), (45, 225, 1))
+        totals = sup.totals()
+        self.assertEqual((totals.payloads, totals.rows), (47, 225))
 
     def test_dead_worker_is_released_and_respawned_with_growing_delays(self):
         sup = self.start()
@@ -396,7 +415,7 @@ class MigrationRetryTests(SynchronousTestCase):
         seen = []
         globalLogPublisher.addObserver(seen.append)
         self.addCleanup(globalLogPublisher.removeObserver, seen.append)
-        sup = DrainSupervisor(self.buffer, options(), self.metrics, reactor=self.reactor)
+        sup = DrainSupervisor(self.buffer, self.metrics, **supervisor_settings(options()), reactor=self.reactor)
         sup.migrate_backoff = lambda attempt: [2.0, 4.0, 8.0][attempt]
         sup.startService()
         cause = 'role missing (SQLSTATE 28000): role "nightowl" does not exist'
@@ -422,13 +441,13 @@ class MigrationRetryTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.workers()), 2)
 
     def test_stop_cancels_a_pending_retry(self):
-        sup = DrainSupervisor(self.buffer, options(**{"drain-workers": 0}), self.metrics,
+        sup = DrainSupervisor(self.buffer, self.metrics, **supervisor_settings(options(**{"drain-workers": 0})),
                               reactor=self.reactor)
         sup.migrate_backoff = lambda attempt: 5.0
         sup.startService()
         self.assertEqual(self.reactor.maintenance(), [])    # 0 workers: no drain at all
         sup.stopService()
-        sup = DrainSupervisor(self.buffer, options(), self.metrics, reactor=self.reactor)
+        sup = DrainSupervisor(self.buffer, self.metrics, **supervisor_settings(options()), reactor=self.reactor)
         sup.migrate_backoff = lambda attempt: 5.0
         sup.startService()
         self.reactor.maintenance()[-1]["transport"].end(3)

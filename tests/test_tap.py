@@ -100,7 +100,7 @@ def test_tac_loads_same_service(tmp_path):
             "exec(open('nightowl.tac').read(), ns)\n"
             "svc = service.IService(ns['application'])\n"
             "child = list(svc)[0]\n"
-            "print(type(child).__name__, child.options['buffer'])\n")
+            "print(type(child).__name__, child.buffer.path)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          cwd=os.path.join(os.path.dirname(__file__), os.pardir))
     assert out.returncode == 0, out.stderr

@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 
+from nightowl.admin import pg
 from nightowl.alerts import channels as ch
 
 
@@ -57,21 +58,11 @@ def configure(parser):
 
 
 def _connect(dsn):
-    import psycopg2
-
-    from nightowl.cli import CommandError
-    from nightowl.migrate import mask_dsn
-    if not dsn:
-        raise CommandError("no DSN: pass --dsn or set NIGHTOWL_DSN")
-    try:
-        return psycopg2.connect(dsn, connect_timeout=10, application_name="nightowl-alerts-cli")
-    except psycopg2.Error as e:
-        first = (str(e).strip().splitlines() or ["connection failed"])[0]
-        raise CommandError("cannot connect to {}: {}".format(mask_dsn(dsn), mask_dsn(first)))
+    return pg.connect(dsn, "nightowl-alerts-cli")
 
 
 def run(args):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     if not args.action:
         raise CommandError("expected an action: add, list, remove or test")
     conn = _connect(args.dsn)
@@ -129,7 +120,7 @@ def _list(conn, args):
 
 
 def _remove(conn, args):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     if not ch.remove(conn, args.name):
         raise CommandError("no channel named {!r}".format(args.name))
     print("removed {}".format(args.name))
@@ -137,7 +128,7 @@ def _remove(conn, args):
 
 
 def _test(conn, args):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     found = ch.load(conn, name=args.channel)
     if not found:
         raise CommandError("no enabled channel named {!r}".format(args.channel)

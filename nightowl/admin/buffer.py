@@ -37,7 +37,7 @@ def configure(parser):
 
 
 def buffer_path(args):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     from nightowl.tap import option_value
     path = option_value("buffer", args.buffer, os.environ)   # where the agent keeps it
     if not os.path.isfile(path):
@@ -47,7 +47,7 @@ def buffer_path(args):
 
 def open_readonly(path):
     """A read-only connection (never creates or changes anything)."""
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     uri = "file:{}?mode=ro".format(os.path.abspath(path).replace("?", "%3f").replace("#", "%23"))
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
@@ -73,7 +73,7 @@ def _state_name(state):
 
 
 def inspect(path, limit, out=print):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     conn = open_readonly(path)
     now = time.time()
     try:
@@ -118,7 +118,7 @@ def inspect(path, limit, out=print):
 def requeue(path, progress_stream=None):
     """Quarantined -> pending in small transactions; returns the number moved."""
     from nightowl.admin.progress import Progress
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     try:
         conn = nbuffer.connect(path)
     except (sqlite3.DatabaseError, nbuffer.BufferError) as e:

@@ -9,10 +9,9 @@ control characters as escapes (no terminal escape sequences get through);
 """
 
 import json
-import os
 import re
 
-from nightowl.migrate import mask_dsn
+from nightowl.admin import pg
 
 STATUS_ACTIONS = {"resolve": "resolved", "ignore": "ignored", "reopen": "open"}
 
@@ -41,16 +40,7 @@ def configure(parser):
 
 def connect(args, application_name):
     """A psycopg2 connection from --dsn / $NIGHTOWL_DSN, or a one-line CommandError."""
-    import psycopg2
-    from nightowl.cli import CommandError
-    dsn = args.dsn or os.environ.get("NIGHTOWL_DSN")
-    if not dsn or not dsn.strip():
-        raise CommandError("no DSN: pass --dsn or set NIGHTOWL_DSN")
-    try:
-        return psycopg2.connect(dsn, connect_timeout=10, application_name=application_name)
-    except psycopg2.Error as e:
-        raise CommandError("cannot connect to {}: {}".format(mask_dsn(dsn),
-                                                              mask_dsn(first_line(str(e)))))
+    return pg.connect_args(args, application_name)
 
 
 def first_line(text):
@@ -58,7 +48,7 @@ def first_line(text):
 
 
 def database_error(e):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     return CommandError("PostgreSQL refused ({}): {}".format(
         getattr(e, "pgcode", None) or type(e).__name__, first_line(str(e))))
 
@@ -90,7 +80,7 @@ def _title(issue):
 
 def run(args):
     import psycopg2
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     from nightowl.issues import lifecycle
     fmt = getattr(args, "format", "table")
     if fmt not in ("table", "json"):

@@ -85,7 +85,7 @@ def configure(parser):
 
 
 def target(args):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     text = args.to or default_target()
     try:
         return parse_address(text)
@@ -117,7 +117,7 @@ def describe_error(error):
 
 
 def run(args):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     host, port = target(args)
     token = args.token if args.token is not None else default_token()
     frame = wire.encode_frame(wire.PING, token)

@@ -9,7 +9,7 @@ that by the database clock are deleted).  Issues and users are never touched.
 
 import os
 
-from nightowl.migrate import mask_dsn
+from nightowl.admin import pg
 
 
 #: rollup tiers and their default retention in days (as tap.Options)
@@ -30,7 +30,7 @@ def configure(parser):
 
 
 def _days(args, attr="retention_days", env="NIGHTOWL_RETENTION_DAYS", default=14):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     value = getattr(args, attr)
     if value is None:
         text = os.environ.get(env, "").strip() or str(default)
@@ -48,8 +48,8 @@ def run(args):
     import psycopg2
 
     from nightowl.admin.progress import Progress
-    from nightowl.cli import CommandError
-    from nightowl.health import RecordingLog, sweep
+    from nightowl.errors import CommandError
+    from nightowl.retention import RecordingLog, sweep
     dsn = args.dsn or os.environ.get("NIGHTOWL_DSN")
     if not dsn or not dsn.strip():
         raise CommandError("no DSN: pass --dsn or set NIGHTOWL_DSN")
@@ -57,11 +57,7 @@ def run(args):
     tier_days = tuple(_days(args, "rollup_retention_" + tier,
                             "NIGHTOWL_ROLLUP_RETENTION_" + tier.upper(), default)
                       for tier, default in TIERS)
-    try:
-        conn = psycopg2.connect(dsn, connect_timeout=10, application_name="nightowl-prune")
-    except psycopg2.Error as e:
-        first = (str(e).strip().splitlines() or ["connection failed"])[0]
-        raise CommandError("cannot connect to {}: {}".format(mask_dsn(dsn), mask_dsn(first)))
+    conn = pg.connect(dsn, "nightowl-prune")
     progress = Progress("prune", total=1)
     log = RecordingLog()
     try:

@@ -34,7 +34,7 @@ def run(args):
 
     from nightowl.admin.progress import Progress
     from nightowl.admin.top import connect
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     from nightowl.rollups import query, rebuild
     if getattr(args, "action", None) != "rebuild":
         raise CommandError("choose an action: rebuild", code=2)

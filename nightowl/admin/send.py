@@ -85,7 +85,7 @@ def payloads_for(scenario, count, rng, now=None):
 
 def run(args):
     from nightowl.admin.progress import Progress
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     host, port = ping.target(args)
     if args.count <= 0:
         raise CommandError("--count: must be greater than 0", code=2)

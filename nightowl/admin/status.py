@@ -38,7 +38,7 @@ def configure(parser):
 
 def fetch(url, timeout=5.0):
     """The /status document; raises CommandError(code 3) when unreachable."""
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     target = url.rstrip("/") + "/status"
     try:
         with urllib.request.urlopen(target, timeout=timeout) as response:

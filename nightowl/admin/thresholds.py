@@ -28,7 +28,7 @@ def configure(parser):
 
 def run(args):
     import psycopg2
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     from nightowl.issues import thresholds
     fmt = getattr(args, "format", "table")
     if fmt not in ("table", "json"):

@@ -5,10 +5,11 @@ groups over a recent range, read from the rollup tables only
 """
 
 import json
-import os
 import re
 import sys
 from datetime import timedelta
+
+from nightowl.admin import pg
 
 KINDS = {"routes": "request", "queries": "query", "jobs": "job", "outgoing": "outgoing"}
 JSON_KEYS = ("target", "count", "errors", "p50_ms", "p95_ms", "p99_ms", "max_ms")
@@ -36,18 +37,7 @@ def configure(parser):
 
 
 def connect(args, name):
-    import psycopg2
-
-    from nightowl.cli import CommandError
-    from nightowl.migrate import mask_dsn
-    dsn = args.dsn or os.environ.get("NIGHTOWL_DSN")
-    if not dsn or not dsn.strip():
-        raise CommandError("no DSN: pass --dsn or set NIGHTOWL_DSN")
-    try:
-        return psycopg2.connect(dsn, connect_timeout=10, application_name=name)
-    except psycopg2.Error as e:
-        first = (str(e).strip().splitlines() or ["connection failed"])[0]
-        raise CommandError("cannot connect to {}: {}".format(mask_dsn(dsn), mask_dsn(first)))
+    return pg.connect_args(args, name)
 
 
 def _cell(v, width=None):
@@ -76,7 +66,7 @@ def render_table(rows, out):
 def run(args):
     import psycopg2
 
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     from nightowl.rollups import query
     try:
         span = parse_duration(args.since)

@@ -6,7 +6,7 @@ A benchmark whose module does not exist yet is simply not offered.
 
 import importlib
 
-from nightowl.cli import CommandError
+from nightowl.errors import CommandError
 
 BENCHMARKS = {
     # name: (module, help)

@@ -207,9 +207,10 @@ def drain_once(reactor, buffer_path, dsn, total, workers, batch_size, ledger, pr
     if not issues:
         env["NIGHTOWL_ISSUES"] = "0"
     env.update(extra_env or {})
-    options = {"dsn": dsn, "drain-workers": workers, "batch-size": batch_size,
-               "environment": "bench", "buffer": buffer_path, "no-migrate": True}
-    supervisor = DrainSupervisor(timing, options, metrics, reactor=reactor, worker_env=env)
+    supervisor = DrainSupervisor(timing, metrics, dsn=dsn, workers=workers,
+                                 batch_size=batch_size, batch_bytes=64 * 1024 * 1024,
+                                 environment="bench", migrate=False, worker_timeout=60.0,
+                                 buffer_path=buffer_path, reactor=reactor, worker_env=env)
     if profile:
         _profile_workers(supervisor, profile)
     supervisor.startService()
@@ -247,7 +248,7 @@ class _ReactorProxy:
 
 
 def run(args):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     if args.payloads <= 0 or args.workers <= 0:
         raise CommandError("--payloads and --workers must be greater than 0")
     import psycopg2

@@ -45,7 +45,7 @@ def _send_ids(port, ids, oracle, timeout=5.0):
 
 def clock_skew_trial(workdir, dsn, payload_count=200, log=print):
     """Retention with a local clock 30 days ahead drops nothing another agent wrote."""
-    from nightowl import health, partitions
+    from nightowl import partitions, retention
     import psycopg2
     violations = []
     oracle = Oracle()
@@ -62,7 +62,7 @@ def clock_skew_trial(workdir, dsn, payload_count=200, log=print):
         finally:
             conn.close()
         ahead = lambda: time.time() + 30 * DAY  # noqa: E731  (what FAKETIME=+30d did)
-        result = health.sweep(dsn, 14, ensure=False, clock=ahead)
+        result = retention.sweep(dsn, 14, ensure=False, clock=ahead)
         check = pg_check(oracle, dsn)
     finally:
         agent.stop()

@@ -28,7 +28,7 @@ import threading
 import time
 
 from nightowl.bench import loadgen, payloads
-from nightowl.cli import CommandError
+from nightowl.errors import CommandError
 
 TARGET_RATE = 20000
 TARGET_RATIO = 0.7

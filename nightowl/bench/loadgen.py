@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 
-from nightowl.cli import CommandError
+from nightowl.errors import CommandError
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nwload.c")
 

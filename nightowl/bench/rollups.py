@@ -189,7 +189,7 @@ def run(args):
     import psycopg2
 
     from nightowl import migrate
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     say = lambda text: print(text, flush=True)
     made = []
     tmp = tempfile.mkdtemp(prefix="nightowl-bench-rollups-")

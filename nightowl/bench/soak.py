@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 
-from nightowl.cli import CommandError
+from nightowl.errors import CommandError
 
 DEFAULT_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 

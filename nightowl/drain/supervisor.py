@@ -31,7 +31,7 @@ from twisted.logger import Logger, LogLevel
 import nightowl
 from nightowl.drain import ipc
 from nightowl.drain.poison import ClaimShrinker
-from nightowl.drain.watchdog import DEFAULT_TIMEOUT, Watchdog
+from nightowl.drain.watchdog import Watchdog
 
 WORKER_MODULE = "nightowl.drain.worker"
 RESPAWN_FIRST = 1.0
@@ -204,8 +204,8 @@ class _Slot:
 
 class DrainSupervisor(service.Service):
     """
-    Spawns ``drain-workers`` worker processes and relays their claims and
-    marks to ``buffer_writer``.  ``options`` is the nightowl.tap.Options dict.
+    Spawns ``workers`` worker processes and relays their claims and marks to
+    ``buffer_writer``; keeps their counters across restarts (L{totals}).
     """
 
     name = "drain"
@@ -213,14 +213,20 @@ class DrainSupervisor(service.Service):
     #: delay before migration retry N (0, 1, ...): 1 s doubling to 60 s, with jitter
     migrate_backoff = staticmethod(backoffPolicy(initialDelay=1.0, maxDelay=60.0, factor=2.0))
 
-    def __init__(self, buffer_writer, options, metrics, reactor=None,
-                 worker_env=None, stop_grace=STOP_GRACE, kill_after=KILL_AFTER,
-                 worker_timeout=None):
+    def __init__(self, buffer_writer, metrics, *, dsn, workers, batch_size, batch_bytes,
+                 environment, migrate, worker_timeout, reactor=None, worker_env=None,
+                 buffer_path=None, stop_grace=STOP_GRACE, kill_after=KILL_AFTER):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.buffer_writer = buffer_writer
-        self.options = options
+        self._dsn = dsn
+        self.buffer_path = buffer_path if buffer_path is not None else buffer_writer.path
+        self.workers = workers
+        self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
+        self.environment = environment
+        self.migrate = migrate
         self.metrics = metrics
         self.worker_env = dict(worker_env or {})
         self.stop_grace = stop_grace
@@ -234,8 +240,7 @@ class DrainSupervisor(service.Service):
         self.migrate_call = None
         self._stopped = None
         self.shrinker = ClaimShrinker()
-        self.watchdog = Watchdog(worker_timeout or options.get("worker-timeout")
-                                 or DEFAULT_TIMEOUT)
+        self.watchdog = Watchdog(worker_timeout)
         self._watch_call = None
         self._claim_failures = 0        # since the last report
         self._claim_failure_logged = None
@@ -244,7 +249,7 @@ class DrainSupervisor(service.Service):
 
     @property
     def dsn(self):
-        dsn = self.options.get("dsn")
+        dsn = self._dsn
         return dsn if dsn and str(dsn).strip() else None
 
     def _base_env(self):
@@ -262,16 +267,27 @@ class DrainSupervisor(service.Service):
     def worker_environ(self, worker_id):
         env = self._base_env()
         env.update({
-            "NIGHTOWL_BUFFER": os.path.abspath(self.options["buffer"]),
+            "NIGHTOWL_BUFFER": os.path.abspath(self.buffer_path),
             "NIGHTOWL_WORKER_ID": str(worker_id),
-            "NIGHTOWL_ENVIRONMENT": str(self.options.get("environment") or "production"),
-            "NIGHTOWL_BATCH_SIZE": str(self.options.get("batch-size") or 5000),
+            "NIGHTOWL_ENVIRONMENT": str(self.environment),
+            "NIGHTOWL_BATCH_SIZE": str(self.batch_size),
         })
         buffer_id = getattr(self.buffer_writer, "buffer_id", None)
         if buffer_id:
             env["NIGHTOWL_BUFFER_ID"] = str(buffer_id)
         env.update(self.worker_env)
         return env
+
+    # -- statistics ------------------------------------------------------
+
+    def worker_stats(self):
+        """{worker id: WorkerStats} of each slot, carried across its restarts."""
+        return {worker_id: ipc.WorkerStats.from_counters(self.metrics.drain.get(worker_id) or {})
+                for worker_id in self.slots}
+
+    def totals(self):
+        """The WorkerStats of all workers together."""
+        return ipc.WorkerStats.sum(self.worker_stats().values())
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -282,14 +298,14 @@ class DrainSupervisor(service.Service):
             self.log.info("buffer-only mode: no DSN configured (--dsn / NIGHTOWL_DSN); "
                           "payloads stay in the buffer until one is set")
             return
-        count = int(self.options.get("drain-workers") or 0)
+        count = int(self.workers)
         if count <= 0:
             self.log.info("drain-workers is 0: draining is disabled")
             return
         d = defer.maybeDeferred(self.buffer_writer.release, None)
         d.addCallback(self._releasedStale)
         d.addErrback(self._logFailure, "releasing stale claims at startup")
-        migrate = not self.options.get("no-migrate")
+        migrate = self.migrate
         d.addCallback(lambda _: self._runMaintenance(migrate=migrate))
         if migrate:
             d.addCallback(self._migrationEnded, 0)
@@ -418,12 +434,12 @@ class DrainSupervisor(service.Service):
             proto.send({"op": ipc.CLAIMED, "ids": []})
             return
         try:
-            limit = max(1, int(message.get("limit") or self.options.get("batch-size") or 5000))
+            limit = max(1, int(message.get("limit") or self.batch_size))
         except (TypeError, ValueError):
-            limit = int(self.options.get("batch-size") or 5000)
+            limit = int(self.batch_size)
         limit = self.shrinker.cap(limit)
         d = defer.maybeDeferred(self.buffer_writer.claim, proto.worker_id, limit,
-                                max_bytes=self.options.get("batch-bytes"))
+                                max_bytes=self.batch_bytes)
 
         def reply(ids):
             slot = self.slots.get(proto.worker_id)

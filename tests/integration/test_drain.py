@@ -16,6 +16,7 @@ import psycopg2
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
+from tests.fakes import supervisor_settings
 from nightowl.bench.payloads import id_of, payload_with_id
 from nightowl.buffer.writer import BufferWriter
 from nightowl.drain.supervisor import DrainSupervisor
@@ -72,7 +73,7 @@ class DrainTestBase(unittest.TestCase):
     def start(self, dsn, workers=2, batch=50, env=None, no_migrate=False, migrate_backoff=None):
         options = {"dsn": dsn, "drain-workers": workers, "batch-size": batch,
                    "environment": "test", "buffer": self.path, "no-migrate": no_migrate}
-        self.supervisor = DrainSupervisor(self.writer, options, self.metrics, reactor=reactor,
+        self.supervisor = DrainSupervisor(self.writer, self.metrics, **supervisor_settings(options), reactor=reactor,
                                           worker_env=env)
         if migrate_backoff is not None:
             self.supervisor.migrate_backoff = migrate_backoff

@@ -11,7 +11,8 @@ import uuid
 import psycopg2
 from twisted.internet import defer
 
-from nightowl import health, migrate
+from nightowl import migrate
+from nightowl.health import rules
 from nightowl.bench.payloads import payload_with_id
 from nightowl.drain import conditions
 from tests.conftest import ADMIN_DSN, drop_database, fetch
@@ -33,13 +34,13 @@ def drop_role(name):
 
 
 def status_of(metrics, **drain):
-    """health.evaluate over what the workers reported (as /status computes it)."""
+    """rules.evaluate over what the workers reported (as /status computes it)."""
     gathered = conditions.gather(metrics.drain.values())
     snap = {"buffer": {"writer_alive": True},
             "drain": dict({"enabled": True, "dsn_configured": True, "workers_configured": 1,
                            "postgres_reachable": True}, **gathered, **drain),
             "workers": []}
-    return health.evaluate(snap, 0.0)
+    return rules.evaluate(snap, 0.0)
 
 
 class BlockedDrain(DrainTestBase):

@@ -48,11 +48,6 @@ def test_cli_cannot_connect_masks_password(capsys):
     assert err.count("\n") == 1
 
 
-def test_mask_dsn():
-    assert migrate.mask_dsn("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
-    assert migrate.mask_dsn("host=h password='a b' user=u") == "host=h password=*** user=u"
-
-
 def test_concurrent_apply(fresh_pg_dsn):
     results, errors = [], []
     start = threading.Barrier(4)

@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 
 from tests.conftest import fetch
-from nightowl import health, migrate, partitions
+from nightowl import migrate, partitions, retention
 from nightowl.pgwrite import BatchWriter
 from nightowl.records import RAW_TABLES
 
@@ -96,9 +96,9 @@ def test_sweep_reports_the_skew_instead_of_dropping(db):
     old = datetime.datetime.now(UTC) - datetime.timedelta(days=30)
     made_old = partitions.ensure_partitions(conn, now=old, days_behind=0, days_ahead=0)
     assert made_old
-    result = health.sweep(dsn, 14, ensure=False, clock=lambda: time.time() - 2 * DAY)
+    result = retention.sweep(dsn, 14, ensure=False, clock=lambda: time.time() - 2 * DAY)
     assert result["dropped"] == []
     assert result["clock_skew"]["seconds"] < -DAY
     assert "retention drops nothing" in result["clock_skew"]["message"]
     # with agreeing clocks the same sweep drops the expired children
-    assert sorted(health.sweep(dsn, 14, ensure=False)["dropped"]) == sorted(made_old)
+    assert sorted(retention.sweep(dsn, 14, ensure=False)["dropped"]) == sorted(made_old)
