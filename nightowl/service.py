@@ -98,7 +98,12 @@ class NightowlService(service.MultiService):
             from nightowl.drain.supervisor import DrainSupervisor
         except ImportError:
             return None
-        return DrainSupervisor(self.buffer, self.options, self.metrics, reactor=self.reactor)
+        options = self.options
+        return DrainSupervisor(
+            self.buffer, self.metrics, dsn=options["dsn"], workers=options["drain-workers"],
+            batch_size=options["batch-size"], batch_bytes=options["batch-bytes"],
+            environment=options["environment"], migrate=not options["no-migrate"],
+            worker_timeout=options["worker-timeout"], reactor=self.reactor)
 
     def _make_health(self):
         if not self.options.get("health"):

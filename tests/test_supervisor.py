@@ -131,12 +131,13 @@ class SpawningReactor(MemoryReactorClock):
         return [s for s in self.spawned if "maintenance" in s["args"]]
 
 
-def options(**kw):
-    opts = {"dsn": "host=db user=u password=secret dbname=n", "drain-workers": 2,
-            "batch-size": 100, "environment": "staging", "buffer": "/tmp/b.sqlite",
-            "no-migrate": False}
-    opts.update(kw)
-    return opts
+def settings(dsn="host=db user=u password=secret dbname=n", workers=2, batch_size=100,
+             batch_bytes=None, environment="staging", migrate=True, worker_timeout=60.0,
+             buffer_path="/tmp/b.sqlite"):
+    """DrainSupervisor's keyword arguments, as makeService passes them."""
+    return dict(dsn=dsn, workers=workers, batch_size=batch_size, batch_bytes=batch_bytes,
+                environment=environment, migrate=migrate, worker_timeout=worker_timeout,
+                buffer_path=buffer_path)
 
 
 class SupervisorTests(SynchronousTestCase):
@@ -147,7 +148,7 @@ class SupervisorTests(SynchronousTestCase):
         self.metrics = Metrics(self.reactor)
 
     def start(self, finish_maintenance=True, **kw):
-        sup = DrainSupervisor(self.buffer, options(**kw), self.metrics, reactor=self.reactor)
+        sup = DrainSupervisor(self.buffer, self.metrics, reactor=self.reactor, **settings(**kw))
         sup.startService()
         if finish_maintenance and self.reactor.maintenance():
             self.reactor.maintenance()[-1]["transport"].end(0)
@@ -160,7 +161,7 @@ class SupervisorTests(SynchronousTestCase):
         self.successResultOf(sup.stopService())
 
     def test_zero_workers_spawns_nothing(self):
-        self.start(**{"drain-workers": 0})
+        self.start(workers=0)
         self.assertEqual(self.reactor.spawned, [])
 
     def test_start_releases_stale_claims_then_migrates_then_spawns(self):
@@ -176,7 +177,7 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.workers()), 2)
 
     def test_no_migrate_option(self):
-        self.start(finish_maintenance=False, **{"no-migrate": True})
+        self.start(finish_maintenance=False, migrate=False)
         [m] = self.reactor.maintenance()
         self.assertEqual(m["env"]["NIGHTOWL_MIGRATE"], "0")
 
@@ -396,7 +397,7 @@ class MigrationRetryTests(SynchronousTestCase):
         seen = []
         globalLogPublisher.addObserver(seen.append)
         self.addCleanup(globalLogPublisher.removeObserver, seen.append)
-        sup = DrainSupervisor(self.buffer, options(), self.metrics, reactor=self.reactor)
+        sup = DrainSupervisor(self.buffer, self.metrics, reactor=self.reactor, **settings())
         sup.migrate_backoff = lambda attempt: [2.0, 4.0, 8.0][attempt]
         sup.startService()
         cause = 'role missing (SQLSTATE 28000): role "nightowl" does not exist'
@@ -422,13 +423,13 @@ class MigrationRetryTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.workers()), 2)
 
     def test_stop_cancels_a_pending_retry(self):
-        sup = DrainSupervisor(self.buffer, options(**{"drain-workers": 0}), self.metrics,
-                              reactor=self.reactor)
+        sup = DrainSupervisor(self.buffer, self.metrics, reactor=self.reactor,
+                              **settings(workers=0))
         sup.migrate_backoff = lambda attempt: 5.0
         sup.startService()
         self.assertEqual(self.reactor.maintenance(), [])    # 0 workers: no drain at all
         sup.stopService()
-        sup = DrainSupervisor(self.buffer, options(), self.metrics, reactor=self.reactor)
+        sup = DrainSupervisor(self.buffer, self.metrics, reactor=self.reactor, **settings())
         sup.migrate_backoff = lambda attempt: 5.0
         sup.startService()
         self.reactor.maintenance()[-1]["transport"].end(3)

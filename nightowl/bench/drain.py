@@ -207,9 +207,10 @@ def drain_once(reactor, buffer_path, dsn, total, workers, batch_size, ledger, pr
     if not issues:
         env["NIGHTOWL_ISSUES"] = "0"
     env.update(extra_env or {})
-    options = {"dsn": dsn, "drain-workers": workers, "batch-size": batch_size,
-               "environment": "bench", "buffer": buffer_path, "no-migrate": True}
-    supervisor = DrainSupervisor(timing, options, metrics, reactor=reactor, worker_env=env)
+    supervisor = DrainSupervisor(timing, metrics, dsn=dsn, workers=workers,
+                                 batch_size=batch_size, batch_bytes=None, environment="bench",
+                                 migrate=False, worker_timeout=60.0, reactor=reactor,
+                                 worker_env=env, buffer_path=buffer_path)
     if profile:
         _profile_workers(supervisor, profile)
     supervisor.startService()
