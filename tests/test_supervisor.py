@@ -232,6 +232,59 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(self.metrics.drain[1]["failures"], 3)
         self.assertIs(self.metrics.drain[1]["pg_reachable"], False)
 
+    def test_totals_are_worker_stats_carried_across_restarts(self):
+        sup = self.start()
+        w0, w1 = [w["transport"] for w in self.reactor.workers()]
+        w0.say({"op": "stats", "stats": {"payloads": 10, "rows": 30, "batches": 2,
+                                         "rows_by_table": {"t": 30}}})
+        w1.say({"op": "stats", "stats": {"payloads": 1, "failures": 5}})
+        w0.end(code=None, sig=9)
+        self.reactor.advance(1)
+        w0 = self.reactor.workers()[-1]["transport"]
+        w0.say({"op": "stats", "stats": {"payloads": 4, "rows": 8, "batches": 1,
+                                         "rows_by_table": {"t": 8}}})
+        self.assertEqual(sup.worker_stats()[0], ipc.WorkerStats(
+            payloads=14, rows=38, batches=3, rows_by_table={"t": 38}))
+        self.assertEqual(sup.totals(), ipc.WorkerStats(
+            payloads=15, rows=38, batches=3, failures=5, rows_by_table={"t": 38}))
+        self.assertEqual(self.metrics.drain[0]["payloads"], 14)
+        self.flushLoggedErrors()
+
+    def test_over_long_ipc_line_kills_the_worker(self):
+        self.start()
+        w0 = self.reactor.workers()[0]["transport"]
+        w0.proto.outReceived(ipc.encode({"op": "claim", "limit": 1}))
+        self.assertEqual(w0.take(), [{"op": "claimed", "ids": [1]}])
+        w0.proto.outReceived(b"x" * (ipc.MAX_LINE + 1))
+        self.assertEqual(w0.signals, ["KILL"])
+        self.flushLoggedErrors()
+
+    def test_over_long_log_line_is_cut(self):
+        from twisted.logger import globalLogPublisher
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        self.start()
+        w0 = self.reactor.workers()[0]["transport"]
+        w0.proto.errReceived(b"warn " + b"y" * (ipc.MAX_LINE + 10))
+        w0.proto.errReceived(b"info after\n")
+        lines = [e["line"] for e in seen if "line" in e]
+        self.assertEqual(len(lines[0]), 4096 + 3)
+        self.assertTrue(lines[0].startswith("warn yyy") and lines[0].endswith("..."))
+        self.assertEqual(lines[1], "info after")
+        self.assertEqual(w0.signals, [])
+
+    def test_policy_is_class_attributes_overridable_by_keyword(self):
+        self.assertEqual((DrainSupervisor.threshold, DrainSupervisor.minRestartDelay,
+                          DrainSupervisor.maxRestartDelay, DrainSupervisor.stopGrace,
+                          DrainSupervisor.killTime), (60.0, 1.0, 60.0, 10.0, 5.0))
+        sup = DrainSupervisor(self.buffer, self.metrics, reactor=self.reactor, stopGrace=2.0,
+                              **settings())
+        self.assertEqual((sup.stopGrace, DrainSupervisor.stopGrace), (2.0, 10.0))
+        with self.assertRaises(TypeError):
+            DrainSupervisor(self.buffer, self.metrics, reactor=self.reactor, options={},
+                            **settings())
+
     def test_messages_split_across_reads(self):
         self.start()
         w0 = self.reactor.workers()[0]["transport"]
