@@ -4,21 +4,12 @@ its way from a batch result to the supervisor's totals across restarts.
 """
 
 import dataclasses
-from typing import NamedTuple
+from types import SimpleNamespace
 
 import pytest
 
 from nightowl.drain import ipc
 from nightowl.drain.worker import batch_stats
-
-
-class Result(NamedTuple):
-    drained: list
-    quarantined: list
-    records: int
-    rows_by_table: dict
-    skipped: dict
-    ledger_skipped: int
 
 
 #: today's Prometheus names and help of the worker counters (health.METRICS)
@@ -49,9 +40,9 @@ def test_every_counter_names_its_metric_and_help():
 
 
 def test_batch_stats_from_a_batch_result():
-    result = Result(drained=[1, 2], quarantined=[(3, "22P02")], records=11,
-                    rows_by_table={"nightowl_requests": 4, "nightowl_queries": 6},
-                    skipped={"bad-type": 2, "no-timestamp": 1}, ledger_skipped=1)
+    result = SimpleNamespace(drained=[1, 2], quarantined=[(3, "22P02")], records=11,
+                             rows_by_table={"nightowl_requests": 4, "nightowl_queries": 6},
+                             skipped={"bad-type": 2, "no-timestamp": 1}, ledger_skipped=1)
     stats = batch_stats(result, 3)
     assert stats == ipc.WorkerStats(batches=1, payloads=3, records=11, rows=10, quarantined=1,
                                     skipped=3, ledger_skipped=1, failures=0,
