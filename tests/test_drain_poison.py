@@ -9,13 +9,12 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.fakes import supervisor_settings
 from nightowl.health import rules
 from nightowl.buffer.writer import BufferWriter
 from nightowl.drain.supervisor import WATCH_EVERY, DrainSupervisor
 from nightowl.metrics import Metrics
 from tests.fakes import ThreadReactor
-from tests.test_supervisor import FakeBufferWriter, SpawningReactor, options
+from tests.test_supervisor import FakeBufferWriter, SpawningReactor, settings
 
 
 def test_claims_are_bounded_in_bytes_and_take_at_least_one(tmp_path):
@@ -44,7 +43,7 @@ class Base(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     def start(self, buffer, **kw):
-        sup = DrainSupervisor(buffer, self.metrics, **supervisor_settings(options(**kw)), reactor=self.reactor)
+        sup = DrainSupervisor(buffer, self.metrics, reactor=self.reactor, **settings(**kw))
         sup.startService()
         if self.reactor.maintenance():
             self.reactor.maintenance()[-1]["transport"].end(0)
@@ -72,7 +71,7 @@ class PoisonClaimTests(Base):
 
     def test_a_claim_that_keeps_killing_its_worker_shrinks_then_isolates(self):
         buffer = FakeBufferWriter(count=20)
-        self.start(buffer, **{"drain-workers": 1, "batch-size": 8})
+        self.start(buffer, workers=1, batch_size=8)
         sizes = []
         t = self.worker()
         for _death in range(4):
@@ -93,7 +92,7 @@ class PoisonClaimTests(Base):
 
     def test_a_poison_payload_in_the_middle_is_found_by_bisection(self):
         buffer = FakeBufferWriter(count=20)
-        self.start(buffer, **{"drain-workers": 1, "batch-size": 8})
+        self.start(buffer, workers=1, batch_size=8)
         t = self.worker()
         deaths = 0
         for _round in range(30):
@@ -116,7 +115,7 @@ class PoisonClaimTests(Base):
 
     def test_written_claims_clear_the_suspects(self):
         buffer = FakeBufferWriter(count=20)
-        self.start(buffer, **{"drain-workers": 1, "batch-size": 8})
+        self.start(buffer, workers=1, batch_size=8)
         t = self.worker()
         t.say({"op": "claim", "limit": 8})
         t.take()
@@ -139,7 +138,7 @@ class FrozenWorkerTests(Base):
 
     def test_a_silent_worker_is_killed_and_reported_a_beating_one_is_not(self):
         buffer = FakeBufferWriter(count=20)
-        sup = self.start(buffer, **{"drain-workers": 2, "worker-timeout": 30.0})
+        sup = self.start(buffer, workers=2, worker_timeout=30.0)
         w0, w1 = self.worker(0), self.worker(1)
         w0.say({"op": "claim", "limit": 5})    # w0 holds a claim and then goes silent
         for _ in range(int(40 / WATCH_EVERY)):
@@ -168,7 +167,7 @@ class CountersAndLogsTests(Base):
 
     def test_worker_counters_survive_restarts(self):
         buffer = FakeBufferWriter(count=0)
-        self.start(buffer, **{"drain-workers": 1})
+        self.start(buffer, workers=1)
         t = self.worker()
         t.say({"op": "stats", "stats": {"payloads": 10, "rows": 30}})
         t.end(code=None, sig=9)
@@ -183,7 +182,7 @@ class CountersAndLogsTests(Base):
     def test_failed_claims_log_rate_limited(self):
         buffer = FakeBufferWriter(count=5)
         buffer.claim = lambda w, n, max_bytes=None: defer.fail(OSError(28, "No space left"))
-        self.start(buffer, **{"drain-workers": 1})
+        self.start(buffer, workers=1)
         t = self.worker()
         for _ in range(100):
             t.say({"op": "claim", "limit": 5})

@@ -10,7 +10,6 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.fakes import supervisor_settings
 from nightowl.drain import ipc
 from nightowl.drain.supervisor import DrainSupervisor
 from nightowl.metrics import Metrics
@@ -132,12 +131,13 @@ class SpawningReactor(MemoryReactorClock):
         return [s for s in self.spawned if "maintenance" in s["args"]]
 
 
-def options(**kw):
-    opts = {"dsn": "host=db user=u password=secret dbname=n", "drain-workers": 2,
-            "batch-size": 100, "environment": "staging", "buffer": "/tmp/b.sqlite",
-            "no-migrate": False}
-    opts.update(kw)
-    return opts
+def settings(dsn="host=db user=u password=secret dbname=n", workers=2, batch_size=100,
+             batch_bytes=None, environment="staging", migrate=True, worker_timeout=60.0,
+             buffer_path="/tmp/b.sqlite"):
+    """DrainSupervisor's keyword arguments, as makeService passes them."""
+    return dict(dsn=dsn, workers=workers, batch_size=batch_size, batch_bytes=batch_bytes,
+                environment=environment, migrate=migrate, worker_timeout=worker_timeout,
+                buffer_path=buffer_path)
 
 
 class SupervisorTests(SynchronousTestCase):
@@ -148,7 +148,7 @@ class SupervisorTests(SynchronousTestCase):
         self.metrics = Metrics(self.reactor)
 
     def start(self, finish_maintenance=True, **kw):
-        sup = DrainSupervisor(self.buffer, self.metrics, **supervisor_settings(options(**kw)), reactor=self.reactor)
+        sup = DrainSupervisor(self.buffer, self.metrics, reactor=self.reactor, **settings(**kw))
         sup.startService()
         if finish_maintenance and self.reactor.maintenance():
             self.reactor.maintenance()[-1]["transport"].end(0)
@@ -161,7 +161,7 @@ class SupervisorTests(SynchronousTestCase):
         self.successResultOf(sup.stopService())
 
     def test_zero_workers_spawns_nothing(self):
-        self.start(**{"drain-workers": 0})
+        self.start(workers=0)
         self.assertEqual(self.reactor.spawned, [])
 
     def test_start_releases_stale_claims_then_migrates_then_spawns(self):
@@ -177,7 +177,7 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.workers()), 2)
 
     def test_no_migrate_option(self):
-        self.start(finish_maintenance=False, **{"no-migrate": True})
+        self.start(finish_maintenance=False, migrate=False)
         [m] = self.reactor.maintenance()
         self.assertEqual(m["env"]["NIGHTOWL_MIGRATE"], "0")
 
@@ -232,6 +232,59 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(self.metrics.drain[1]["failures"], 3)
         self.assertIs(self.metrics.drain[1]["pg_reachable"], False)
 
+    def test_totals_are_worker_stats_carried_across_restarts(self):
+        sup = self.start()
+        w0, w1 = [w["transport"] for w in self.reactor.workers()]
+        w0.say({"op": "stats", "stats": {"payloads": 10, "rows": 30, "batches": 2,
+                                         "rows_by_table": {"t": 30}}})
+        w1.say({"op": "stats", "stats": {"payloads": 1, "failures": 5}})
+        w0.end(code=None, sig=9)
+        self.reactor.advance(1)
+        w0 = self.reactor.workers()[-1]["transport"]
+        w0.say({"op": "stats", "stats": {"payloads": 4, "rows": 8, "batches": 1,
+                                         "rows_by_table": {"t": 8}}})
+        self.assertEqual(sup.worker_stats()[0], ipc.WorkerStats(
+            payloads=14, rows=38, batches=3, rows_by_table={"t": 38}))
+        self.assertEqual(sup.totals(), ipc.WorkerStats(
+            payloads=15, rows=38, batches=3, failures=5, rows_by_table={"t": 38}))
+        self.assertEqual(self.metrics.drain[0]["payloads"], 14)
+        self.flushLoggedErrors()
+
+    def test_over_long_ipc_line_kills_the_worker(self):
+        self.start()
+        w0 = self.reactor.workers()[0]["transport"]
+        w0.proto.outReceived(ipc.encode({"op": "claim", "limit": 1}))
+        self.assertEqual(w0.take(), [{"op": "claimed", "ids": [1]}])
+        w0.proto.outReceived(b"x" * (ipc.MAX_LINE + 1))
+        self.assertEqual(w0.signals, ["KILL"])
+        self.flushLoggedErrors()
+
+    def test_over_long_log_line_is_cut(self):
+        from twisted.logger import globalLogPublisher
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        self.start()
+        w0 = self.reactor.workers()[0]["transport"]
+        w0.proto.errReceived(b"warn " + b"y" * (ipc.MAX_LINE + 10))
+        w0.proto.errReceived(b"info after\n")
+        lines = [e["line"] for e in seen if "line" in e]
+        self.assertEqual(len(lines[0]), 4096 + 3)
+        self.assertTrue(lines[0].startswith("warn yyy") and lines[0].endswith("..."))
+        self.assertEqual(lines[1], "info after")
+        self.assertEqual(w0.signals, [])
+
+    def test_policy_is_class_attributes_overridable_by_keyword(self):
+        self.assertEqual((DrainSupervisor.threshold, DrainSupervisor.minRestartDelay,
+                          DrainSupervisor.maxRestartDelay, DrainSupervisor.stopGrace,
+                          DrainSupervisor.killTime), (60.0, 1.0, 60.0, 10.0, 5.0))
+        sup = DrainSupervisor(self.buffer, self.metrics, reactor=self.reactor, stopGrace=2.0,
+                              **settings())
+        self.assertEqual((sup.stopGrace, DrainSupervisor.stopGrace), (2.0, 10.0))
+        with self.assertRaises(TypeError):
+            DrainSupervisor(self.buffer, self.metrics, reactor=self.reactor, options={},
+                            **settings())
+
     def test_messages_split_across_reads(self):
         self.start()
         w0 = self.reactor.workers()[0]["transport"]
@@ -255,24 +308,6 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual([c for c in self.buffer.calls if c[0] == "claim"], [("claim", 0, 5)])
         self.assertEqual({self.buffer.state[i] for i in range(1, 6)}, {1})
         self.flushLoggedErrors()
-
-    def test_totals_carry_across_worker_restarts(self):
-        sup = self.start()
-        t = self.reactor.workers()[0]["transport"]
-        t.say({"op": "stats", "stats": {"payloads": 40, "rows": 200, "failures": 1,
-                                        "rows_by_table": {"nightowl_requests": 40}}})
-        self.reactor.workers()[1]["transport"].say({"op": "stats", "stats": {"payloads": 2}})
-        before = len(self.reactor.workers())
-        t.end(code=None, sig=9)
-        while len(self.reactor.workers()) == before:
-            self.reactor.advance(0.5)
-        # the replacement of worker 0 counts from 0 again
-        self.reactor.workers()[-1]["transport"].say({"op": "stats", "stats": {"payloads": 5,
-                                                                              "rows": 25}})
-        mine = sup.worker_stats()[0]
-        self.assertEqual((mine.payloads, mine.rows, mine.failures), (45, 225, 1))
-        totals = sup.totals()
-        self.assertEqual((totals.payloads, totals.rows), (47, 225))
 
     def test_dead_worker_is_released_and_respawned_with_growing_delays(self):
         sup = self.start()
@@ -415,7 +450,7 @@ class MigrationRetryTests(SynchronousTestCase):
         seen = []
         globalLogPublisher.addObserver(seen.append)
         self.addCleanup(globalLogPublisher.removeObserver, seen.append)
-        sup = DrainSupervisor(self.buffer, self.metrics, **supervisor_settings(options()), reactor=self.reactor)
+        sup = DrainSupervisor(self.buffer, self.metrics, reactor=self.reactor, **settings())
         sup.migrate_backoff = lambda attempt: [2.0, 4.0, 8.0][attempt]
         sup.startService()
         cause = 'role missing (SQLSTATE 28000): role "nightowl" does not exist'
@@ -441,13 +476,13 @@ class MigrationRetryTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.workers()), 2)
 
     def test_stop_cancels_a_pending_retry(self):
-        sup = DrainSupervisor(self.buffer, self.metrics, **supervisor_settings(options(**{"drain-workers": 0})),
-                              reactor=self.reactor)
+        sup = DrainSupervisor(self.buffer, self.metrics, reactor=self.reactor,
+                              **settings(workers=0))
         sup.migrate_backoff = lambda attempt: 5.0
         sup.startService()
         self.assertEqual(self.reactor.maintenance(), [])    # 0 workers: no drain at all
         sup.stopService()
-        sup = DrainSupervisor(self.buffer, self.metrics, **supervisor_settings(options()), reactor=self.reactor)
+        sup = DrainSupervisor(self.buffer, self.metrics, reactor=self.reactor, **settings())
         sup.migrate_backoff = lambda attempt: 5.0
         sup.startService()
         self.reactor.maintenance()[-1]["transport"].end(3)

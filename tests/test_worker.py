@@ -15,6 +15,7 @@ from typing import NamedTuple
 import pytest
 
 from nightowl.drain import ipc, worker as w
+from nightowl.drain.config import Config
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 
@@ -106,7 +107,7 @@ def make(replies, writer=None, present=range(1, 100), stop=None, fault=None, **k
     channel = FakeChannel(replies, stop=stop, **kw)
     logs = []
     killed = []
-    cfg = w.Config(dsn="x", buffer="/nonexistent", worker_id=3, batch_size=7, fault=fault)
+    cfg = Config(dsn="x", buffer="/nonexistent", worker_id=3, batch_size=7, fault=fault)
     writer = writer or FakeWriter()
     worker = w.Worker(cfg, channel, FakeReader(set(present)), lambda: writer, stop,
                       lambda level, msg: logs.append((level, msg)),
@@ -208,7 +209,7 @@ def test_unexpected_error_discards_the_writer_and_retries():
     writers = [first, second]
     stop = FakeStop()
     channel = FakeChannel([{"op": "claimed", "ids": [4]}, {"op": "marked"}])
-    cfg = w.Config(dsn="x", buffer="/x", worker_id=0)
+    cfg = Config(dsn="x", buffer="/x", worker_id=0)
     worker = w.Worker(cfg, channel, FakeReader({4}), lambda: writers.pop(0), stop,
                       lambda *a: None, unavailable=(Unavailable,))
     worker.run()
@@ -228,19 +229,6 @@ def test_kill_after_commit_fault_kills_before_done():
     assert killed == [True]
     assert writer.calls == [[1], [2]]
     assert ops(channel) == ["hello", "claim", "done", "claim"]   # no done for batch 2
-
-
-def test_config_from_environ():
-    cfg = w.Config.from_environ({"NIGHTOWL_DSN": "dbname=x", "NIGHTOWL_BUFFER": "/b",
-                                 "NIGHTOWL_WORKER_ID": "2", "NIGHTOWL_BATCH_SIZE": "10",
-                                 "NIGHTOWL_LEDGER": "0", "NIGHTOWL_FAULT": "kill-mid-copy:3"})
-    assert (cfg.worker_id, cfg.batch_size, cfg.ledger, cfg.fault, cfg.environment) == \
-        (2, 10, False, ("kill-mid-copy", 3), "production")
-    with pytest.raises(w.ConfigError):
-        w.Config.from_environ({"NIGHTOWL_BUFFER": "/b"})
-    with pytest.raises(w.ConfigError):
-        w.Config.from_environ({"NIGHTOWL_DSN": "x", "NIGHTOWL_BUFFER": "/b",
-                               "NIGHTOWL_FAULT": "explode"})
 
 
 def make_buffer(path, count):
@@ -353,13 +341,3 @@ def test_process_keeps_claim_while_postgres_is_unreachable(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def test_worker_lowers_its_priority(monkeypatch):
-    calls = []
-    monkeypatch.setattr(w.os, "nice", lambda n: calls.append(n) or n)
-    logged = []
-    w._lower_priority({}, lambda level, msg: logged.append(msg))
-    w._lower_priority({"NIGHTOWL_WORKER_NICE": "0"}, lambda level, msg: None)
-    w._lower_priority({"NIGHTOWL_WORKER_NICE": "12"}, lambda level, msg: None)
-    assert calls == [w.DEFAULT_NICE, 12]

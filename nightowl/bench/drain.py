@@ -208,9 +208,9 @@ def drain_once(reactor, buffer_path, dsn, total, workers, batch_size, ledger, pr
         env["NIGHTOWL_ISSUES"] = "0"
     env.update(extra_env or {})
     supervisor = DrainSupervisor(timing, metrics, dsn=dsn, workers=workers,
-                                 batch_size=batch_size, batch_bytes=64 * 1024 * 1024,
-                                 environment="bench", migrate=False, worker_timeout=60.0,
-                                 buffer_path=buffer_path, reactor=reactor, worker_env=env)
+                                 batch_size=batch_size, batch_bytes=None, environment="bench",
+                                 migrate=False, worker_timeout=60.0, reactor=reactor,
+                                 worker_env=env, buffer_path=buffer_path)
     if profile:
         _profile_workers(supervisor, profile)
     supervisor.startService()
@@ -248,7 +248,7 @@ class _ReactorProxy:
 
 
 def run(args):
-    from nightowl.errors import CommandError
+    from nightowl.cli import CommandError
     if args.payloads <= 0 or args.workers <= 0:
         raise CommandError("--payloads and --workers must be greater than 0")
     import psycopg2

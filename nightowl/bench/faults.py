@@ -57,8 +57,8 @@ TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import 
 # the agent's environment.  This twistd adds the two keys to the passed list
 # in the agent process only; the agent itself runs unchanged.
 WORKER_FAULT_TWISTD = [sys.executable, "-c", "import sys; "
-                       "import nightowl.drain.supervisor as s; "
-                       "s._PASSED_ENV = tuple(s._PASSED_ENV) + "
+                       "import nightowl.drain.config as s; "
+                       "s.PASSED_ENV = tuple(s.PASSED_ENV) + "
                        "('NIGHTOWL_FAULT', 'NIGHTOWL_FAULT_ONCE'); "
                        "from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
 LISTENING = re.compile(r"nightowl listening on ([0-9.]+):(\d+)")

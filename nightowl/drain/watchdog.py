@@ -13,14 +13,18 @@ The supervisor then releases the claim as for any dead worker; the
 delivery ledger makes sure rows the frozen worker already committed are
 not written twice.
 
-Pure bookkeeping: times are given by the caller (reactor.seconds()).
+Times are given by the caller (reactor.seconds()).
 """
+
+from twisted.logger import Logger
 
 HEARTBEAT_EVERY = 2.0
 DEFAULT_TIMEOUT = 60.0
 
 
 class Watchdog:
+    log = Logger()
+
     def __init__(self, timeout=DEFAULT_TIMEOUT):
         self.timeout = timeout
         self._heard = {}
@@ -40,3 +44,26 @@ class Watchdog:
     def silence(self, worker_id, now):
         t = self._heard.get(worker_id)
         return None if t is None else round(now - t, 3)
+
+    def kill_silent(self, now, slots, metrics_for):
+        """
+        SIGKILL every worker silent past the timeout: ``slots`` maps worker id
+        to its supervisor slot (``proto``, ``claim``), ``metrics_for(id)`` is
+        the worker's /status figures (``frozen_at``, ``frozen_count``).
+        """
+        for worker_id, silent in self.silent(now):
+            slot = slots.get(worker_id)
+            if slot is None or slot.proto is None or slot.proto.ended:
+                self.forget(worker_id)
+                continue
+            m = metrics_for(worker_id)
+            m["frozen_at"] = now
+            m["frozen_count"] = m.get("frozen_count", 0) + 1
+            self.killed += 1
+            self.log.error("drain worker {worker} (pid {pid}) sent nothing for {silent:.0f} s "
+                           "(frozen?) holding {claimed} claimed payloads: killing it; its "
+                           "claim is released and the ledger skips what it committed",
+                           worker=worker_id, pid=slot.proto.pid, silent=silent,
+                           claimed=len(slot.claim))
+            self.forget(worker_id)
+            slot.proto.signal("KILL")

@@ -16,7 +16,6 @@ import psycopg2
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
-from tests.fakes import supervisor_settings
 from nightowl.bench.payloads import id_of, payload_with_id
 from nightowl.buffer.writer import BufferWriter
 from nightowl.drain.supervisor import DrainSupervisor
@@ -71,10 +70,10 @@ class DrainTestBase(unittest.TestCase):
         return dsn
 
     def start(self, dsn, workers=2, batch=50, env=None, no_migrate=False, migrate_backoff=None):
-        options = {"dsn": dsn, "drain-workers": workers, "batch-size": batch,
-                   "environment": "test", "buffer": self.path, "no-migrate": no_migrate}
-        self.supervisor = DrainSupervisor(self.writer, self.metrics, **supervisor_settings(options), reactor=reactor,
-                                          worker_env=env)
+        self.supervisor = DrainSupervisor(
+            self.writer, self.metrics, dsn=dsn, workers=workers, batch_size=batch,
+            batch_bytes=None, environment="test", migrate=not no_migrate, worker_timeout=60.0,
+            reactor=reactor, worker_env=env)
         if migrate_backoff is not None:
             self.supervisor.migrate_backoff = migrate_backoff
         self.supervisor.startService()
