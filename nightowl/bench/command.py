@@ -14,7 +14,7 @@ BENCHMARKS = {
                "ingest throughput and ack latency: bare Twisted baseline vs the agent"),
     "drain": ("nightowl.bench.drain", "drain throughput from the SQLite buffer into PostgreSQL"),
     "e2e": ("nightowl.bench.e2e", "end to end: SDK frames to rows in PostgreSQL"),
-    "faults": ("nightowl.bench.faults",
+    "faults": ("nightowl.bench.faults.command",
                "fault injection: every acknowledged payload must be delivered"),
     "dashboard": ("nightowl.bench.dashboard",
                   "10 million raw rows over 30 days: every dashboard page's server time"),

@@ -28,7 +28,6 @@ import io
 import json
 import os
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time

@@ -47,7 +47,8 @@ def _size(path):
 
 def run(args):
     from nightowl.bench import drain as drainbench
-    from nightowl.bench import faults, loadgen, payloads
+    from nightowl.bench import loadgen, payloads, procfs
+    from nightowl.bench.agent import Agent
 
     workdir = tempfile.mkdtemp(prefix="nightowl-soak-")
     try:
@@ -56,7 +57,7 @@ def run(args):
         raise CommandError("cannot create a scratch database ({}): {}".format(
             type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else ""))
     buffer_path = os.path.join(workdir, "buffer.sqlite")
-    agent = faults.Agent(buffer_path, args=["--dsn", dsn])
+    agent = Agent(buffer_path, args=["--dsn", dsn])
     load = None
     samples = []
     try:
@@ -80,7 +81,7 @@ def run(args):
                 "file_mb": round(_size(buffer_path) / 1048576.0, 1),
                 "wal_mb": round(_size(buffer_path + "-wal") / 1048576.0, 1),
                 "pending": (status.get("buffer") or {}).get("pending"),
-                "rss_mb": round(faults.rss_kb(agent.pid) / 1024.0, 1),
+                "rss_mb": round(procfs.rss_kb(agent.pid) / 1024.0, 1),
                 "accepted": (status.get("ingest") or {}).get("accepted"),
             }
             samples.append(sample)

@@ -10,7 +10,8 @@ import subprocess
 import sys
 
 from nightowl import bufferlock, cli, wire
-from tests.integration.agent import TWISTD, AgentProcess, send_frame
+from nightowl.bench.agent import TWISTD
+from tests.integration.agent import AgentProcess, send_frame
 
 
 def second_agent(path):
