@@ -1,7 +1,6 @@
 """
 ``nightowl bench ingest|drain|e2e|soak|faults``: one module per benchmark under
 ``nightowl.bench``, each exposing ``configure(subparser)`` and ``run(args)``.
-A benchmark whose module does not exist yet is simply not offered.
 """
 
 import importlib
@@ -27,13 +26,7 @@ BENCHMARKS = {
 
 def _available():
     for name, (module, help) in BENCHMARKS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue  # not built yet
-        yield name, module, help, mod
+        yield name, module, help, importlib.import_module(module)
 
 
 def configure(parser):

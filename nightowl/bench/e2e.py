@@ -36,10 +36,9 @@ import tempfile
 import threading
 import time
 
-from nightowl.bench import procfs, pyspy
+from nightowl.bench import procfs, pyspy, scratch
 from nightowl.bench.agent import Agent, wait_for
 
-DEFAULT_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 TARGET = {"rate": 8000, "p99_ms": 20.0, "rss_mb": 150.0}
 
 
@@ -63,10 +62,7 @@ def configure(parser):
                         help="generator connections in flight at most (default 64)")
     parser.add_argument("--mix", type=int, default=500,
                         help="distinct payloads in the realistic mix (default 500)")
-    parser.add_argument("--admin-dsn", default=os.environ.get("NIGHTOWL_BENCH_ADMIN_DSN",
-                                                              DEFAULT_ADMIN_DSN),
-                        help="a Postgres DSN allowed to CREATE DATABASE (a scratch database "
-                             "is made and dropped)")
+    scratch.add_admin_dsn(parser)
     parser.add_argument("--profile", metavar="DIR", default=None,
                         help="always profile (py-spy raw files in DIR); by default the agent "
                              "is profiled only when the target is missed, into a temp dir")
@@ -264,7 +260,6 @@ HEADER = ("  rate  achieved p50(ms) p99(ms) backlog   ->end    peak  agent% wrkr
 
 
 def run(args):
-    from nightowl.bench import drain as drain_bench
     from nightowl.bench import loadgen, payloads
 
     def say(line):
@@ -280,7 +275,7 @@ def run(args):
         loadgen.write_frames([payloads.frame(p) for p in mix], frames_path)
         avg_records = sum(len(json.loads(p)) for p in mix) / float(len(mix))
         avg_bytes = sum(len(p) for p in mix) / float(len(mix))
-        name, dsn = drain_bench.create_database(args.admin_dsn)
+        name, dsn = scratch.create_database(args.admin_dsn)
         agent = Agent(os.path.join(tmp, "buffer.sqlite"),
                       ["--drain-workers", str(args.workers), "--batch-size",
                        str(args.batch_size), "--dsn", dsn])
@@ -361,7 +356,7 @@ def run(args):
         if agent is not None:
             agent.stop()
         if name:
-            drain_bench.drop_database(args.admin_dsn, name)
+            scratch.drop_database(args.admin_dsn, name)
         if args.keep:
             print("kept {}".format(tmp), file=sys.stderr)
         else:

@@ -17,10 +17,8 @@ import shutil
 import tempfile
 import time
 
+from nightowl.bench import scratch
 from nightowl.cli import CommandError
-
-DEFAULT_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
-
 
 def configure(parser):
     parser.add_argument("--duration", type=float, default=600.0,
@@ -33,9 +31,7 @@ def configure(parser):
                         help="most connections in flight (default 64)")
     parser.add_argument("--max-buffer-mb", type=float, default=256.0,
                         help="the documented bound on buffer file + WAL (default 256)")
-    parser.add_argument("--admin-dsn", default=os.environ.get("NIGHTOWL_BENCH_ADMIN_DSN",
-                                                              DEFAULT_ADMIN_DSN),
-                        help="a Postgres DSN allowed to CREATE DATABASE")
+    scratch.add_admin_dsn(parser, help="a Postgres DSN allowed to CREATE DATABASE")
 
 
 def _size(path):
@@ -46,13 +42,12 @@ def _size(path):
 
 
 def run(args):
-    from nightowl.bench import drain as drainbench
     from nightowl.bench import loadgen, payloads, procfs
     from nightowl.bench.agent import Agent
 
     workdir = tempfile.mkdtemp(prefix="nightowl-soak-")
     try:
-        name, dsn = drainbench.create_database(args.admin_dsn)
+        name, dsn = scratch.create_database(args.admin_dsn)
     except Exception as e:
         raise CommandError("cannot create a scratch database ({}): {}".format(
             type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else ""))
@@ -93,7 +88,7 @@ def run(args):
         if load is not None and load.poll() is None:
             load.kill()
         agent.stop()
-        drainbench.drop_database(args.admin_dsn, name)
+        scratch.drop_database(args.admin_dsn, name)
         shutil.rmtree(workdir, ignore_errors=True)
 
     if not samples:

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 
-from nightowl.bench import drain as scratch  # scratch databases: create_database, drop_database
+from nightowl.bench import scratch
 from nightowl.bench.faults import guards
 from nightowl.bench.faults.corrupt import CORRUPTIONS, corrupt_trial
 from nightowl.bench.faults.drain import agent_kill_drain_trials, worker_kill_trials
@@ -39,9 +39,8 @@ def configure(parser):
     parser.add_argument("--dsn", default=None,
                         help="PostgreSQL DSN of a scratch database for the back-pressure "
                              "trial's real drain (default: create one via --admin-dsn)")
-    parser.add_argument("--admin-dsn", default=os.environ.get(
-        "NIGHTOWL_TEST_ADMIN_DSN",
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"),
+    scratch.add_admin_dsn(
+        parser, env="NIGHTOWL_TEST_ADMIN_DSN",
         help="DSN used to create and drop a scratch database when --dsn is not given; "
              "'none' to drain out of band instead")
     parser.add_argument("--agent-kill-trials", type=int, default=20,
