@@ -1,6 +1,6 @@
 """The pure rules of ``nightowl bench e2e``: flatness, the rate search, CPU and profile sums."""
 
-from nightowl.bench import e2e
+from nightowl.bench import e2e, pyspy
 
 
 def test_flat_allows_a_sawtooth_of_batches_but_not_growth():
@@ -51,7 +51,7 @@ def test_top_frames_from_py_spy_raw():
     raw = ["main (a.py:1);loop (a.py:5);parse (w.py:9) 30\n",
            "main (a.py:1);loop (a.py:5);commit (b.py:3) 10\n",
            "garbage line\n"]
-    top = e2e.top_frames(raw)
+    top = pyspy.top_frames(raw)
     assert top["samples"] == 40
     assert top["self"][0] == ("parse (w.py:9)", 30, 75.0)
     assert ("loop (a.py:5)", 40, 100.0) in top["inclusive"]

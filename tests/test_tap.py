@@ -110,7 +110,7 @@ def test_tac_loads_same_service(tmp_path):
 # -- configuration errors through the real twistd ------------------------------------
 
 def _twistd(tmp_path, args, env=None):
-    from tests.integration.agent import TWISTD
+    from nightowl.bench.agent import TWISTD
     environ = dict(os.environ)
     for key in list(environ):
         if key.startswith("NIGHTOWL_"):

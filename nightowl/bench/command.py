@@ -1,7 +1,6 @@
 """
 ``nightowl bench ingest|drain|e2e|soak|faults``: one module per benchmark under
 ``nightowl.bench``, each exposing ``configure(subparser)`` and ``run(args)``.
-A benchmark whose module does not exist yet is simply not offered.
 """
 
 import importlib
@@ -14,7 +13,7 @@ BENCHMARKS = {
                "ingest throughput and ack latency: bare Twisted baseline vs the agent"),
     "drain": ("nightowl.bench.drain", "drain throughput from the SQLite buffer into PostgreSQL"),
     "e2e": ("nightowl.bench.e2e", "end to end: SDK frames to rows in PostgreSQL"),
-    "faults": ("nightowl.bench.faults",
+    "faults": ("nightowl.bench.faults.command",
                "fault injection: every acknowledged payload must be delivered"),
     "dashboard": ("nightowl.bench.dashboard",
                   "10 million raw rows over 30 days: every dashboard page's server time"),
@@ -27,13 +26,7 @@ BENCHMARKS = {
 
 def _available():
     for name, (module, help) in BENCHMARKS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue  # not built yet
-        yield name, module, help, mod
+        yield name, module, help, importlib.import_module(module)
 
 
 def configure(parser):

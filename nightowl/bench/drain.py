@@ -28,13 +28,11 @@ import io
 import json
 import os
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
-import uuid
 
-DEFAULT_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+from nightowl.bench import scratch
 
 
 def configure(parser):
@@ -43,51 +41,14 @@ def configure(parser):
     parser.add_argument("--workers", type=int, default=2, help="drain workers (default 2)")
     parser.add_argument("--batch-size", type=int, default=5000,
                         help="payloads per claim (default 5000)")
-    parser.add_argument("--admin-dsn", default=os.environ.get("NIGHTOWL_BENCH_ADMIN_DSN",
-                                                              DEFAULT_ADMIN_DSN),
-                        help="a Postgres DSN allowed to CREATE DATABASE (scratch databases "
-                             "are made and dropped)")
+    scratch.add_admin_dsn(parser, help="a Postgres DSN allowed to CREATE DATABASE (scratch "
+                                       "databases are made and dropped)")
     parser.add_argument("--no-ledger-run", action="store_true",
                         help="skip the ledger-off run")
     parser.add_argument("--issues-compare", action="store_true",
                         help="also run with issues and thresholds off and print on/off")
     parser.add_argument("--profile", metavar="DIR",
                         help="run the workers under cProfile, one .prof file each in DIR")
-
-
-# -- scratch databases ---------------------------------------------------------
-
-def _admin(admin_dsn):
-    import psycopg2
-    conn = psycopg2.connect(admin_dsn)
-    conn.autocommit = True
-    return conn
-
-
-def create_database(admin_dsn):
-    name = "nightowl_bench_" + uuid.uuid4().hex[:10]
-    conn = _admin(admin_dsn)
-    try:
-        conn.cursor().execute("CREATE DATABASE " + name)
-    finally:
-        conn.close()
-    if "dbname=" in admin_dsn:
-        import re
-        dsn = re.sub(r"dbname=\S+", "dbname=" + name, admin_dsn)
-    else:
-        dsn = admin_dsn + " dbname=" + name
-    return name, dsn
-
-
-def drop_database(admin_dsn, name):
-    conn = _admin(admin_dsn)
-    try:
-        cur = conn.cursor()
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                    (name,))
-        cur.execute("DROP DATABASE IF EXISTS " + name)
-    finally:
-        conn.close()
 
 
 #: thresholds of the issues-on runs: defaults near the fixture mix's medians, so a
@@ -248,7 +209,7 @@ class _ReactorProxy:
 
 
 def run(args):
-    from nightowl.cli import CommandError
+    from nightowl.errors import CommandError
     if args.payloads <= 0 or args.workers <= 0:
         raise CommandError("--payloads and --workers must be greater than 0")
     import psycopg2
@@ -263,7 +224,7 @@ def run(args):
     try:
         def scratch():
             try:
-                name, dsn = create_database(args.admin_dsn)
+                name, dsn = scratch.create_database(args.admin_dsn)
             except psycopg2.Error as e:
                 raise CommandError("cannot create a scratch database: {}".format(
                     (str(e).strip().splitlines() or ["?"])[0]))
@@ -346,7 +307,7 @@ def run(args):
     finally:
         for name in made:
             try:
-                drop_database(args.admin_dsn, name)
+                scratch.drop_database(args.admin_dsn, name)
             except Exception:
                 pass
         shutil.rmtree(tmp, ignore_errors=True)

@@ -28,18 +28,17 @@ target is missed (or with ``--profile``) the agent and one worker are
 sampled with py-spy at the first unflat rate and the top frames printed.
 """
 
-import collections
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-DEFAULT_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+from nightowl.bench import procfs, pyspy, scratch
+from nightowl.bench.agent import Agent, wait_for
+
 TARGET = {"rate": 8000, "p99_ms": 20.0, "rss_mb": 150.0}
 
 
@@ -63,10 +62,7 @@ def configure(parser):
                         help="generator connections in flight at most (default 64)")
     parser.add_argument("--mix", type=int, default=500,
                         help="distinct payloads in the realistic mix (default 500)")
-    parser.add_argument("--admin-dsn", default=os.environ.get("NIGHTOWL_BENCH_ADMIN_DSN",
-                                                              DEFAULT_ADMIN_DSN),
-                        help="a Postgres DSN allowed to CREATE DATABASE (a scratch database "
-                             "is made and dropped)")
+    scratch.add_admin_dsn(parser)
     parser.add_argument("--profile", metavar="DIR", default=None,
                         help="always profile (py-spy raw files in DIR); by default the agent "
                              "is profiled only when the target is missed, into a temp dir")
@@ -128,51 +124,7 @@ def cpu_pct(ticks_before, ticks_after, seconds, clk_tck=100):
     return 100.0 * used / clk_tck / seconds if seconds > 0 else 0.0
 
 
-def top_frames(raw_lines, n=15):
-    """
-    From py-spy ``--format raw`` (collapsed stacks: ``a;b;c COUNT``): the
-    top ``n`` leaf frames by samples (self time) and the top ``n`` frames by
-    inclusive samples, each ``[(frame, samples, pct)]``.
-    """
-    leaf, incl = collections.Counter(), collections.Counter()
-    total = 0
-    for line in raw_lines:
-        line = line.rstrip("\n")
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        c = int(count)
-        total += c
-        frames = stack.split(";")
-        leaf[frames[-1]] += c
-        for f in set(frames):
-            incl[f] += c
-
-    def pct(counter):
-        return [(f, c, round(100.0 * c / total, 1)) for f, c in counter.most_common(n)]
-
-    return {"samples": total, "self": pct(leaf), "inclusive": pct(incl)}
-
-
 # -- measurements ------------------------------------------------------------------
-
-def _ticks(pid):
-    try:
-        with open("/proc/{}/stat".format(pid)) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _ticks_of(pids):
-    out = {}
-    for pid in pids:
-        t = _ticks(pid)
-        if t is not None:
-            out[pid] = t
-    return out
-
 
 def _pg_pids(admin_dsn, dbname):
     """(backends of ``dbname``, the cluster's background processes) from pg_stat_activity."""
@@ -205,14 +157,13 @@ class _Sampler(threading.Thread):
         self._done = threading.Event()
 
     def run(self):
-        from nightowl.bench.faults import rss_kb
         while not self._done.is_set():
             s = self.agent.status()
             if s:
                 b = s["buffer"]
                 self.backlog.append((time.monotonic(), b["pending"] + b["claimed"]))
                 self.workers.update(w["pid"] for w in s.get("workers") or () if w.get("pid"))
-            rss = rss_kb(self.agent.pid)
+            rss = procfs.rss_kb(self.agent.pid)
             if rss:
                 self.rss_peak_kb = max(self.rss_peak_kb, rss)
             self._done.wait(self.every)
@@ -234,17 +185,21 @@ def _workers(agent):
     return [w["pid"] for w in s.get("workers") or () if w.get("alive") and w.get("pid")]
 
 
+def _profile_targets(agent):
+    """The agent and one of its workers, as py-spy targets."""
+    return [("agent", agent.pid)] + [("worker", p) for p in _workers(agent)[:1]]
+
+
 def step(agent, frames_path, rate, seconds, concurrency, batch_size, admin_dsn, dbname,
          settle=120.0):
     """One fixed-rate step; the figures, with ``flat``, ``sustained`` and ``passed``."""
     from nightowl.bench import loadgen
-    from nightowl.bench.faults import wait_for
     # start from a drained buffer, so a step does not inherit the last one's backlog
     wait_for(lambda: (_backlog(agent) or 0) <= batch_size, settle, every=0.5)
     backends, background = _pg_pids(admin_dsn, dbname)
     workers = _workers(agent)
-    t_agent, t_workers = _ticks_of([agent.pid]), _ticks_of(workers)
-    t_pg, t_bg = _ticks_of(backends), _ticks_of(background)
+    t_agent, t_workers = procfs.ticks_of([agent.pid]), procfs.ticks_of(workers)
+    t_pg, t_bg = procfs.ticks_of(backends), procfs.ticks_of(background)
     b0 = _backlog(agent) or 0
     sampler = _Sampler(agent)
     sampler.start()
@@ -264,10 +219,10 @@ def step(agent, frames_path, rate, seconds, concurrency, batch_size, admin_dsn, 
     res = loadgen.parse_result(out, err)
     clk = os.sysconf("SC_CLK_TCK")
     cpu = {
-        "agent": cpu_pct(t_agent, _ticks_of([agent.pid]), elapsed, clk),
-        "workers": cpu_pct(t_workers, _ticks_of(workers), elapsed, clk),
-        "postgres": cpu_pct(t_pg, _ticks_of(backends), elapsed, clk),
-        "pg_background": cpu_pct(t_bg, _ticks_of(background), elapsed, clk),
+        "agent": cpu_pct(t_agent, procfs.ticks_of([agent.pid]), elapsed, clk),
+        "workers": cpu_pct(t_workers, procfs.ticks_of(workers), elapsed, clk),
+        "postgres": cpu_pct(t_pg, procfs.ticks_of(backends), elapsed, clk),
+        "pg_background": cpu_pct(t_bg, procfs.ticks_of(background), elapsed, clk),
         "generator": 100.0 * (res.get("cpu_user_s", 0) + res.get("cpu_sys_s", 0)) / elapsed,
     }
     if set(workers) != set(_workers(agent)) or set(backends) != set(backends2):
@@ -304,52 +259,8 @@ HEADER = ("  rate  achieved p50(ms) p99(ms) backlog   ->end    peak  agent% wrkr
           "bg%  gen%  rss(MB)")
 
 
-def profile(agent, seconds, directory, say):
-    """py-spy the agent and one worker for ``seconds``; their top frames."""
-    spy = shutil.which("py-spy")
-    if not spy:
-        say("py-spy not found: no profile")
-        return None
-    os.makedirs(directory, exist_ok=True)
-    targets = [("agent", agent.pid)] + [("worker", p) for p in _workers(agent)[:1]]
-    procs = []
-    for name, pid in targets:
-        out = os.path.join(directory, "{}-{}.txt".format(name, pid))
-        procs.append((name, out, subprocess.Popen(
-            [spy, "record", "-p", str(pid), "-f", "raw", "-d", str(int(seconds)), "-o", out,
-             "--threads", "--nonblocking"], stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True)))
-    found = {}
-    for name, out, proc in procs:
-        try:
-            _o, err = proc.communicate(timeout=seconds + 60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            err = "timed out"
-        if os.path.exists(out):
-            with open(out) as f:
-                found[name] = dict(top_frames(f), file=out)
-        else:
-            say("py-spy on the {}: {}".format(name, (err or "").strip()[-300:]))
-    return found
-
-
-def _say_profile(found, say):
-    for name, prof in (found or {}).items():
-        say("profile of the {} ({} samples, {}): top self time".format(
-            name, prof["samples"], prof["file"]))
-        for frame, _c, pct in prof["self"][:12]:
-            say("  {:5.1f}%  {}".format(pct, frame[:150]))
-        say("  ... inclusive:")
-        for frame, _c, pct in prof["inclusive"][:12]:
-            say("  {:5.1f}%  {}".format(pct, frame[:150]))
-
-
 def run(args):
-    from nightowl.bench import drain as drain_bench
     from nightowl.bench import loadgen, payloads
-    from nightowl.bench.faults import Agent
 
     def say(line):
         print(line, flush=True)
@@ -364,13 +275,12 @@ def run(args):
         loadgen.write_frames([payloads.frame(p) for p in mix], frames_path)
         avg_records = sum(len(json.loads(p)) for p in mix) / float(len(mix))
         avg_bytes = sum(len(p) for p in mix) / float(len(mix))
-        name, dsn = drain_bench.create_database(args.admin_dsn)
+        name, dsn = scratch.create_database(args.admin_dsn)
         agent = Agent(os.path.join(tmp, "buffer.sqlite"),
                       ["--drain-workers", str(args.workers), "--batch-size",
                        str(args.batch_size), "--dsn", dsn])
         if not agent.start():
             raise RuntimeError("the agent did not start:\n" + "\n".join(agent.lines[-30:]))
-        from nightowl.bench.faults import wait_for
         if not wait_for(lambda: (agent.status() or {}).get("drain", {}).get("migrated"),
                         120.0, every=0.5):
             raise RuntimeError("the scratch database was not migrated:\n" +
@@ -435,10 +345,10 @@ def run(args):
                                 duration=14.0, rate=rate, timeout=5.0)
             try:
                 time.sleep(2.0)
-                found = profile(agent, 10, directory, say)
+                found = pyspy.profile(_profile_targets(agent), 10, directory, say)
             finally:
                 gen.communicate(timeout=120)
-            _say_profile(found, say)
+            pyspy.say_profile(found, say)
             summary["profile"] = dict((k, {"self": v["self"][:10], "file": v["file"]})
                                       for k, v in (found or {}).items())
         summary["agent_tracebacks"] = agent.tracebacks()
@@ -446,7 +356,7 @@ def run(args):
         if agent is not None:
             agent.stop()
         if name:
-            drain_bench.drop_database(args.admin_dsn, name)
+            scratch.drop_database(args.admin_dsn, name)
         if args.keep:
             print("kept {}".format(tmp), file=sys.stderr)
         else:

@@ -19,25 +19,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-from nightowl.bench import loadgen, payloads
+from nightowl.bench import loadgen, payloads, procfs
+from nightowl.bench.agent import Agent, agent_env
 from nightowl.errors import CommandError
 
 TARGET_RATE = 20000
 TARGET_RATIO = 0.7
 TARGET_P99_MS = 20.0
 TARGET_RSS_MB = 150.0
-
-_REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                      os.pardir, os.pardir))
-
 
 def configure(parser):
     parser.add_argument("--duration", type=float, default=10.0,
@@ -69,80 +64,6 @@ def configure(parser):
 
 # -- processes -------------------------------------------------------------
 
-def _cpu_seconds(pid):
-    """User + system CPU seconds of a live process, from /proc/PID/stat."""
-    try:
-        with open("/proc/{}/stat".format(pid)) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _memory_mb(pid):
-    """(VmRSS, VmHWM) in MB, from /proc/PID/status."""
-    found = {}
-    try:
-        with open("/proc/{}/status".format(pid)) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    found[key] = int(value.split()[0]) / 1024.0
-    except OSError:
-        pass
-    return found.get("VmRSS"), found.get("VmHWM")
-
-
-class _RSSSampler(threading.Thread):
-    def __init__(self, pid, interval=0.1):
-        threading.Thread.__init__(self, daemon=True)
-        self.pid, self.interval = pid, interval
-        self.peak = 0.0
-        self._done = threading.Event()
-
-    def run(self):
-        while not self._done.wait(self.interval):
-            rss, _hwm = _memory_mb(self.pid)
-            if rss:
-                self.peak = max(self.peak, rss)
-
-    def stop(self):
-        self._done.set()
-        self.join()
-
-
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def _wait_port(proc, port, timeout, log_path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise CommandError("the agent exited with code {} before listening: {}".format(
-                proc.returncode, _last_line(log_path)))
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise CommandError("the agent did not accept connections on port {} within {:.0f} s: {}"
-                       .format(port, timeout, _last_line(log_path)))
-
-
-def _last_line(path):
-    try:
-        with open(path, errors="replace") as f:
-            lines = [line.strip() for line in f if line.strip()]
-    except OSError:
-        return "(no log)"
-    return lines[-1] if lines else "(empty log)"
-
-
 def _stop(proc, grace=15.0):
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -154,18 +75,20 @@ def _stop(proc, grace=15.0):
     return proc.returncode
 
 
-def _env():
-    env = dict(os.environ)
-    # Run from a checkout as well as from an installed package.
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (_REPO, env.get("PYTHONPATH")) if p)
-    return env
+def start_agent(tmp, startup_timeout):
+    """The agent on a temporary buffer, no drain, no health endpoint; running."""
+    agent = Agent(os.path.join(tmp, "buffer.sqlite"), args=["--drain-workers", "0"],
+                  health=False)
+    if not agent.start(startup_timeout):
+        raise CommandError("the agent did not start within {:.0f} s (exit {}): {}".format(
+            startup_timeout, agent.returncode, agent.last_line()))
+    return agent
 
 
 def start_bare_server():
     proc = subprocess.Popen([sys.executable, "-m", "nightowl.bench.bareserver", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env())
+                            env=agent_env())
     line = proc.stdout.readline()
     if not line.startswith("listening "):
         _stop(proc)
@@ -174,36 +97,16 @@ def start_bare_server():
     return proc, int(line.split()[1])
 
 
-def start_agent(tmp, port, startup_timeout):
-    log_path = os.path.join(tmp, "agent.log")
-    buffer_path = os.path.join(tmp, "buffer.sqlite")
-    # twistd (not `python -m twisted`, which is the `twist` runner): -n keeps it
-    # in the foreground so the pid we hold is the agent's.
-    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "--pidfile=", "-n", "--logfile", log_path,
-            "nightowl", "--listen", "tcp:{}:interface=127.0.0.1".format(port),
-            "--buffer", buffer_path, "--drain-workers", "0", "--health", "none"]
-    cwd = _REPO if os.path.isdir(os.path.join(_REPO, "twisted", "plugins")) else tmp
-    with open(os.path.join(tmp, "agent.stdout"), "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=_env())
-    try:
-        _wait_port(proc, port, startup_timeout, log_path)
-    except CommandError:
-        _stop(proc)
-        raise
-    return proc, buffer_path, log_path
-
-
 # -- measuring -------------------------------------------------------------
 
 def measure(port, frames_path, server_pid, concurrency, duration, split, rate=None):
     """One generator run; adds the server's CPU share and the generator's."""
-    cpu0, t0 = _cpu_seconds(server_pid), time.monotonic()
+    cpu0, t0 = procfs.cpu_seconds(server_pid), time.monotonic()
     proc = loadgen.start_load("127.0.0.1", port, frames_path, concurrency,
                               duration=duration, rate=rate, split=split)
     out, err = proc.communicate()
     elapsed = time.monotonic() - t0
-    cpu1 = _cpu_seconds(server_pid)
+    cpu1 = procfs.cpu_seconds(server_pid)
     if proc.returncode != 0:
         raise CommandError("the load generator failed: {}".format(
             (err.strip().splitlines() or ["exit {}".format(proc.returncode)])[-1]))
@@ -216,7 +119,7 @@ def measure(port, frames_path, server_pid, concurrency, duration, split, rate=No
 
 def measure_parallel(port, frames_path, server_pid, concurrency, duration, split, n=2):
     """``n`` generator processes at once, ``concurrency / n`` connections each."""
-    cpu0, t0 = _cpu_seconds(server_pid), time.monotonic()
+    cpu0, t0 = procfs.cpu_seconds(server_pid), time.monotonic()
     procs = [loadgen.start_load("127.0.0.1", port, frames_path, max(1, concurrency // n),
                                 duration=duration, split=split) for _ in range(n)]
     results = []
@@ -224,7 +127,7 @@ def measure_parallel(port, frames_path, server_pid, concurrency, duration, split
         out, err = proc.communicate()
         results.append(loadgen.parse_result(out, err))
     elapsed = time.monotonic() - t0
-    cpu1 = _cpu_seconds(server_pid)
+    cpu1 = procfs.cpu_seconds(server_pid)
     return {
         "payloads_per_s": sum(r["payloads_per_s"] for r in results),
         "failures": sum(_failures(r) for r in results),
@@ -344,43 +247,45 @@ def _run(args, tmp):
 
 
 def _agent_runs(args, tmp, frames_path, bare, say):
-    port = _free_port()
-    proc, buffer_path, log_path = start_agent(tmp, port, args.startup_timeout)
-    sampler = _RSSSampler(proc.pid)
-    sampler.start()
+    agent = start_agent(tmp, args.startup_timeout)
+    port, pid, buffer_path = agent.port, agent.pid, agent.buffer_path
+    sampler = procfs.RssSampler(pid, every=0.1).start()
     acked = started = 0
     try:
         runs = []
-        warm = measure(port, frames_path, proc.pid, args.concurrency, 1.0, args.split)
+        warm = measure(port, frames_path, pid, args.concurrency, 1.0, args.split)
         runs.append(warm)
-        full = measure(port, frames_path, proc.pid, args.concurrency, args.duration, args.split)
+        full = measure(port, frames_path, pid, args.concurrency, args.duration, args.split)
         runs.append(full)
         say("agent         {:>10}  p50 {:.2f} ms  p99 {:.2f} ms  failures {}  "
             "agent CPU {:.0f}%  generator CPU {:.0f}%".format(
                 _fmt_rate(full["payloads_per_s"]), full["p50_ms"], full["p99_ms"],
                 _failure_text(full), full.get("server_cpu_pct", 0), full["generator_cpu_pct"]))
         time.sleep(1.0)  # let the writer catch up before the latency run
-        fixed = measure(port, frames_path, proc.pid, args.latency_concurrency, args.duration,
+        fixed = measure(port, frames_path, pid, args.latency_concurrency, args.duration,
                         args.split, rate=args.rate_for_latency)
         runs.append(fixed)
         say("agent @{:>6}/s {:>9}  p50 {:.2f} ms  p99 {:.2f} ms  max {:.1f} ms  failures {}  "
             "late starts {}".format(args.rate_for_latency, _fmt_rate(fixed["payloads_per_s"]),
                                     fixed["p50_ms"], fixed["p99_ms"], fixed["max_ms"],
                                     _failure_text(fixed), fixed["late"]))
-        rss, hwm = _memory_mb(proc.pid)
+        memory = procfs.memory_kb(pid)
+        rss, hwm = [memory[k] / 1024.0 if k in memory else None for k in ("VmRSS", "VmHWM")]
         for r in runs:
             acked += r["ok"]
             started += r["started"]
     finally:
-        code = _stop(proc)  # first: a failure below must never leave the agent running
+        code = agent.stop(15.0)  # first: a failure below must never leave the agent running
         sampler.stop()
+        with open(os.path.join(tmp, "agent.log"), "w") as f:
+            f.write(agent.log())
     if code not in (0, -signal.SIGTERM):
-        say("agent exited with code {} after SIGTERM: {}".format(code, _last_line(log_path)))
+        say("agent exited with code {} after SIGTERM: {}".format(code, agent.last_line()))
     try:
         buffered = count_rows(buffer_path)
     except sqlite3.Error as e:
         raise CommandError("cannot count the buffer's rows in {}: {}".format(buffer_path, e))
-    peak = max(x for x in (hwm, sampler.peak, rss) if x is not None) if (hwm or rss) else None
+    peak = max(x for x in (hwm, sampler.peak / 1024.0, rss) if x is not None) if (hwm or rss) else None
     return {
         "payloads_per_s": round(full["payloads_per_s"], 1),
         "ratio": round(full["payloads_per_s"] / bare["payloads_per_s"], 3),

@@ -27,6 +27,7 @@ import time
 import uuid
 
 from nightowl.bench import drain as drain_bench
+from nightowl.bench import scratch as scratch_db
 
 
 def configure(parser):
@@ -34,7 +35,7 @@ def configure(parser):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--routes", type=int, default=1000)
-    parser.add_argument("--admin-dsn", default=drain_bench.DEFAULT_ADMIN_DSN)
+    parser.add_argument("--admin-dsn", default=scratch_db.DEFAULT_ADMIN_DSN)
 
 
 def _drain(args, payloads, scratch, say, tmp):
@@ -195,7 +196,7 @@ def run(args):
     tmp = tempfile.mkdtemp(prefix="nightowl-bench-rollups-")
     try:
         def scratch():
-            name, dsn = drain_bench.create_database(args.admin_dsn)
+            name, dsn = scratch_db.create_database(args.admin_dsn)
             made.append(name)
             migrate.apply(dsn, log=drain_bench._Quiet())
             return dsn
@@ -245,7 +246,7 @@ def run(args):
     finally:
         for name in made:
             try:
-                drain_bench.drop_database(args.admin_dsn, name)
+                scratch_db.drop_database(args.admin_dsn, name)
             except Exception:
                 pass
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,10 +17,8 @@ import shutil
 import tempfile
 import time
 
+from nightowl.bench import scratch
 from nightowl.errors import CommandError
-
-DEFAULT_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
-
 
 def configure(parser):
     parser.add_argument("--duration", type=float, default=600.0,
@@ -33,9 +31,7 @@ def configure(parser):
                         help="most connections in flight (default 64)")
     parser.add_argument("--max-buffer-mb", type=float, default=256.0,
                         help="the documented bound on buffer file + WAL (default 256)")
-    parser.add_argument("--admin-dsn", default=os.environ.get("NIGHTOWL_BENCH_ADMIN_DSN",
-                                                              DEFAULT_ADMIN_DSN),
-                        help="a Postgres DSN allowed to CREATE DATABASE")
+    scratch.add_admin_dsn(parser, help="a Postgres DSN allowed to CREATE DATABASE")
 
 
 def _size(path):
@@ -46,17 +42,17 @@ def _size(path):
 
 
 def run(args):
-    from nightowl.bench import drain as drainbench
-    from nightowl.bench import faults, loadgen, payloads
+    from nightowl.bench import loadgen, payloads, procfs
+    from nightowl.bench.agent import Agent
 
     workdir = tempfile.mkdtemp(prefix="nightowl-soak-")
     try:
-        name, dsn = drainbench.create_database(args.admin_dsn)
+        name, dsn = scratch.create_database(args.admin_dsn)
     except Exception as e:
         raise CommandError("cannot create a scratch database ({}): {}".format(
             type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else ""))
     buffer_path = os.path.join(workdir, "buffer.sqlite")
-    agent = faults.Agent(buffer_path, args=["--dsn", dsn])
+    agent = Agent(buffer_path, args=["--dsn", dsn])
     load = None
     samples = []
     try:
@@ -80,7 +76,7 @@ def run(args):
                 "file_mb": round(_size(buffer_path) / 1048576.0, 1),
                 "wal_mb": round(_size(buffer_path + "-wal") / 1048576.0, 1),
                 "pending": (status.get("buffer") or {}).get("pending"),
-                "rss_mb": round(faults.rss_kb(agent.pid) / 1024.0, 1),
+                "rss_mb": round(procfs.rss_kb(agent.pid) / 1024.0, 1),
                 "accepted": (status.get("ingest") or {}).get("accepted"),
             }
             samples.append(sample)
@@ -92,7 +88,7 @@ def run(args):
         if load is not None and load.poll() is None:
             load.kill()
         agent.stop()
-        drainbench.drop_database(args.admin_dsn, name)
+        scratch.drop_database(args.admin_dsn, name)
         shutil.rmtree(workdir, ignore_errors=True)
 
     if not samples:

@@ -1,20 +1,15 @@
 """
-Shared helpers for the fault-injection tests (ingest side here, drain side
-later): the agent runner, the set-membership oracle, RSS sampling, tmpfs
-mounts and hostile frame generation.  They live in
-L{nightowl.bench.faults} so that ``nightowl bench faults`` (the long run)
-and the CI tests (the short run) use the same code and the same verdicts;
-this module re-exports them and adds what only tests need.
+What only the fault-injection tests need beside the trials themselves
+(nightowl/bench/faults/, shared with ``nightowl bench faults`` so the CI
+tests and the long run reach the same verdicts): skipping without root,
+failing with every violation of a trial, a work directory per trial.
 """
 
 import os
 
 import pytest
 
-from nightowl.bench.faults import (  # noqa: F401 (re-exported)
-    CORRUPTIONS, ERROR, OK, TOKEN, Agent, Oracle, RandomChooser, RssSampler, can_mount,
-    exchange, generate, hand_list, hypothesis_frames, id_payload, judge_hostile, ping,
-    read_acked, read_buffer, reference, rss_kb, running, send_payload, tmpfs, wait_for)
+from nightowl.bench.faults.ingest import can_mount
 
 
 def require_root_for_tmpfs():

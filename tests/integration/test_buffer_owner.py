@@ -11,14 +11,16 @@ import sys
 
 from nightowl import cli, wire
 from nightowl.buffer import lock as bufferlock
-from tests.integration.agent import TWISTD, AgentProcess, send_frame
+from nightowl.bench.agent import Agent
+from tests.integration.agent import AgentProcess, send_frame
 
 
 def second_agent(path):
-    return subprocess.run(TWISTD + ["-n", "--pidfile=", "nightowl", "--listen",
-                                    "tcp:0:interface=127.0.0.1", "--buffer", path,
-                                    "--health", "none"],
-                          capture_output=True, text=True, timeout=60)
+    """Start another agent on ``path``; (its exit code, its output) once it is gone."""
+    second = Agent(path, health=False)
+    if second.start(timeout=60):
+        second.stop()
+    return second.returncode, second.log()
 
 
 def test_a_second_agent_on_the_same_buffer_refuses(tmp_path, capsys):
@@ -27,9 +29,8 @@ def test_a_second_agent_on_the_same_buffer_refuses(tmp_path, capsys):
     try:
         assert send_frame(a.port, wire.encode_frame(b"[1]")) == b"2:OK"
         before = sorted(os.listdir(tmp_path))
-        out = second_agent(path)
-        text = out.stdout + out.stderr
-        assert out.returncode != 0
+        returncode, text = second_agent(path)
+        assert returncode != 0
         assert "Traceback" not in text
         refusals = [line for line in text.splitlines() if "in use by another" in line]
         assert len(refusals) == 1, text

@@ -23,7 +23,8 @@ from selenium.webdriver.common.by import By
 
 from nightowl import migrate
 from tests.conftest import fetch
-from tests.integration.agent import TWISTD, AgentProcess
+from nightowl.bench.agent import TWISTD
+from tests.integration.agent import AgentProcess
 from tests.integration.browser import Browser
 from tests.integration.dashseed import HOSTILE_MESSAGE, HOSTILE_ROUTE, HOSTILE_SQL, seed
 

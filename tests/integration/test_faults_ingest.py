@@ -5,18 +5,17 @@ long one): every payload carries a unique id, an id counts as acked only on
 twice and nothing never sent.  Each trial also proves it was not vacuous
 (the kill hit with acks flowing, the buffer really was full, ...).
 
-The trials themselves live in nightowl/bench/faults.py; these tests run
+The trials themselves live in nightowl/bench/faults/; these tests run
 them small and fail with their violations.
 """
 
-import sqlite3
-
 import pytest
 
-from nightowl.bench import faults
-from tests.integration.faultlib import (
-    CORRUPTIONS, ERROR, OK, Agent, Oracle, assert_trial, exchange, hypothesis_frames,
-    id_payload, reference, require_root_for_tmpfs, running, send_payload, tmpfs)
+from nightowl.bench.faults import corrupt, hostile, ingest
+from nightowl.bench.faults.corrupt import CORRUPTIONS
+from nightowl.bench.faults.frames import TOKEN, hand_list, hypothesis_frames, reference
+from nightowl.bench.faults.oracle import Oracle, read_buffer
+from tests.integration.faultlib import assert_trial, require_root_for_tmpfs
 
 
 # -- the oracle can fail ---------------------------------------------------------
@@ -36,17 +35,17 @@ def test_oracle_catches_loss_duplicates_and_strangers():
 
 def test_buffer_reader_recovers_ids_from_payloads(tmp_path):
     path = str(tmp_path / "b.sqlite")
-    faults._populate(path, 5, seq_start=41)
-    assert [seq for (_r, _s, seq) in faults.read_buffer(path)] == [41, 42, 43, 44, 45]
+    corrupt._populate(path, 5, seq_start=41)
+    assert [seq for (_r, _s, seq) in read_buffer(path)] == [41, 42, 43, 44, 45]
 
 
 def test_reference_grammar_agrees_on_known_frames():
     from nightowl.bench import payloads
-    good = payloads.frame(b'[{"t":"log"}]', faults.TOKEN)
+    good = payloads.frame(b'[{"t":"log"}]', TOKEN)
     assert reference(good) == "valid"
     assert reference(payloads.frame(b'[{"t":"log"}]', "other")) == "invalid"
     assert reference(good[:-3]) == "incomplete"
-    for label, data, incomplete in faults.hand_list():
+    for label, data, incomplete in hand_list():
         if label in ("json-nan", "lone-surrogate"):
             continue  # stdlib json takes these; the reference is conservative on purpose
         assert reference(data) == ("incomplete" if incomplete else "invalid"), label
@@ -55,7 +54,7 @@ def test_reference_grammar_agrees_on_known_frames():
 # -- 1. SIGKILL under load ---------------------------------------------------------
 
 def test_sigkill_under_load_keeps_every_acked_payload(tmp_path):
-    result = faults.kill_trials(str(tmp_path), trials=3, seed=11)
+    result = ingest.kill_trials(str(tmp_path), trials=3, seed=11)
     assert len(result["trials"]) == 3
     assert_trial(result)
 
@@ -63,7 +62,7 @@ def test_sigkill_under_load_keeps_every_acked_payload(tmp_path):
 # -- 4. back-pressure past --max-pending --------------------------------------------
 
 def test_back_pressure_refuses_past_max_pending_and_the_drain_releases_it(tmp_path, fresh_pg_dsn):
-    result = faults.backpressure_trial(str(tmp_path), max_pending=200, dsn=fresh_pg_dsn)
+    result = ingest.backpressure_trial(str(tmp_path), max_pending=200, dsn=fresh_pg_dsn)
     assert_trial(result)
     assert result["refused"] > 0 and result["counted_back_pressure"] == result["refused"]
     assert result["acked_after_drain"] == 20
@@ -73,7 +72,7 @@ def test_back_pressure_refuses_past_max_pending_and_the_drain_releases_it(tmp_pa
 
 def test_disk_full_refuses_with_error_stays_up_and_recovers(tmp_path):
     require_root_for_tmpfs()
-    result = faults.diskfull_trial(str(tmp_path))
+    result = ingest.diskfull_trial(str(tmp_path))
     assert_trial(result)
 
 
@@ -81,7 +80,7 @@ def test_disk_full_refuses_with_error_stays_up_and_recovers(tmp_path):
 
 @pytest.mark.parametrize("case", CORRUPTIONS)
 def test_corrupt_buffer_at_startup(tmp_path, case):
-    result = faults.corrupt_trial(str(tmp_path), case, seed=3)
+    result = corrupt.corrupt_trial(str(tmp_path), case, seed=3)
     assert_trial(result)
 
 
@@ -90,7 +89,7 @@ def test_corrupt_buffer_at_startup(tmp_path, case):
 def test_hostile_input_beside_valid_traffic(tmp_path):
     frames = hypothesis_frames(300)
     assert frames and len(frames) >= 100
-    result = faults.hostile_trial(str(tmp_path), generated=len(frames), idle=500, slowloris=10,
+    result = hostile.hostile_trial(str(tmp_path), generated=len(frames), idle=500, slowloris=10,
                                   chooser_frames=frames)
     assert_trial(result)
     assert result["outcomes"].get("error", 0) > 0

@@ -11,7 +11,8 @@ import threading
 import pytest
 
 from nightowl import wire
-from tests.integration.agent import TWISTD, AgentProcess, send_frame
+from nightowl.bench.agent import TWISTD
+from tests.integration.agent import AgentProcess, send_frame
 
 
 @pytest.fixture

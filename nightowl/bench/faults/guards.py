@@ -1,5 +1,5 @@
 """
-Fault trials for the guards of issue 14, in the style of L{nightowl.bench.faults}
+Fault trials for the guards of issue 14, in the style of the other fault trials
 (a set-membership oracle, anti-vacuity checks, a result dict with ``ok`` and
 ``violations``), run by ``nightowl bench faults`` and, small, by
 tests/integration/test_faults_guards.py:
@@ -28,9 +28,10 @@ import threading
 import time
 
 from nightowl.bench import payloads
-from nightowl.bench.faults import (
-    OK, TWISTD, Agent, Oracle, RssSampler, _catch_up, id_payload, pg_check, read_buffer,
-    rss_kb, send_payload, wait_for)
+from nightowl.bench.agent import OK, Agent, id_payload, send_payload, wait_for
+from nightowl.bench.faults.draining import catch_up
+from nightowl.bench.faults.oracle import Oracle, pg_check, read_buffer
+from nightowl.bench.procfs import RssSampler, rss_kb
 
 DAY = 86400.0
 SDK_TIMEOUT = 0.5
@@ -55,7 +56,7 @@ def clock_skew_trial(workdir, dsn, payload_count=200, log=print):
         if not agent.start():
             raise AssertionError("agent did not start:\n" + agent.log()[-3000:])
         _send_ids(agent.port, range(1, payload_count + 1), oracle)
-        _catch_up(agent, 120, violations, "before the skewed sweep")
+        catch_up(agent, 120, violations, "before the skewed sweep")
         conn = psycopg2.connect(dsn)
         try:
             db_now = partitions.database_now(conn).timestamp()
@@ -100,15 +101,15 @@ def second_agent_trial(workdir, payload_count=300, log=print):
         sender.start()
         time.sleep(0.2)
         before = sorted(os.listdir(workdir))
-        out = subprocess.run(TWISTD + ["-n", "--pidfile=", "nightowl", "--listen",
-                                       "tcp:0:interface=127.0.0.1", "--buffer", path,
-                                       "--health", "none"],
-                             capture_output=True, text=True, timeout=60)
+        second = Agent(path, health=False)
+        started = second.start(timeout=60)
+        if started:
+            second.stop()
         sender.join(120)
-        text = out.stdout + out.stderr
+        text = second.log()
         refusal = [line for line in text.splitlines() if "in use by another" in line]
-        if out.returncode == 0:
-            violations.append("the second agent started (exit 0)")
+        if started or second.returncode == 0:
+            violations.append("the second agent started (exit {})".format(second.returncode))
         if len(refusal) != 1 or "(pid {})".format(first.pid) not in refusal[0]:
             violations.append("no one-line refusal naming pid {}: {!r}".format(
                 first.pid, text[-500:]))
@@ -257,7 +258,7 @@ def poison_claim_trial(workdir, dsn, payload_count=120, log=print):
         if send_payload(agent.port, poison) != OK:
             violations.append("the poison payload was not acked")
         _send_ids(agent.port, range(half + 1, payload_count + 1), oracle)
-        _catch_up(agent, 240, violations, "with a poison payload")
+        catch_up(agent, 240, violations, "with a poison payload")
         status = agent.status() or {}
     finally:
         agent.stop()
@@ -315,7 +316,7 @@ def frozen_worker_trial(workdir, dsn, payload_count=300, timeout=3.0, log=print)
         reason_seen = any(r["code"] == "worker-frozen"
                           for r in (agent.status() or {}).get("reasons") or ())
         sender.join(120)
-        _catch_up(agent, 120, violations, "after a frozen worker")
+        catch_up(agent, 120, violations, "after a frozen worker")
     finally:
         agent.stop()
         if stopped is not None:
@@ -346,7 +347,7 @@ def frozen_worker_trial(workdir, dsn, payload_count=300, timeout=3.0, log=print)
 
 
 def run_all(tmp, only, dsn_for, log, attempt):
-    """Called by L{nightowl.bench.faults.run}: the trials in ``only``."""
+    """Called by L{nightowl.bench.faults.command.run}: the trials in ``only``."""
     if "clock-skew" in only:
         with dsn_for("clock-skew") as dsn:
             if dsn:
