@@ -10,7 +10,7 @@ commits what is queued and closes the file, health last.
 
 import os
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -19,6 +19,7 @@ from nightowl.buffer import BufferError, BufferWriter
 from nightowl.checker import FrameChecker
 from nightowl.ingest import IngestFactory
 from nightowl.metrics import Metrics
+from nightowl.reuseport import ingest_service
 from nightowl.wire import token_hash
 from nightowl.migrate import mask_dsn
 
@@ -75,9 +76,9 @@ class NightowlService(service.MultiService):
         self.alerts = alerts(metrics=self.metrics, reactor=reactor) if alerts else None
         if self.alerts is not None and self.health is not None:
             self.health.status_observers.append(self.alerts.health_alerts.observe)
-        self.ingest = strports.service(with_backlog(options["listen"]), self.factory,
-                                       reactor=reactor)
-        self.ingest.setName("ingest")
+        # one of several ingest processes (nightowl.multiproc) shares the port
+        self.ingest = ingest_service(with_backlog(options["listen"]), self.factory,
+                                     reactor=reactor, reuse_port=options.get("reuse-port"))
         # Start order; stop runs the other way.
         self.ordered = [s for s in (self.health, self.buffer, self.supervisor, self.checker,
                                     self.alerts,
@@ -155,6 +156,8 @@ class NightowlService(service.MultiService):
 
     def listening_port(self):
         """The ingest IListeningPort once bound (tests use port 0)."""
+        if hasattr(self.ingest, "listening_port"):
+            return self.ingest.listening_port()
         waiting = getattr(self.ingest, "_waitingForPort", None)
         if waiting is None:
             return None

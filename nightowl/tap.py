@@ -179,6 +179,11 @@ PARAMETERS = [
      "inflated and checked off the writer thread."),
     ("dsn", None, None, "NIGHTOWL_DSN", _dsn("dsn"),
      "PostgreSQL DSN to drain into. Unset: buffer only."),
+    ("ingest-processes", None, 1, "NIGHTOWL_INGEST_PROCESSES",
+     _positive_int("ingest-processes"),
+     "Processes accepting on the --listen port (SO_REUSEPORT, Linux only), each with its "
+     "own buffer file (<buffer>, <buffer>.1, ...), writer thread and drain workers. "
+     "1: one process, as always."),
     ("drain-workers", None, 2, "NIGHTOWL_DRAIN_WORKERS", _non_negative_int("drain-workers"),
      "Number of drain worker processes (0 disables draining)."),
     ("batch-size", None, 5000, "NIGHTOWL_BATCH_SIZE", _positive_int("batch-size"),
@@ -287,6 +292,9 @@ class Options(usage.Options):
             raise usage.UsageError("--buffer: a file path is required")
         # the password itself only from the environment (never on a command line)
         self.opts["dashboard-password"] = env.get("NIGHTOWL_DASHBOARD_PASSWORD") or None
+        if self.opts["ingest-processes"] > 1:
+            from nightowl.multiproc.parent import check_options
+            check_options(self.opts)     # raises UsageError with one line
         if self.opts["max-inflated-bytes"] < self.opts["max-frame-bytes"]:
             raise usage.UsageError(
                 "--max-inflated-bytes must be at least --max-frame-bytes")
@@ -315,6 +323,11 @@ def makeService(options, reactor=None):
     """
     Build the root service from parsed options.
     """
+    if (options.get("ingest-processes") or 1) > 1:
+        from nightowl.multiproc.parent import make_parent
+        if options["dashboard"]:
+            dashboard_password(options)     # an open dashboard is refused before any spawn
+        return make_parent(options, reactor=reactor)
     from nightowl.service import NightowlService
     alerts = None
     if options["dsn"] and options["alerts"] == "on":
