@@ -270,8 +270,9 @@ class IngestParent(service.MultiService):
         self.failed = line
         self.log.critical("{line}", line=line)
         sys.stderr.write(line + "\n")
-        self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
-        if self.reactor.running:
+        if getattr(self.reactor, "running", False):
+            # twistd has no exit code of its own: end with 1 once everything stopped
+            self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
             self.reactor.stop()
 
     def stopService(self):
