@@ -63,6 +63,9 @@ def configure(parser):
                         help="also drive the bare server from 2 generator processes "
                              "(half the connections each): if the total does not rise, "
                              "one generator was not the bottleneck")
+    parser.add_argument("--processes", default="2",
+                        help="also run the agent with --ingest-processes N for each N listed "
+                             "(comma-separated; default 2; 'none' skips)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (buffer, logs)")
 
@@ -134,6 +137,19 @@ def _wait_port(proc, port, timeout, log_path):
                        .format(port, timeout, _last_line(log_path)))
 
 
+def _wait_line(proc, log_path, text, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with open(log_path, errors="replace") as f:
+                if text in f.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise CommandError("the agent did not log {!r}: {}".format(text, _last_line(log_path)))
+
+
 def _last_line(path):
     try:
         with open(path, errors="replace") as f:
@@ -174,7 +190,7 @@ def start_bare_server():
     return proc, int(line.split()[1])
 
 
-def start_agent(tmp, port, startup_timeout):
+def start_agent(tmp, port, startup_timeout, extra=(), ready_line=None):
     log_path = os.path.join(tmp, "agent.log")
     buffer_path = os.path.join(tmp, "buffer.sqlite")
     # twistd (not `python -m twisted`, which is the `twist` runner): -n keeps it
@@ -182,12 +198,14 @@ def start_agent(tmp, port, startup_timeout):
     argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
             "--pidfile=", "-n", "--logfile", log_path,
             "nightowl", "--listen", "tcp:{}:interface=127.0.0.1".format(port),
-            "--buffer", buffer_path, "--drain-workers", "0", "--health", "none"]
+            "--buffer", buffer_path, "--drain-workers", "0", "--health", "none"] + list(extra)
     cwd = _REPO if os.path.isdir(os.path.join(_REPO, "twisted", "plugins")) else tmp
     with open(os.path.join(tmp, "agent.stdout"), "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=_env())
     try:
         _wait_port(proc, port, startup_timeout, log_path)
+        if ready_line:
+            _wait_line(proc, log_path, ready_line, startup_timeout)
     except CommandError:
         _stop(proc)
         raise
@@ -196,14 +214,16 @@ def start_agent(tmp, port, startup_timeout):
 
 # -- measuring -------------------------------------------------------------
 
-def measure(port, frames_path, server_pid, concurrency, duration, split, rate=None):
-    """One generator run; adds the server's CPU share and the generator's."""
-    cpu0, t0 = _cpu_seconds(server_pid), time.monotonic()
+def measure(port, frames_path, server_pid, concurrency, duration, split, rate=None,
+            cpu=None):
+    """One generator run; adds the server's CPU share (``cpu(pid)``) and the generator's."""
+    _cpu = cpu or _cpu_seconds
+    cpu0, t0 = _cpu(server_pid), time.monotonic()
     proc = loadgen.start_load("127.0.0.1", port, frames_path, concurrency,
                               duration=duration, rate=rate, split=split)
     out, err = proc.communicate()
     elapsed = time.monotonic() - t0
-    cpu1 = _cpu_seconds(server_pid)
+    cpu1 = _cpu(server_pid)
     if proc.returncode != 0:
         raise CommandError("the load generator failed: {}".format(
             (err.strip().splitlines() or ["exit {}".format(proc.returncode)])[-1]))
@@ -266,6 +286,8 @@ def _verdict(ok):
 def run(args):
     if args.duration <= 0 or args.concurrency <= 0 or args.rate_for_latency <= 0:
         raise CommandError("--duration, --concurrency and --rate-for-latency must be > 0")
+    from nightowl.bench import ingest_procs
+    ingest_procs.parse_counts(args.processes)   # a bad list stops before anything starts
     loadgen.binary()  # compile first: a compiler problem stops before anything starts
     tmp = tempfile.mkdtemp(prefix="nightowl-bench-ingest-")
     try:
@@ -335,10 +357,18 @@ def _run(args, tmp):
             say("agent: not measured: {}".format(agent_error))
 
     _table(summary, bare, say)
+    if not args.bare_only and not agent_error:
+        from nightowl.bench import ingest_procs
+        runs = [ingest_procs.run_processes(args, tmp, frames_path, n, say)
+                for n in ingest_procs.parse_counts(args.processes) if n > 1]
+        summary["scaling"] = ingest_procs.scaling(summary, runs, say)
     print(json.dumps(summary, sort_keys=True), flush=True)
     if agent_error:
         return 1
     if summary["buffered"] is not None and summary["buffered"] < summary["acked"]:
+        return 1
+    if any(r["buffered"] < r["acked"] for r in
+           (summary.get("scaling") or {}).get("by_processes", {}).values()):
         return 1
     return 0
 
