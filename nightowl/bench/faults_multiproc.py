@@ -31,7 +31,8 @@ def multi_agent(buffer_path, processes=2, args=(), port=None):
     """A L{faults.Agent} running ``processes`` ingest processes on a fixed free port."""
     port = port or free_port()
     return faults.Agent(buffer_path, ["--ingest-processes", str(processes),
-                                      "--listen", "tcp:{}:interface=127.0.0.1".format(port)]
+                                      "--listen", "tcp:{}:interface=127.0.0.1".format(port),
+                                      "--dashboard", "none"]
                         + list(args))
 
 
