@@ -52,6 +52,11 @@ PARAMETERS = [
      "inflated and checked off the writer thread."),
     ("dsn", None, None, "NIGHTOWL_DSN", coerce.dsn("dsn"),
      "PostgreSQL DSN to drain into. Unset: buffer only."),
+    ("ingest-processes", None, 1, "NIGHTOWL_INGEST_PROCESSES",
+     coerce.positive_int("ingest-processes"),
+     "Processes accepting on the --listen port (SO_REUSEPORT, Linux only), each with its "
+     "own buffer file (<buffer>, <buffer>.1, ...), writer thread and drain workers. "
+     "1: one process, as always."),
     ("drain-workers", None, 2, "NIGHTOWL_DRAIN_WORKERS", coerce.non_negative_int("drain-workers"),
      "Number of drain worker processes (0 disables draining)."),
     ("batch-size", None, 5000, "NIGHTOWL_BATCH_SIZE", coerce.positive_int("batch-size"),
@@ -160,6 +165,9 @@ class Options(usage.Options):
             raise usage.UsageError("--buffer: a file path is required")
         # the password itself only from the environment (never on a command line)
         self.opts["dashboard-password"] = env.get("NIGHTOWL_DASHBOARD_PASSWORD") or None
+        if self.opts["ingest-processes"] > 1:
+            from nightowl.multiproc.parent import check_options
+            check_options(self.opts)     # raises UsageError with one line
         if self.opts["max-inflated-bytes"] < self.opts["max-frame-bytes"]:
             raise usage.UsageError(
                 "--max-inflated-bytes must be at least --max-frame-bytes")
@@ -189,6 +197,12 @@ def makeService(options, reactor=None):
     The wiring diagram: read the parsed Options once and build each service
     from the named values it needs; the root service starts them in order.
     """
+    if options["ingest-processes"] > 1:
+        # N agents on one SO_REUSEPORT port under a parent (nightowl.multiproc)
+        from nightowl.multiproc.parent import make_parent
+        if options["dashboard"]:
+            dashboard_password(options)     # an open dashboard is refused before any spawn
+        return make_parent(options, reactor=reactor)
     if reactor is None:
         from twisted.internet import reactor
     from nightowl.buffer.writer import BufferWriter
@@ -218,7 +232,11 @@ def makeService(options, reactor=None):
                             max_inflated_bytes=options["max-inflated-bytes"],
                             frame_timeout=options["frame-timeout"], reactor=reactor,
                             checker=checker)
-    ingest = ListenerService(with_backlog(options["listen"]), factory, reactor, name="ingest")
+    if options.get("reuse-port"):   # one of several ingest processes shares the port
+        from nightowl.reuseport import ReusePortService
+        ingest = ReusePortService(with_backlog(options["listen"]), factory, reactor=reactor)
+    else:
+        ingest = ListenerService(with_backlog(options["listen"]), factory, reactor, name="ingest")
     supervisor = DrainSupervisor(
         buffer, metrics, dsn=dsn, workers=workers, batch_size=options["batch-size"],
         batch_bytes=options["batch-bytes"], environment=options["environment"],

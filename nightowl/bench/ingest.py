@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from nightowl.bench import loadgen, payloads, procfs
+from nightowl.bench import ingest_procs, loadgen, payloads, procfs
 from nightowl.bench.agent import Agent, agent_env
 from nightowl.errors import CommandError
 
@@ -58,6 +58,9 @@ def configure(parser):
                         help="also drive the bare server from 2 generator processes "
                              "(half the connections each): if the total does not rise, "
                              "one generator was not the bottleneck")
+    parser.add_argument("--processes", default="2",
+                        help="also run the agent with --ingest-processes N for each N listed "
+                             "(comma-separated; default 2; 'none' skips)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (buffer, logs)")
 
@@ -99,14 +102,15 @@ def start_bare_server():
 
 # -- measuring -------------------------------------------------------------
 
-def measure(port, frames_path, server_pid, concurrency, duration, split, rate=None):
-    """One generator run; adds the server's CPU share and the generator's."""
-    cpu0, t0 = procfs.cpu_seconds(server_pid), time.monotonic()
+def measure(port, frames_path, server_pid, concurrency, duration, split, rate=None,
+            cpu=procfs.cpu_seconds):
+    """One generator run; adds the server's CPU share (``cpu(pid)``) and the generator's."""
+    cpu0, t0 = cpu(server_pid), time.monotonic()
     proc = loadgen.start_load("127.0.0.1", port, frames_path, concurrency,
                               duration=duration, rate=rate, split=split)
     out, err = proc.communicate()
     elapsed = time.monotonic() - t0
-    cpu1 = procfs.cpu_seconds(server_pid)
+    cpu1 = cpu(server_pid)
     if proc.returncode != 0:
         raise CommandError("the load generator failed: {}".format(
             (err.strip().splitlines() or ["exit {}".format(proc.returncode)])[-1]))
@@ -169,6 +173,7 @@ def _verdict(ok):
 def run(args):
     if args.duration <= 0 or args.concurrency <= 0 or args.rate_for_latency <= 0:
         raise CommandError("--duration, --concurrency and --rate-for-latency must be > 0")
+    ingest_procs.parse_counts(args.processes)   # a bad list stops before anything starts
     loadgen.binary()  # compile first: a compiler problem stops before anything starts
     tmp = tempfile.mkdtemp(prefix="nightowl-bench-ingest-")
     try:
@@ -233,6 +238,9 @@ def _run(args, tmp):
     if not args.bare_only:
         try:
             summary.update(_agent_runs(args, tmp, frames_path, bare, say))
+            runs = [ingest_procs.run_processes(args, tmp, frames_path, n, say)
+                    for n in ingest_procs.parse_counts(args.processes) if n > 1]
+            summary["scaling"] = ingest_procs.scaling(summary, runs, say)
         except CommandError as e:
             agent_error = str(e)
             say("agent: not measured: {}".format(agent_error))
@@ -242,6 +250,9 @@ def _run(args, tmp):
     if agent_error:
         return 1
     if summary["buffered"] is not None and summary["buffered"] < summary["acked"]:
+        return 1
+    if any(r["buffered"] < r["acked"] for r in
+           (summary.get("scaling") or {}).get("by_processes", {}).values()):
         return 1
     return 0
 
