@@ -289,11 +289,11 @@ class ReusePortTests(unittest.TestCase):
         first = reuseport.ReusePortService("tcp:0:interface=127.0.0.1", Factory(),
                                            reactor=reactor)
         first.startService()
-        port = first.listening_port().getHost().port
+        port = first.port().getHost().port
         second = reuseport.ReusePortService("tcp:{}:interface=127.0.0.1".format(port),
                                             Factory(), reactor=reactor)
         second.startService()
-        self.assertEqual(second.listening_port().getHost().port, port)
+        self.assertEqual(second.port().getHost().port, port)
         plain = socket.socket()
         try:
             with self.assertRaises(OSError):
