@@ -93,17 +93,23 @@ def _oldest(conn, kind):
     return {"minute": minute, "hour": hour}
 
 
-def _rows_sql(kind, environment, segs, group_key=None):
+#: _rows_sql(group_key=LATERAL): the rows of the outer query's group ``t.group_key``
+LATERAL = object()
+
+
+def _rows_sql(kind, environment, segs, group_key=None,
+              columns="bucket, group_key, count, errors, sum_us, min_us, max_us, sketch"):
     parts, args = [], []
     for tier, start, end in segs:
-        sql = ("SELECT bucket, group_key, label, attrs, count, errors, sum_us, min_us, max_us, "
-               "sketch "
-               "FROM {} WHERE kind = %s AND bucket >= %s AND bucket < %s".format(TABLES[tier]))
+        sql = ("SELECT {} FROM {} WHERE kind = %s AND bucket >= %s AND bucket < %s".format(
+            columns, TABLES[tier]))
         args += [kind, start, end]
         if environment is not None:
             sql += " AND environment = %s"
             args.append(environment)
-        if group_key is not None:
+        if group_key is not None and group_key is LATERAL:
+            sql += " AND group_key = t.group_key"
+        elif group_key is not None:
             sql += " AND group_key = %s"
             args.append(group_key)
         parts.append(sql)
@@ -136,25 +142,29 @@ def top(conn, kind, since, until=None, environment=None, limit=20, order="p95"):
         return []
     segs = fall_back(segs, _oldest(conn, kind))
     rows_sql, args = _rows_sql(kind, environment, segs)
+    # the label of the kept groups only, from their latest row (index lookups):
+    # min(label) over every row cost more than merging the sketches
+    label_sql, label_args = _rows_sql(kind, environment, segs, LATERAL,
+                                      columns="bucket, label, attrs::text AS attrs")
     first = _q(0.95 if order == "p95" else 0.99) if order in ("p95", "p99") else "NULL::float8"
     sql = """
-        SELECT group_key, label, attrs, count, errors, sum_us, max_us,
+        SELECT t.group_key, lab.label, lab.attrs, count, errors, sum_us, max_us,
                {p50}, {p95}, {p99}
-        FROM (SELECT group_key, label, attrs, count, errors, sum_us, min_us, max_us, sk,
-                     {first} AS q1
-              FROM (SELECT group_key, min(label) AS label, min(attrs::text) AS attrs,
-                           sum(count)::bigint AS count, sum(errors)::bigint AS errors,
+        FROM (SELECT group_key, count, errors, sum_us, min_us, max_us, sk, {first} AS q1
+              FROM (SELECT group_key, sum(count)::bigint AS count, sum(errors)::bigint AS errors,
                            sum(sum_us) AS sum_us, min(min_us) AS min_us, max(max_us) AS max_us,
                            sum(sketch) AS sk
                     FROM ({rows}) AS r GROUP BY group_key) AS g
               ORDER BY {key} DESC NULLS LAST, group_key LIMIT %s) AS t
-        ORDER BY {key} DESC NULLS LAST, group_key""".format(
-        rows=rows_sql, first=first, p50=_q(0.5),
+        LEFT JOIN LATERAL (SELECT label, attrs FROM ({labels}) AS l
+                           ORDER BY bucket DESC LIMIT 1) AS lab ON true
+        ORDER BY {key} DESC NULLS LAST, t.group_key""".format(
+        rows=rows_sql, labels=label_sql, first=first, p50=_q(0.5),
         key={"p95": "q1", "p99": "q1"}.get(order, ORDERS[order]),
         p95="q1" if order == "p95" else _q(0.95),
         p99="q1" if order == "p99" else _q(0.99))
     cur = conn.cursor()
-    cur.execute(TUNING + sql, args + [int(limit)])
+    cur.execute(TUNING + sql, args + [int(limit)] + label_args)
     out = []
     for (group_key, label, attrs, count, errors, sum_us, max_us, p50, p95, p99) in cur.fetchall():
         out.append({"group_key": group_key, "target": _target(kind, label, attrs),
