@@ -4,9 +4,7 @@ Apply nightowl/schema/*.sql in order, each once, under an advisory lock.
 History lives in ``nightowl_migrations(name, applied_at)``.  Every migration
 runs in its own transaction which first takes
 ``pg_advisory_xact_lock(MIGRATION_LOCK)``: two agents migrating at once
-serialize, and the second finds the work done.  The whole run also holds the
-same key as a session lock, so one migrator applies every pending file and
-the others find nothing to do (not a file each).  Re-running is a no-op.
+serialize, and the second finds the work done.  Re-running is a no-op.
 After the migrations, the daily partitions are ensured.
 
 Also the ``nightowl migrate`` subcommand (``configure`` / ``run``).
@@ -54,13 +52,10 @@ def apply(dsn_or_conn, log=None, partitions=True):
     conn = psycopg2.connect(dsn_or_conn, connect_timeout=10,
                             application_name="nightowl-migrate") if own else dsn_or_conn
     applied = []
-    locked = False
     try:
         conn.autocommit = False
         with conn:
             cur = conn.cursor()
-            cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
-            locked = True
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             cur.execute(HISTORY_DDL)
         for name, sql in migrations():
@@ -78,13 +73,6 @@ def apply(dsn_or_conn, log=None, partitions=True):
             from nightowl.partitions import ensure_partitions
             ensure_partitions(conn, log=log)
     finally:
-        if locked and not conn.closed:
-            try:
-                conn.rollback()
-                conn.cursor().execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
-                conn.commit()
-            except psycopg2.Error:
-                pass    # the connection is gone, and its session lock with it
         if own:
             conn.close()
     return applied
