@@ -490,7 +490,7 @@ def test_sweep_drops_expired_partitions_only(fresh_pg_dsn):
     today = datetime.datetime.now(datetime.timezone.utc).strftime("_p%Y%m%d")
     assert any(name.endswith(today) for name in result["created"])
     again = health.sweep(fresh_pg_dsn, 14, ensure=False)
-    assert again == {"created": [], "dropped": [], "errors": [], "rollups_pruned": {}}
+    assert again == {"created": [], "dropped": [], "errors": []}
 
 
 def test_sweep_with_a_bad_dsn_raises_a_psycopg2_error():
