@@ -237,6 +237,18 @@ def _move_aside(path, reason, now):
     return target
 
 
+def own_buffer(path):
+    """Take the buffer's ownership lock (nightowl.bufferlock), or a one-line BufferError."""
+    from nightowl.bufferlock import BufferLock, BufferLocked
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), 0o750, exist_ok=True)
+        return BufferLock(path).acquire()
+    except BufferLocked as e:
+        raise BufferError(str(e))
+    except OSError as e:
+        raise BufferError("cannot lock buffer {}: {}".format(path, e.strerror or e))
+
+
 class BufferWriter(service.Service):
     """
     Owns the SQLite buffer through one dedicated thread.
@@ -252,12 +264,13 @@ class BufferWriter(service.Service):
 
     def __init__(self, path, reactor=None, max_queue=20000, max_pending=1000000,
                  clock=time.time, sync="normal",
-                 validate=None):
+                 validate=None, max_queue_bytes=64 * 1024 * 1024):
         if reactor is None:
             from twisted.internet import reactor
         self.path = path
         self.reactor = reactor
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
         self.max_pending = max_pending
         self.clock = clock
         self.sync = sync
@@ -271,8 +284,10 @@ class BufferWriter(service.Service):
         self.moved_aside = None
         self._queue = queue.SimpleQueue()
         self._batch = []
+        self._checked = []  # appends already checked (nightowl.checker): not validated again
         self._flush_scheduled = False
         self.inflight = 0  # appends handed over and not yet committed (reactor thread)
+        self.inflight_bytes = 0  # their bytes (reactor thread): --max-queue-bytes
         self._thread = None
         self._conn = None
         self._closed = False
@@ -307,6 +322,7 @@ class BufferWriter(service.Service):
         """
         if self._thread is not None:
             return
+        self._lock = own_buffer(self.path)
         ready = threading.Event()
         outcome = {}
         self._thread = threading.Thread(target=self._run, args=(ready, outcome),
@@ -316,6 +332,7 @@ class BufferWriter(service.Service):
         if "error" in outcome:
             self._thread.join()
             self._thread = None
+            self._lock.release()
             raise outcome["error"]
         self._checkpoint_stop = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop,
@@ -490,6 +507,7 @@ class BufferWriter(service.Service):
                 except sqlite3.Error:
                     pass
                 self._conn.close()
+                self._lock.release()
                 self.reactor.callFromThread(
                     self._deliver, [(d, None) for (_op, _arg, d) in closing])
                 return
@@ -523,8 +541,11 @@ class BufferWriter(service.Service):
         deltas = []
         validate = self.validate
         valid = {}
-        for op, batch, _d in ops:
+        for op, batch, checked in ops:
             if op != "append":
+                continue
+            if checked:
+                valid[id(batch)] = batch
                 continue
             good = []
             for item in batch:
@@ -588,16 +609,18 @@ class BufferWriter(service.Service):
                          "of this group", failure)
         for op, arg, d in ops:
             targets = [pd for (_payload, pd) in arg] if op == "append" else [d]
-            for target in targets:
+            for n, target in enumerate(targets):
                 if not target.called:
                     if op == "append":
                         self.inflight -= 1
+                        self.inflight_bytes -= len(arg[n][0])
                     target.errback(failure)
 
     def _deliver(self, results):
         for target, value in results:
             if type(target) is list:  # a batch of appends
                 self.inflight -= len(target)
+                self.inflight_bytes -= sum(len(payload) for payload, _d in target)
                 if isinstance(value, Failure):
                     for _payload, d in target:
                         d.errback(value)
@@ -612,11 +635,20 @@ class BufferWriter(service.Service):
     # -- operations (run on the writer thread, inside a transaction) --------
 
     def _op_claim(self, conn, arg, now):
-        worker, limit = arg
-        ids = [row[0] for row in conn.execute(
-            "UPDATE payloads SET state = ?, state_at = ? WHERE id IN "
-            "(SELECT id FROM payloads WHERE state = 0 ORDER BY id LIMIT ?) RETURNING id",
-            (CLAIMED + worker, now, limit))]
+        worker, limit, max_bytes = arg
+        if max_bytes is None:
+            ids = [row[0] for row in conn.execute(
+                "UPDATE payloads SET state = ?, state_at = ? WHERE id IN "
+                "(SELECT id FROM payloads WHERE state = 0 ORDER BY id LIMIT ?) RETURNING id",
+                (CLAIMED + worker, now, limit))]
+        else:
+            # bounded in bytes too (a running total; always at least one row)
+            ids = [row[0] for row in conn.execute(
+                "UPDATE payloads SET state = ?, state_at = ? WHERE id IN "
+                "(SELECT id FROM (SELECT id, sum(coalesce(size, 0)) OVER (ORDER BY id) AS total, "
+                "row_number() OVER (ORDER BY id) AS n FROM (SELECT id, size FROM payloads "
+                "WHERE state = 0 ORDER BY id LIMIT ?)) WHERE total <= ? OR n = 1) RETURNING id",
+                (CLAIMED + worker, now, limit, max_bytes))]
         ids.sort()
         return ids, [("pending", -len(ids)), ("claimed", len(ids))]
 
@@ -698,7 +730,7 @@ class BufferWriter(service.Service):
         self._queue.put((op, arg, d))
         return d
 
-    def refusal(self):
+    def refusal(self, size=0):
         """
         Why a new payload must be refused right now (back-pressure), or
         None.  Recovers by itself as the drain catches up.
@@ -709,10 +741,14 @@ class BufferWriter(service.Service):
         if self.inflight >= self.max_queue:
             self.back_pressure = True
             return "back-pressure"
+        if self.inflight_bytes + size > self.max_queue_bytes and self.inflight:
+            # bounded in bytes too: 16 senders of gzip bombs must not queue gigabytes
+            self.back_pressure = True
+            return "back-pressure"
         self.back_pressure = False
         return None
 
-    def append(self, payload):
+    def append(self, payload, checked=False):
         """
         Queue a payload; fires (with None) once it is committed.
 
@@ -721,8 +757,9 @@ class BufferWriter(service.Service):
         once per payload.
         """
         d = defer.Deferred()
-        self._batch.append((payload, d))
+        (self._checked if checked else self._batch).append((payload, d))
         self.inflight += 1
+        self.inflight_bytes += len(payload)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.reactor.callLater(0, self._flush)
@@ -730,18 +767,23 @@ class BufferWriter(service.Service):
 
     def _flush(self):
         self._flush_scheduled = False
-        batch, self._batch = self._batch, []
-        if not batch:
-            return
+        for batch, checked in ((self._batch, None), (self._checked, "checked")):
+            if batch:
+                self._hand_over(batch, checked)
+        self._batch, self._checked = [], []
+
+    def _hand_over(self, batch, checked):
         if self._thread is None or self._closed:
             self.inflight -= len(batch)
+            self.inflight_bytes -= sum(len(payload) for payload, _d in batch)
             for _payload, d in batch:
                 d.errback(BufferError("buffer is not open"))
             return
-        self._queue.put(("append", batch, None))
+        self._queue.put(("append", batch, checked))
 
-    def claim(self, worker, limit):
-        return self._submit("claim", (worker, limit))
+    def claim(self, worker, limit, max_bytes=None):
+        """Claim up to ``limit`` pending rows, and up to ``max_bytes`` of payload (>= 1 row)."""
+        return self._submit("claim", (worker, limit, max_bytes))
 
     def mark_drained(self, ids):
         return self._submit("mark_drained", list(ids))
@@ -843,6 +885,8 @@ class BufferWriter(service.Service):
             "quarantined": self.quarantined,
             "drained_kept": self.drained_kept,
             "queued": self.inflight,
+            "queued_bytes": self.inflight_bytes,
+            "max_queue_bytes": self.max_queue_bytes,
             "appended": self.appended,
             "commits": self.commits,
             "write_errors": self.write_errors,

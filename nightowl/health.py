@@ -100,12 +100,27 @@ def evaluate(snapshot, now):
         add("postgres-unreachable", "warning",
             "PostgreSQL is unreachable ({}); payloads wait in the buffer".format(
                 drain.get("last_error") or "connection failed"))
+    if draining:
+        from nightowl.drain import conditions
+        for code, level, message in conditions.reasons(drain):
+            add(code, level, message)
     for worker in snapshot.get("workers") or ():
+        frozen = worker.get("frozen_at")
+        if frozen is not None and now - frozen < CRASH_LOOP_WINDOW:
+            add("worker-frozen", "warning",
+                "drain worker {} sent nothing past its heartbeat timeout {:.0f} s ago and was "
+                "killed (stopped or wedged); its claim was released".format(
+                    worker.get("worker"), now - frozen))
         recent = [t for t in worker.get("restart_times") or () if now - t < CRASH_LOOP_WINDOW]
         if len(recent) >= CRASH_LOOP_RESTARTS:
             add("worker-crash-loop", "warning",
                 "drain worker {} restarted {} times in the last {:.0f} min".format(
                     worker.get("worker"), len(recent), CRASH_LOOP_WINDOW / 60))
+    skew = (snapshot.get("retention") or {}).get("clock_skew_seconds")
+    if skew is not None:
+        add("clock-skew", "warning",
+            "this host's clock is {:+.0f} s off the database's: retention drops nothing "
+            "until they agree (fix NTP)".format(skew))
     if (buf.get("quarantined") or 0) > 0:
         add("quarantined", "warning",
             "{} payloads are quarantined (Postgres refused them); see `nightowl buffer "
@@ -216,7 +231,8 @@ def _pgcode(error):
     return " ({})".format(code) if code else ""
 
 
-def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None, rollup_days=None):
+def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None, clock=None,
+          rollup_days=None):
     """
     One retention pass (blocking: run it in a thread): ensure the daily
     partitions ahead (when ``ensure``), drop the expired ones.  Returns
@@ -230,17 +246,28 @@ def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None, ro
         connect = psycopg2.connect
     log = log if log is not None else RecordingLog()
     conn = connect(dsn, connect_timeout=10, application_name="nightowl-retention")
+    skew = None
     try:
         created = partitions.ensure_partitions(conn, now=now, log=log) if ensure else []
-        dropped = partitions.drop_expired(conn, retention_days, now=now, log=log)
-        pruned = {}
+        try:
+            dropped = partitions.drop_expired(conn, retention_days, now=now, log=log,
+                                              **({"clock": clock} if clock else {}))
+        except partitions.ClockSkew as e:
+            dropped, skew = [], e
+        pruned = None
         if rollup_days:
             from nightowl.rollups import rebuild
             pruned = rebuild.prune(conn, *rollup_days)   # tier retention, database clock
     finally:
         conn.close()
-    return {"created": list(created), "dropped": list(dropped),
-            "errors": list(getattr(log, "errors", ())), "rollups_pruned": pruned}
+    result = {"created": list(created), "dropped": list(dropped),
+              "errors": list(getattr(log, "errors", ()))}
+    if pruned is not None:
+        result["rollups_pruned"] = pruned
+    if skew is not None:
+        # only present when retention refused: the clocks disagree
+        result["clock_skew"] = {"seconds": round(skew.skew, 1), "message": str(skew)}
+    return result
 
 
 # -- the retention timer -------------------------------------------------------
@@ -298,7 +325,14 @@ class RetentionService(service.Service):
         self._busy = d
 
         def done(result):
+            skewed = self.last.get("clock_skew")
             self.last = dict(result, at=self.reactor.seconds(), error=None)
+            if result.get("clock_skew") and not skewed:
+                # once per occurrence; /status reports it while it lasts
+                self.log.error("retention refused to drop partitions: {message}",
+                               message=result["clock_skew"]["message"])
+            elif skewed and not result.get("clock_skew"):
+                self.log.info("retention: the clocks agree again")
             for name in result.get("created") or ():
                 self.log.info("retention: created partition {name}", name=name)
             if result.get("dropped"):
@@ -426,6 +460,8 @@ class HealthService(service.MultiService):
         self._restart_times = {}
         self._check_call = None
         self.quarantined_counted = None
+        # called with (status, reasons) after every check (the health alerts)
+        self.status_observers = []
 
         resource = _Root()
         resource.putChild(b"status", StatusResource(self))
@@ -492,6 +528,10 @@ class HealthService(service.MultiService):
             now = self.reactor.seconds()
             self.observe(now)
             self.probe()
+            if self.status_observers:
+                status, reasons = evaluate(self.snapshot(), now)
+                for observer in self.status_observers:
+                    observer(status, reasons)
         except Exception:
             self.log.failure("health check")
         self._check_call = self.reactor.callLater(self.check_every, self._check)
@@ -634,11 +674,17 @@ class HealthService(service.MultiService):
                 "batches_failed": t.get("failures", 0),
                 "postgres_reachable": m.get("pg_reachable"),
                 "last_error": m.get("last_error"),
+                "blocked": m.get("blocked"),
+                "breaker": list(m.get("breaker") or ()),
                 "seconds_since_success": m.get("seconds_since_success"),
+                "frozen_at": m.get("frozen_at"),
+                "frozen_count": m.get("frozen_count", 0),
             })
 
         dsn = self.options.get("dsn")
         workers_configured = int(self.options.get("drain-workers") or 0)
+        from nightowl.drain import conditions
+        blocking = conditions.gather(self._drain_metrics().values())
         if reachable:
             postgres_reachable = all(reachable)
         else:
@@ -656,9 +702,10 @@ class HealthService(service.MultiService):
                 "last_dropped": list(last.get("dropped") or ()),
                 "last_error": last.get("error") or (last.get("errors") or [None])[-1],
                 "retention_days": self.options.get("retention-days"),
+                "clock_skew_seconds": (last.get("clock_skew") or {}).get("seconds"),
             }
 
-        return {
+        snap = {
             "version": nightowl.__version__,
             "uptime_seconds": _round(now - metrics.started),
             "ingest": {
@@ -717,11 +764,20 @@ class HealthService(service.MultiService):
                 "last_error": last_error[0],
                 "lag_seconds": _round(oldest),
                 "migrated": getattr(supervisor, "migrated", None),
+                "migration_error": getattr(supervisor, "migration_error", None),
+                "mode": ("buffer-only" if not dsn else
+                         "draining" if workers_configured > 0 and supervisor is not None
+                         else "disabled"),
+                "blocked": blocking["blocked"],
+                "breaker": blocking["breaker"],
             },
             "workers": workers,
             "process": process_figures(),
             "retention": retention,
         }
+        if getattr(metrics, "alerts", None) is not None:  # only with an alert dispatcher
+            snap["alerts"] = metrics.alerts
+        return snap
 
     def status(self):
         """The /status document: the snapshot with ``status`` and ``reasons`` first."""
@@ -735,7 +791,10 @@ class HealthService(service.MultiService):
         """(ok, reason): can the agent accept and commit payloads right now?"""
         snap = self.snapshot()
         _status, reasons = evaluate(snap, self.reactor.seconds())
-        critical = [r for r in reasons if r["level"] == "critical"]
+        from nightowl.drain.conditions import DRAIN_CODES
+        # the drain's own blocks do not stop the agent accepting and committing
+        critical = [r for r in reasons if r["level"] == "critical"
+                    and r["code"] not in DRAIN_CODES]
         if critical:
             return False, "; ".join("{}: {}".format(r["code"], r["message"]) for r in critical)
         return True, "ok"
@@ -808,6 +867,9 @@ METRICS = [
     ("nightowl_drain_workers_configured", "gauge", "drain-workers."),
     ("nightowl_worker_up", "gauge", "1 while drain worker N runs."),
     ("nightowl_worker_restarts_total", "counter", "Restarts of drain worker N."),
+    ("nightowl_alert_deliveries", "gauge",
+     "Alert deliveries by channel and state (pending, failed = retrying, sent, dead, digested)."),
+    ("nightowl_alert_sends_total", "counter", "Alert sends by this agent, by result (ok, failed)."),
     ("nightowl_process_resident_memory_bytes", "gauge", "RSS of the agent process."),
     ("nightowl_process_threads", "gauge", "Threads of the agent process."),
 ]
@@ -893,6 +955,12 @@ class _Collector:
                     [([str(w["worker"])], 1 if w["alive"] else 0) for w in snap["workers"]])
         yield counter("nightowl_worker_restarts_total", None, ["worker"],
                       [([str(w["worker"])], w["restarts"]) for w in snap["workers"]])
+        alerts = snap.get("alerts") or {}
+        yield gauge("nightowl_alert_deliveries", None, ["channel", "state"], [
+            ([name, state], n) for name, figures in sorted((alerts.get("channels") or {}).items())
+            for state, n in sorted(figures.items())])
+        yield counter("nightowl_alert_sends_total", None, ["result"], [
+            (["ok"], alerts.get("sends_ok", 0)), (["failed"], alerts.get("sends_failed", 0))])
         yield gauge("nightowl_process_resident_memory_bytes", proc["rss_bytes"])
         yield gauge("nightowl_process_threads", proc["threads"])
 

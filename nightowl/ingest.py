@@ -23,6 +23,7 @@ class IngestProtocol(Protocol):
 
     _finished = False
     _held = 0
+    _sized = False
 
     def connectionMade(self):
         factory = self.factory
@@ -41,6 +42,14 @@ class IngestProtocol(Protocol):
             self._refuse(e)
             return
         if frame is None:
+            if not self._sized and parser.declared is not None:
+                self._sized = True
+                checker = factory.checker
+                if (checker is not None and parser.declared > checker.threshold
+                        and checker.refusal_for(parser.declared)):
+                    # refused before its megabytes are read
+                    self._refuse(wire.FrameError("back-pressure", "frame checker full"))
+                    return
             held = parser.buffered
             metrics = factory.metrics
             metrics.inflight_bytes += held - self._held
@@ -49,22 +58,36 @@ class IngestProtocol(Protocol):
                 self._refuse(wire.FrameError("memory"))
             return
         self._finish()
+        checker = factory.checker
+        if checker is not None and checker.wants(frame):
+            # big or gzip: opened and checked off the reactor and the writer
+            reason = factory.buffer.refusal() or checker.refusal(frame)
+            if reason is not None:
+                self._refuse(wire.FrameError(reason, "frame checker or writer queue full"))
+                return
+            d = checker.open(frame)
+            d.addCallbacks(self._opened, self._notStored)
+            return
         try:
             payload = wire.open_frame(frame, factory.token_hash, factory.max_inflated_bytes)
         except wire.FrameError as e:
             self._refuse(e)
             return
+        self._opened(payload, checked=False)
+
+    def _opened(self, payload, checked=True):
+        factory = self.factory
         if payload is wire.PING:
             factory.metrics.pings += 1
             self._reply(wire.OK)
             return
         buffer = factory.buffer
-        reason = buffer.refusal()
+        size = len(payload)
+        reason = buffer.refusal(size)
         if reason is not None:
             self._refuse(wire.FrameError(reason))
             return
-        size = len(payload)
-        d = buffer.append(payload)
+        d = buffer.append(payload, checked=checked) if checked else buffer.append(payload)
         d.addCallbacks(self._stored, self._notStored, callbackArgs=(size,))
 
     def _stored(self, _ignored, size):
@@ -128,7 +151,7 @@ class IngestFactory(Factory):
 
     def __init__(self, buffer, metrics, token=None, max_frame_bytes=10 * 1024 * 1024,
                  max_inflated_bytes=64 * 1024 * 1024, frame_timeout=10.0,
-                 max_inflight_bytes=MAX_INFLIGHT_BYTES, reactor=None):
+                 max_inflight_bytes=MAX_INFLIGHT_BYTES, reactor=None, checker=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -139,6 +162,9 @@ class IngestFactory(Factory):
         self.max_inflated_bytes = max_inflated_bytes
         self.frame_timeout = frame_timeout
         self.max_inflight_bytes = max_inflight_bytes
+        # nightowl.checker.FrameChecker, or None: every frame opened here and
+        # checked on the writer thread
+        self.checker = checker
         self._last_logged = {}
         self._unlogged = {}
         self._watched = {}

@@ -50,6 +50,8 @@ class Metrics:
         self.inflight_bytes = 0
         # drain (filled by the supervisor from worker stats)
         self.drain = {}
+        # alerts (the dispatcher's status(), refreshed each round; None: no dispatcher)
+        self.alerts = None
 
     def accept(self, nbytes):
         self.accepted += 1

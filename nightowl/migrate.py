@@ -1,11 +1,14 @@
 """
 Apply nightowl/schema/*.sql in order, each once, under an advisory lock.
 
-History lives in ``nightowl_migrations(name, applied_at)``.  Every migration
-runs in its own transaction which first takes
-``pg_advisory_xact_lock(MIGRATION_LOCK)``: two agents migrating at once
-serialize, and the second finds the work done.  Re-running is a no-op.
-After the migrations, the daily partitions are ensured.
+History lives in ``nightowl_migrations(name, applied_at)``.  One run holds
+the session-level ``pg_advisory_lock(MIGRATION_LOCK)`` from before it reads
+the history until after the partitions are ensured (each migration still
+commits in its own transaction): two agents migrating at once serialize
+whole, and the second finds the work done.  Re-running is a no-op.
+
+``connect`` opens the DSN's database and, when it does not exist and the
+role may create databases, creates it first (one log line).
 
 Also the ``nightowl migrate`` subcommand (``configure`` / ``run``).
 """
@@ -15,6 +18,8 @@ import re
 from importlib import resources
 
 import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
 from twisted.logger import Logger
 
 _log = Logger(namespace="nightowl.migrate")
@@ -45,37 +50,106 @@ def mask_dsn(dsn):
     return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", dsn)
 
 
+CONNECT_OPTIONS = dict(connect_timeout=10, application_name="nightowl-migrate")
+
+
+def connect(dsn, log=None, create=True):
+    """
+    Connect to ``dsn``.  If its database does not exist (SQLSTATE 3D000) and
+    ``create``, create it when the role may (superuser or CREATEDB) and log
+    one line; otherwise the original error is raised.
+    """
+    log = log or _log
+    try:
+        return psycopg2.connect(dsn, **CONNECT_OPTIONS)
+    except psycopg2.OperationalError as e:
+        from nightowl import pgerrors
+        if not create or pgerrors.sqlstate(e) != "3D000":
+            raise
+        missing = e
+    params = psycopg2.extensions.parse_dsn(dsn)
+    name = params.get("dbname") or params.get("user")
+    if not name or not _create_database(dsn, name, log):
+        raise missing
+    return psycopg2.connect(dsn, **CONNECT_OPTIONS)
+
+
+def _create_database(dsn, name, log):
+    """CREATE DATABASE ``name`` from the maintenance database; False if not allowed."""
+    from psycopg2 import sql
+    admin = None
+    for maintenance in ("postgres", "template1"):
+        try:
+            admin = psycopg2.connect(dsn, dbname=maintenance, **CONNECT_OPTIONS)
+            break
+        except psycopg2.OperationalError:
+            continue
+    if admin is None:
+        return False
+    try:
+        admin.autocommit = True
+        cur = admin.cursor()
+        cur.execute("SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user")
+        row = cur.fetchone()
+        if not row or not row[0]:
+            return False
+        try:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except psycopg2.errors.DuplicateDatabase:
+            return True   # another agent made it just now
+        log.info("created database {name}: it did not exist and role {role} may create "
+                 "databases", name=name, role=admin.info.user)
+        return True
+    finally:
+        admin.close()
+
+
 def apply(dsn_or_conn, log=None, partitions=True):
     """Apply pending migrations; return the names applied (maybe empty)."""
     log = log or _log
     own = isinstance(dsn_or_conn, str)
-    conn = psycopg2.connect(dsn_or_conn, connect_timeout=10,
-                            application_name="nightowl-migrate") if own else dsn_or_conn
+    conn = connect(dsn_or_conn, log=log) if own else dsn_or_conn
     applied = []
     try:
         conn.autocommit = False
-        with conn:
-            cur = conn.cursor()
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            cur.execute(HISTORY_DDL)
-        for name, sql in migrations():
+        cur = conn.cursor()
+        cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        conn.commit()   # the session lock outlives this transaction
+        try:
             with conn:
-                cur = conn.cursor()
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                cur.execute("SELECT 1 FROM nightowl_migrations WHERE name = %s", (name,))
-                if cur.fetchone():
-                    continue
-                cur.execute(sql)
-                cur.execute("INSERT INTO nightowl_migrations (name) VALUES (%s)", (name,))
-            applied.append(name)
-            log.info("applied migration {name}", name=name)
-        if partitions:
-            from nightowl.partitions import ensure_partitions
-            ensure_partitions(conn, log=log)
+                conn.cursor().execute(HISTORY_DDL)
+            for name, sql in migrations():
+                with conn:
+                    cur = conn.cursor()
+                    cur.execute("SELECT 1 FROM nightowl_migrations WHERE name = %s", (name,))
+                    if cur.fetchone():
+                        continue
+                    cur.execute(sql)
+                    cur.execute("INSERT INTO nightowl_migrations (name) VALUES (%s)", (name,))
+                applied.append(name)
+                log.info("applied migration {name}", name=name)
+            if partitions:
+                from nightowl.partitions import ensure_partitions
+                ensure_partitions(conn, log=log)
+        finally:
+            _unlock(conn)
     finally:
         if own:
             conn.close()
     return applied
+
+
+def _unlock(conn):
+    """Release the session lock (closing the connection would too)."""
+    if conn.closed:
+        return
+    try:
+        if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+            conn.rollback()
+        conn.cursor().execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        conn.commit()
+    except psycopg2.Error:
+        pass
 
 
 # ---------------------------------------------------------------------------
@@ -90,18 +164,17 @@ def run(args):
     from nightowl.cli import CommandError
     if not args.dsn:
         raise CommandError("no DSN: pass --dsn or set NIGHTOWL_DSN")
+    from nightowl import pgerrors
     try:
-        conn = psycopg2.connect(args.dsn, connect_timeout=10, application_name="nightowl-migrate")
+        conn = connect(args.dsn)
     except psycopg2.Error as e:
-        first = (str(e).strip().splitlines() or ["connection failed"])[0]
         raise CommandError("cannot connect to {}: {}".format(
-            mask_dsn(args.dsn), mask_dsn(first)))
+            mask_dsn(args.dsn), pgerrors.describe(e)))
     try:
         try:
             applied = apply(conn)
         except psycopg2.Error as e:
-            raise CommandError("migration failed ({}): {}".format(
-                e.pgcode or "no SQLSTATE", (str(e).strip().splitlines() or [""])[0]))
+            raise CommandError("migration failed: {}".format(pgerrors.describe(e)))
     finally:
         conn.close()
     if applied:

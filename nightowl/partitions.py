@@ -15,6 +15,7 @@ ceiling so a busy parent cannot stall the sweep (hazard 44).
 
 import datetime
 import re
+import time
 
 from twisted.logger import Logger
 
@@ -95,33 +96,95 @@ def _create_child(cur, table, child, day):
         cur.execute("DROP TABLE nightowl_move")
 
 
-def drop_expired(conn, retention_days, now=None, log=None):
+class ClockSkew(Exception):
+    """
+    The local clock and the database's disagree by more than the bound:
+    retention refuses to drop anything (one wrong clock must not lose data).
+    ``skew`` is local minus database, in seconds.
+    """
+
+    def __init__(self, skew, bound):
+        Exception.__init__(self, skew, bound)
+        self.skew = skew
+        self.bound = bound
+
+    def __str__(self):
+        return ("local clock is {:+.0f} s off the database clock (bound {:.0f} s): "
+                "retention drops nothing until the clocks agree".format(self.skew, self.bound))
+
+
+# Retention refuses to drop while the clocks disagree by more than this.
+MAX_CLOCK_SKEW = 300.0
+
+
+def _as_datetime(now):
+    if isinstance(now, datetime.datetime):
+        return now if now.tzinfo else now.replace(tzinfo=datetime.timezone.utc)
+    return datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+
+
+def database_now(conn):
+    """The database's clock, as an aware datetime (``now()``: the transaction start)."""
+    cur = conn.cursor()
+    cur.execute("SELECT now()")
+    value = cur.fetchone()[0]
+    conn.rollback()
+    return _as_datetime(value)
+
+
+def check_clock(conn, clock=time.time, max_skew=MAX_CLOCK_SKEW):
+    """
+    The database's clock, after checking that ``clock()`` (the local one)
+    agrees with it within ``max_skew`` seconds; L{ClockSkew} otherwise.
+    """
+    db_now = database_now(conn)
+    skew = float(clock()) - db_now.timestamp()
+    if abs(skew) > max_skew:
+        raise ClockSkew(skew, max_skew)
+    return db_now
+
+
+def drop_expired(conn, retention_days, now=None, log=None, clock=time.time,
+                 max_skew=MAX_CLOCK_SKEW):
     """Drop daily children entirely older than the cutoff; delete expired DEFAULT rows.
 
-    The cutoff is ``now - retention_days`` (UTC).  Returns the dropped names.
+    The cutoff is ``now - retention_days``, where ``now`` is the database's
+    clock (``now()``), never the local one: a host whose clock runs ahead
+    must not drop the data others wrote.  The local ``clock()`` is only
+    compared with it, and L{ClockSkew} is raised (nothing dropped) when they
+    disagree by more than ``max_skew`` seconds.  ``now`` given explicitly
+    pins the reference time (tests and tools) and skips that comparison.
+
+    A child is dropped only if both its name and its catalogue bounds end
+    at or before the cutoff and a guard query finds no row at or after the
+    cutoff in it (the data's own ``created_at``).  Returns the dropped names.
     """
     log = log or _log
     if now is None:
-        now_dt = datetime.datetime.now(datetime.timezone.utc)
-    elif isinstance(now, datetime.datetime):
-        now_dt = now if now.tzinfo else now.replace(tzinfo=datetime.timezone.utc)
+        now_dt = check_clock(conn, clock, max_skew)
     else:
-        now_dt = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        now_dt = _as_datetime(now)
     cutoff = now_dt - datetime.timedelta(days=retention_days)
 
     def work(cur, table):
-        cur.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        cur.execute("SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                    "JOIN pg_class c ON c.oid = i.inhrelid "
                     "WHERE i.inhparent = %s::regclass ORDER BY 1", (table,))
         made = []
-        for (child,) in cur.fetchall():
+        for (child, bound) in cur.fetchall():
             m = _CHILD.search(child)
             if not m or child != "{}_p{}".format(table, m.group(1)):
                 continue
             day = datetime.datetime.strptime(m.group(1), "%Y%m%d").replace(
                 tzinfo=datetime.timezone.utc)
-            if day + datetime.timedelta(days=1) <= cutoff:
-                cur.execute("DROP TABLE {}".format(child))
-                made.append(child)
+            if day + datetime.timedelta(days=1) > cutoff:
+                continue
+            if not _expired_by_data(cur, child, bound, cutoff):
+                log.warn("retention: kept {child}: its bounds or rows are newer than the "
+                         "cutoff {cutoff}", child=child, cutoff=cutoff.isoformat())
+                continue
+            cur.execute("DROP TABLE {}".format(child))
+            made.append(child)
         cur.execute("DELETE FROM {}_pdefault WHERE created_at < %s".format(table), (cutoff,))
         deleted = cur.rowcount
         if made or deleted:
@@ -130,6 +193,23 @@ def drop_expired(conn, retention_days, now=None, log=None):
                      table=table, dropped=len(made), deleted=deleted)
         return made
     return _each_raw_table(conn, log, work, "retention failed for {table}")
+
+
+_UPPER = re.compile(r"TO \('([^']+)'\)")
+
+
+def _expired_by_data(cur, child, bound, cutoff):
+    """
+    True if ``child`` may go: its catalogue upper bound is at or before
+    ``cutoff`` and it holds no row created at or after it (an index probe).
+    """
+    m = _UPPER.search(bound or "")
+    if not m:
+        return False
+    cur.execute("SELECT %s::timestamptz <= %s, EXISTS (SELECT 1 FROM {} WHERE created_at >= %s)"
+                .format(child), (m.group(1), cutoff, cutoff))
+    bounded, newer = cur.fetchone()
+    return bool(bounded) and not newer
 
 
 def _each_raw_table(conn, log, work, failed):

@@ -4,8 +4,10 @@ Write one batch of buffer payload rows into PostgreSQL.
 ``BatchWriter.write(rows)`` takes ``[(buffer row id, exact payload bytes)]``
 and, in ONE transaction: asks the ledger which ids this buffer already
 committed (those are reported drained and not written again), COPYs every
-table, upserts issues, users, rollups (sorted by key: hazard 42), inserts the
-ledger row, commits.  ``synchronous_commit`` stays on: an asynchronously
+table, upserts issues, users and rollups (sorted by key: hazard 42; the issue
+statements, lifecycle events and alert outbox rows are nightowl.issues.upsert's,
+slow records against nightowl.issues.thresholds, rollups nightowl.rollups'),
+inserts the ledger row, commits.  ``synchronous_commit`` stays on: an asynchronously
 committed batch can vanish after the buffer already marked it drained.
 
 Errors are classified by SQLSTATE, never by message text (PHP §3.2):
@@ -20,7 +22,9 @@ Errors are classified by SQLSTATE, never by message text (PHP §3.2):
 * data errors (classes 21, 22, 23, 54) -> the payloads are bisected, each
   half in its own transaction with its own ledger row, until the poison
   payload is alone; it is quarantined with ``"<SQLSTATE> <table>"`` (never the
-  message: it can hold customer data) and the rest commits.
+  message: it can hold customer data) and the rest commits.  With a
+  ``breaker`` (nightowl.drain.breaker), an error it calls systematic holds
+  the failing rows instead (``BatchResult.held``: not written, kept pending).
 """
 
 import io
@@ -32,7 +36,8 @@ import psycopg2.extensions
 import psycopg2.extras
 from twisted.logger import Logger
 
-from nightowl import records
+from nightowl import pgerrors, records
+from nightowl.issues import thresholds as _thresholds, upsert as _issue_upsert
 from nightowl.rollups import aggregate as rollup_aggregate
 from nightowl.rollups import write as rollup_write
 
@@ -50,11 +55,13 @@ UNAVAILABLE_STATES = frozenset(("57P01", "57P02", "57P03", "53300"))
 
 
 class PostgresUnavailable(Exception):
-    """Postgres cannot take the batch now; back off and retry later (rows stay claimed)."""
+    """Postgres cannot take the batch now; back off and retry later (rows stay claimed).
+    ``cause`` is the one-line reason (nightowl.pgerrors.describe)."""
 
-    def __init__(self, message, sqlstate=None):
+    def __init__(self, message, sqlstate=None, cause=None):
         Exception.__init__(self, message)
         self.sqlstate = sqlstate
+        self.cause = cause or message
 
 
 class PostgresBusy(PostgresUnavailable):
@@ -65,10 +72,11 @@ class PostgresSchemaError(Exception):
     """The database refuses every batch (missing table/column, permissions,
     read-only...): an operator must act; nothing is quarantined."""
 
-    def __init__(self, message, sqlstate=None, table=None):
+    def __init__(self, message, sqlstate=None, table=None, cause=None):
         Exception.__init__(self, message)
         self.sqlstate = sqlstate
         self.table = table
+        self.cause = cause or message
 
 
 class BatchResult(NamedTuple):
@@ -78,6 +86,7 @@ class BatchResult(NamedTuple):
     rows_by_table: dict
     skipped: dict
     ledger_skipped: int = 0  # payloads already committed (a retry after a crash): not rewritten
+    held: list = []          # ids the quarantine breaker held back: not written, stay pending
 
 
 class _DataError(Exception):
@@ -113,10 +122,19 @@ class BatchWriter:
     log = Logger()
 
     def __init__(self, dsn, environment, buffer_id, ledger=True, clock=time.time, log=None,
-                 rollups=True):
+                 issues=True, thresholds=None, rollups=True, breaker=None):
         self.dsn = dsn
+        # issues=False: raw rows only (no issue upserts, thresholds, alerts); bench baseline
+        self.issues = issues
+        self.thresholds = thresholds if thresholds is not None or not issues else (
+            _thresholds.ThresholdCache())
+        self._perf = {}  # buffer row id -> slow-record aggregate, for the current write()
         self.rollups = rollups
         self._decoded = {}  # buffer row id -> decoded records, folded into rollups at write
+        # nightowl.drain.breaker.QuarantineBreaker: a systematic data error holds
+        # the rows (they stay pending) instead of quarantining them one by one
+        self.breaker = breaker
+        self._held = []
         self.environment = environment
         self.buffer_id = str(buffer_id)
         self.ledger = ledger
@@ -140,8 +158,9 @@ class BatchWriter:
             try:
                 conn = psycopg2.connect(self.dsn, **CONNECT_OPTIONS)
             except psycopg2.Error as e:
-                raise PostgresUnavailable("cannot connect to PostgreSQL ({})".format(
-                    e.pgcode or type(e).__name__), e.pgcode)
+                cause = pgerrors.describe(e)
+                raise PostgresUnavailable("cannot connect to PostgreSQL: " + cause,
+                                          pgerrors.sqlstate(e), cause)
             conn.autocommit = False
             self._conn = conn
         return conn
@@ -176,6 +195,9 @@ class BatchWriter:
         now = self.clock()
         quarantined = []
         items = []
+        table = self.thresholds.get(self._connection) if self.issues and self.thresholds \
+            else _thresholds.EMPTY
+        self._perf = perf = {}
         for row_id, payload in rows:
             try:
                 decoded = records.decode_payload(payload)
@@ -185,6 +207,10 @@ class BatchWriter:
                 quarantined.append((row_id, "invalid-json"))
                 continue
             items.append((row_id, records.encode_records(decoded, self.environment, now)))
+            if table:
+                slow = _thresholds.aggregate(decoded, table, now)
+                if slow:
+                    perf[row_id] = slow
             if self.rollups:
                 self._decoded[row_id] = decoded
         items.sort(key=lambda item: item[0])
@@ -200,7 +226,8 @@ class BatchWriter:
                           reasons=sorted(set(r for _, r in quarantined)))
         return BatchResult(drained=sorted(drained), quarantined=quarantined,
                            records=merged.records, rows_by_table=merged.rows_by_table(),
-                           skipped=dict(merged.skipped), ledger_skipped=ledger_skipped)
+                           skipped=dict(merged.skipped), ledger_skipped=ledger_skipped,
+                           held=sorted(self._held))
 
     def _write_items(self, items, now):
         drained, q, written = [], [], []
@@ -208,6 +235,7 @@ class BatchWriter:
         while True:
             attempt += 1
             self._ledger_skipped = 0
+            self._held = []
             try:
                 drained, q, written = [], [], []
                 self._write_bisect(items, now, drained, q, written)
@@ -252,8 +280,9 @@ class BatchWriter:
             self._rollback()
             if classify(e) == "connection":
                 self._discard()
-                raise PostgresUnavailable("PostgreSQL unavailable ({})".format(
-                    e.pgcode or type(e).__name__), e.pgcode)
+                cause = pgerrors.describe(e)
+                raise PostgresUnavailable("PostgreSQL unavailable: " + cause,
+                                          pgerrors.sqlstate(e), cause)
             raise
         return n
 
@@ -265,9 +294,15 @@ class BatchWriter:
         try:
             done, wrote = self._write_once(items, now)
         except _DataError as e:
+            breaker = self.breaker
+            if breaker is not None and breaker.holds(e.sqlstate, e.table):
+                self._held.extend(i for i, _ in items)
+                return
             if len(items) == 1:
                 reason = "{} {}".format(e.sqlstate, e.table)
                 quarantined.append((items[0][0], reason))
+                if breaker is not None:
+                    breaker.quarantined(e.sqlstate, e.table, items[0][0])
                 return
             half = len(items) // 2
             self._write_bisect(items[:half], now, drained, quarantined, written)
@@ -298,9 +333,10 @@ class BatchWriter:
                 for table, data in batch.copy_data().items():
                     self._step = table
                     cur.copy_expert(records.copy_sql(table), io.BytesIO(data))
-                if batch.issues:
+                slow = self._slow(todo)
+                if self.issues and (batch.issues or slow):
                     self._step = "nightowl_issues"
-                    self._upsert_issues(cur, batch.issues)
+                    self._upsert_issues(cur, batch.issues, slow)
                 if batch.users:
                     self._step = "nightowl_users"
                     self._upsert_users(cur, batch.users)
@@ -324,59 +360,33 @@ class BatchWriter:
             kind = classify(e)
             if kind == "connection":
                 self._discard()
-                raise PostgresUnavailable("PostgreSQL unavailable ({})".format(
-                    e.pgcode or type(e).__name__), e.pgcode)
+                cause = pgerrors.describe(e)
+                raise PostgresUnavailable("PostgreSQL unavailable: " + cause,
+                                          pgerrors.sqlstate(e), cause)
             if kind == "transient":
                 raise _Transient(e.pgcode)
             if kind == "data":
                 raise _DataError(e.pgcode, step)
-            self.log.error("PostgreSQL refused the batch: {sqlstate} on {table}",
-                           sqlstate=e.pgcode, table=step)
-            raise PostgresSchemaError("PostgreSQL refused the batch ({} on {})".format(
-                e.pgcode, step), e.pgcode, step)
+            # the worker logs it (at doublings only: it retries every few seconds)
+            cause = "{} (writing {})".format(pgerrors.describe(e), step)
+            raise PostgresSchemaError("PostgreSQL refused the batch: " + cause,
+                                      e.pgcode, step, cause)
         except BaseException:
             self._rollback()
             raise
         self._ledger_skipped += len(items) - len(todo)
         return [i for i, _ in items], todo
 
-    def _upsert_issues(self, cur, issues):
-        env = self.environment
-        rows = []
-        for fp in sorted(issues):
-            n, users, first, last, cls, msg, msg_ts, deploy = issues[fp]
-            rows.append((records.clean(fp), env, records.clean(cls), records.clean(msg),
-                         records.clean(deploy), first, last, n, msg_ts))
-        got = psycopg2.extras.execute_values(cur, """
-            INSERT INTO nightowl_issues AS i (type, status, group_hash, environment, exception_class,
-                exception_message, deploy, first_seen_at, last_seen_at, occurrences_count,
-                users_count, created_at, updated_at)
-            SELECT 'exception', 'open', v.fp, v.env, v.cls, v.msg, v.deploy, to_timestamp(v.first),
-                   to_timestamp(v.last), v.n, 0, now(), now()
-            FROM (VALUES %s) AS v (fp, env, cls, msg, deploy, first, last, n, msg_ts)
-            ORDER BY v.fp
-            ON CONFLICT (group_hash, type, environment) DO UPDATE SET
-                exception_message = CASE WHEN EXCLUDED.last_seen_at >= i.last_seen_at
-                                         THEN EXCLUDED.exception_message ELSE i.exception_message END,
-                first_seen_at = LEAST(i.first_seen_at, EXCLUDED.first_seen_at),
-                last_seen_at = GREATEST(i.last_seen_at, EXCLUDED.last_seen_at),
-                occurrences_count = i.occurrences_count + EXCLUDED.occurrences_count,
-                updated_at = now()
-            RETURNING i.id, i.group_hash""",
-            rows, template="(%s, %s, %s, %s, %s, %s::float8, %s::float8, %s::bigint, %s::float8)",
-            page_size=len(rows), fetch=True)
-        ids = dict((fp, issue_id) for issue_id, fp in got)
-        pairs = sorted((ids[records.clean(fp)], records.clean(uid))
-                       for fp, agg in issues.items() for uid in agg[1])
-        if not pairs:
-            return
-        psycopg2.extras.execute_values(cur, """
-            WITH ins AS (
-                INSERT INTO nightowl_issue_users (issue_id, user_id) VALUES %s
-                ON CONFLICT DO NOTHING RETURNING issue_id),
-            c AS (SELECT issue_id, count(*) AS n FROM ins GROUP BY issue_id)
-            UPDATE nightowl_issues i SET users_count = i.users_count + c.n
-            FROM c WHERE i.id = c.issue_id""", pairs, page_size=len(pairs))
+    def _slow(self, todo):
+        out = {}
+        for row_id, _ in todo:
+            part = self._perf.get(row_id)
+            if part:
+                _thresholds.merge(out, part)
+        return out
+
+    def _upsert_issues(self, cur, issues, slow):
+        _issue_upsert.write(cur, self.environment, issues, slow)
 
     def _upsert_users(self, cur, users):
         rows = []

@@ -1,9 +1,10 @@
 """
 The root service: explicit start order and stop order.
 
-Start: health, buffer writer, drain supervisor, ingest listener.
+Start: health, buffer writer, drain supervisor, frame checker, alert
+dispatcher (with a DSN), ingest listener.
 Stop, one at a time in reverse: ingest stops accepting (frames in flight
-are finished), the drain workers finish their batch and exit, the writer
+are finished), the checker hands over what it holds, the drain workers finish their batch and exit, the writer
 commits what is queued and closes the file, health last.
 """
 
@@ -15,20 +16,14 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from nightowl.buffer import BufferError, BufferWriter
+from nightowl.checker import FrameChecker
 from nightowl.ingest import IngestFactory
 from nightowl.metrics import Metrics
+from nightowl.wire import token_hash
+from nightowl.migrate import mask_dsn
 
 HOUSEKEEP_EVERY = 5.0
 RECOUNT_EVERY = 12  # housekeeping rounds between full recounts (a table scan)
-
-
-def mask_dsn(dsn):
-    """A DSN fit for logs: the password replaced by ***."""
-    if not dsn:
-        return dsn
-    import re
-    dsn = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", dsn)
 
 
 LISTEN_BACKLOG = 1024
@@ -52,7 +47,9 @@ class StartupError(Exception):
 class NightowlService(service.MultiService):
     log = Logger()
 
-    def __init__(self, options, reactor=None):
+    def __init__(self, options, reactor=None, alerts=None):
+        """``alerts``: None, or a factory ``alerts(metrics=, reactor=)`` of the
+        alert dispatcher (tap.makeService binds its settings)."""
         service.MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
@@ -62,24 +59,39 @@ class NightowlService(service.MultiService):
         self.buffer = BufferWriter(os.path.abspath(options["buffer"]), reactor=reactor,
                                    max_queue=options["max-queue"],
                                    max_pending=options["max-pending"],
-                                   sync=options["buffer-sync"])
+                                   sync=options["buffer-sync"],
+                                   max_queue_bytes=options["max-queue-bytes"])
+        self.checker = FrameChecker(
+            reactor, token_hash(options["token"]) if options["token"] is not None else None,
+            max_inflated_bytes=options["max-inflated-bytes"],
+            max_bytes=options["max-check-bytes"])
         self.factory = IngestFactory(
             self.buffer, self.metrics, token=options["token"],
             max_frame_bytes=options["max-frame-bytes"],
             max_inflated_bytes=options["max-inflated-bytes"],
-            frame_timeout=options["frame-timeout"], reactor=reactor)
+            frame_timeout=options["frame-timeout"], reactor=reactor, checker=self.checker)
         self.supervisor = self._make_supervisor()
         self.health = self._make_health()
+        self.alerts = alerts(metrics=self.metrics, reactor=reactor) if alerts else None
+        if self.alerts is not None and self.health is not None:
+            self.health.status_observers.append(self.alerts.health_alerts.observe)
         self.ingest = strports.service(with_backlog(options["listen"]), self.factory,
                                        reactor=reactor)
         self.ingest.setName("ingest")
         # Start order; stop runs the other way.
-        self.ordered = [s for s in (self.health, self.buffer, self.supervisor, self.ingest)
+        self.ordered = [s for s in (self.health, self.buffer, self.supervisor, self.checker,
+                                    self.alerts,
+                                    self.ingest)
                         if s is not None]
         for s in self.ordered:
             s.setServiceParent(self)
         self._housekeeper = task.LoopingCall(self._housekeep)
         self._housekeeper.clock = reactor
+
+    def add_service(self, svc):
+        """Start `svc` after the others and stop it first (the dashboard)."""
+        self.ordered.append(svc)
+        svc.setServiceParent(self)
 
     def _make_supervisor(self):
         try:
@@ -101,13 +113,14 @@ class NightowlService(service.MultiService):
 
     def privilegedStartService(self):
         """
-        Open the buffer (writability probe) and bind the listeners before
+        Bind the listeners, then open the buffer (writability probe), before
         anything else: a failure here stops startup with one line.
         """
         try:
-            self.buffer.open()
+            # listeners first: a port that cannot be bound leaves no buffer file behind
             for s in self.ordered:
                 s.privilegedStartService()
+            self.buffer.open()
         except BufferError as e:
             raise SystemExit("nightowl: {}".format(e))
         except CannotListenError as e:
@@ -130,7 +143,8 @@ class NightowlService(service.MultiService):
             token="enforced" if self.options["token"] is not None else "not enforced (any hash)",
             drain=("{} workers into {}".format(self.options["drain-workers"],
                                                mask_dsn(self.options["dsn"]))
-                   if self.options["dsn"] else "waiting for a DSN"))
+                   if self.options["dsn"] else
+                   "off: buffer-only mode, no --dsn / NIGHTOWL_DSN (payloads stay in the buffer)"))
 
     def listen_description(self):
         port = self.listening_port()

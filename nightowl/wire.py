@@ -128,6 +128,11 @@ class FrameParser:
         self.done = False
 
     @property
+    def declared(self):
+        """The frame's declared length once its prefix is read, else None."""
+        return self._length
+
+    @property
     def buffered(self):
         """Bytes held so far (for the in-flight memory cap)."""
         return len(self._prefix) + self._have
@@ -233,15 +238,13 @@ def open_frame(frame, expected_hash, max_inflated_bytes):
 
 
 def check_json_array(payload):
-    """Raise L{FrameError} unless ``payload`` is a JSON array (and not absurdly deep)."""
-    try:
-        value = orjson.loads(payload)
-    except orjson.JSONDecodeError as e:
-        raise FrameError("bad-json", str(e).split(":")[0])
-    if type(value) is not list:
-        raise FrameError("not-array", type(value).__name__)
-    if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH and json_depth(payload) > MAX_DEPTH:
-        raise FrameError("bad-json", "nested deeper than {}".format(MAX_DEPTH))
+    """
+    Raise L{FrameError} unless ``payload`` is a JSON array (and not absurdly
+    deep): L{nightowl.jsoncheck.check_json_array}, linear in time and bounded
+    in memory (a big payload is parsed in pieces).
+    """
+    from nightowl.jsoncheck import check_json_array as check
+    check(payload)
 
 
 def decode_payload(frame, expected_hash, max_inflated_bytes):
@@ -255,8 +258,8 @@ def decode_payload(frame, expected_hash, max_inflated_bytes):
 def json_depth(data):
     """
     The deepest nesting of arrays/objects in valid JSON ``data``, ignoring
-    brackets inside strings.  Only called when a cheap count says the
-    payload could be that deep.
+    brackets inside strings.  A per-byte Python loop kept as the reference
+    for tests; validation uses L{nightowl.jsoncheck.depth_exceeds}.
     """
     depth = deepest = 0
     in_string = escaped = False

@@ -7,27 +7,44 @@ unreachable the test fails with one clear line; it never skips.
 """
 
 import os
+import shutil
+import tempfile
 import uuid
 
 import pytest
 
-FIXTURES = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir,
-                        "shared", "fixtures", "nightwatch")
+#: SDK-shaped records, one file per record type, carried by the repository.
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "nightwatch")
 ADMIN_DSN = os.environ.get(
     "NIGHTOWL_TEST_ADMIN_DSN",
     "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5")
 
 
+_OWN_BASETEMP = []
+
+
+def pytest_configure(config):
+    """
+    tmp_path directories live in a base directory of this run only, removed
+    when the run ends: the suite leaves nothing behind in /tmp (pytest's own
+    default keeps the last runs under /tmp/pytest-of-<user>).
+    """
+    if config.option.basetemp is None:
+        base = tempfile.mkdtemp(prefix="nightowl-pytest-")
+        _OWN_BASETEMP.append(base)
+        config.option.basetemp = base
+
+
+def pytest_unconfigure(config):
+    while _OWN_BASETEMP:
+        shutil.rmtree(_OWN_BASETEMP.pop(), ignore_errors=True)
+
+
 def fixtures_dir():
-    """../shared/fixtures/nightwatch, found from the repo or the CI clone."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.environ.get("NIGHTOWL_FIXTURES"),
-                      os.path.join(here, "..", "..", "shared", "fixtures", "nightwatch"),
-                      "/work/shared/fixtures/nightwatch"):
-        if candidate and os.path.isdir(candidate):
-            return os.path.abspath(candidate)
-    pytest.fail("fixtures not found: set NIGHTOWL_FIXTURES to shared/fixtures/nightwatch",
-                pytrace=False)
+    """tests/fixtures/nightwatch: the in-repo copy, never anything outside the checkout."""
+    if not os.path.isdir(FIXTURES):
+        pytest.fail("fixtures not found at {}".format(FIXTURES), pytrace=False)
+    return FIXTURES
 
 
 def _admin():

@@ -6,6 +6,7 @@ buffer files, real Postgres.  Every error path is one line and an exit code.
 import datetime
 import io
 import json
+import os
 import sqlite3
 import time
 
@@ -221,6 +222,25 @@ def test_buffer_inspect_default_path_from_environment(tmp_path, monkeypatch, cap
     assert path in capsys.readouterr().out
 
 
+def test_buffer_commands_default_to_the_agents_buffer(tmp_path, monkeypatch, capsys):
+    """Without --buffer or NIGHTOWL_BUFFER: tap's default, not the current directory."""
+    from nightowl import tap
+    monkeypatch.chdir(tmp_path)
+    make_buffer(tmp_path / "nightowl-buffer.sqlite")     # the old cwd default: ignored
+    assert tap.parse([], environ={})["buffer"] == tap.DEFAULT_BUFFER
+    assert tap.DEFAULT_BUFFER == "/var/lib/nightowl/buffer.sqlite"
+    for action in ("inspect", "verify"):   # read-only: never touch a real buffer
+        code = cli.main(["buffer", action])
+        captured = capsys.readouterr()
+        if os.path.isfile(tap.DEFAULT_BUFFER):
+            assert tap.DEFAULT_BUFFER in captured.out + captured.err
+        else:
+            assert code == 1
+            assert captured.err == "nightowl buffer: no buffer file at {}\n".format(
+                tap.DEFAULT_BUFFER)
+        assert "nightowl-buffer.sqlite" not in captured.out + captured.err
+
+
 def test_buffer_requeue(tmp_path, capsys):
     path = make_buffer(tmp_path / "b.sqlite")
     assert cli.main(["buffer", "requeue", "--buffer", path]) == 0
@@ -417,7 +437,50 @@ def test_send_with_a_wrong_token_fails(agent, capsys):
     code = cli.main(["send", "--to", "127.0.0.1:{}".format(agent.port), "--token", "bad",
                      "--count", "3"])
     assert code == 1
-    assert "ok 0, error 3 (reply '5:ER' 3)" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "ok 0, error 3 (reply '5:ER' 3)" in captured.out
+    assert "send mixed: 0 ok, 3 failed in " in captured.err
+
+
+def test_send_progress_counts_deliveries_not_attempts(capsys):
+    """A receiver that acknowledges every other frame: progress shows 2:OK replies only."""
+    import socket
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    port = server.getsockname()[1]
+
+    def serve():
+        for n in range(10):
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while b":" not in data or len(data) < int(data.split(b":", 1)[0]) + \
+                        len(data.split(b":", 1)[0]) + 1:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                conn.sendall(b"2:OK" if n % 2 == 0 else b"5:ERROR")
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        code = cli.main(["send", "--to", "127.0.0.1:{}".format(port), "--count", "10",
+                         "--timeout", "5"])
+    finally:
+        thread.join(10)
+        server.close()
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "ok 5, error 5" in captured.out
+    progress = [line for line in captured.err.splitlines() if line.startswith("send mixed: ")]
+    assert progress[0] == "send mixed: started (10 to do)"
+    assert progress[-1].startswith("send mixed: 5 ok, 5 failed in ")
+    counted = [int(line.split()[2].split("/")[0]) for line in progress[1:-1]]
+    assert counted and max(counted) <= 5          # never the 10 attempts
+    assert "send mixed: 5/10 (50%) 4 failed" in captured.err
 
 
 def test_send_unreachable(capsys):

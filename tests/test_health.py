@@ -298,7 +298,7 @@ BUFFER_FIELDS = {"path", "buffer_id", "pending", "claimed", "quarantined", "drai
 DRAIN_FIELDS = {"enabled", "dsn_configured", "workers_configured", "payloads", "rows",
                 "records", "rows_by_table", "batches", "batches_failed", "quarantined",
                 "skipped", "ledger_skipped", "payload_rate", "row_rate", "postgres_reachable", "last_error",
-                "lag_seconds", "migrated"}
+                "lag_seconds", "migrated", "migration_error", "mode", "blocked", "breaker"}
 
 
 def test_status_counts_what_the_agent_did(agent):
@@ -318,6 +318,10 @@ def test_status_counts_what_the_agent_did(agent):
     assert doc["reasons"] == [{"code": "drain-disabled", "level": "info", "message":
                                "no DSN configured: payloads stay in the buffer "
                                "(set --dsn / NIGHTOWL_DSN)"}]
+    # no --dsn: buffer-only, said in /status and in the startup line
+    assert (doc["drain"]["mode"], doc["drain"]["blocked"], doc["drain"]["breaker"]) == (
+        "buffer-only", None, [])
+    assert "drain off: buffer-only mode, no --dsn / NIGHTOWL_DSN" in agent.log()
     assert doc["version"] == __import__("nightowl").__version__
     ing = doc["ingest"]
     assert ing["accepted"] == 3
@@ -546,3 +550,41 @@ def test_health_service_skips_ensure_when_the_supervisor_sweeps():
     assert health.HealthService(options, root, reactor=reactor).retention.ensure is True
     options["dsn"] = None
     assert health.HealthService(options, root, reactor=reactor).retention is None
+
+
+def test_refusals_and_the_breaker_are_critical_in_status_but_not_in_healthz():
+    """The agent still accepts and commits: /healthz stays 200; /status names SQLSTATE and table."""
+    reactor, root, h = fake_health(dsn="host=nowhere", **{"drain-workers": 1})
+    root.supervisor = type("Sup", (), {"migrated": True, "migration_error": None})()
+    drain = root.metrics.drain
+    drain[0] = {"worker": 0, "alive": True, "pid": 11, "pg_reachable": True,
+                "last_error": "permission denied (SQLSTATE 42501): permission denied for "
+                              "table nightowl_requests (writing nightowl_requests)",
+                "blocked": {"kind": "permission-denied", "sqlstate": "42501",
+                            "table": "nightowl_requests", "error": "permission denied ..."}}
+    doc = h.status()
+    assert doc["status"] == "critical"
+    assert [(r["code"], r["level"]) for r in doc["reasons"]] == [
+        ("permission-denied", "critical")]
+    assert "SQLSTATE 42501 on nightowl_requests" in doc["reasons"][0]["message"]
+    assert doc["drain"]["last_error"].startswith("permission denied (SQLSTATE 42501)")
+    assert doc["drain"]["blocked"]["table"] == "nightowl_requests"
+    assert doc["drain"]["mode"] == "draining"
+    assert h.healthz() == (True, "ok")
+    drain[0]["blocked"] = {"kind": "schema-missing", "sqlstate": "42P01",
+                           "table": "nightowl_requests", "error": "schema missing ..."}
+    root.supervisor.migration_error = "permission denied (SQLSTATE 42501): for schema public"
+    [reason] = h.status()["reasons"]
+    assert reason["code"] == "schema-missing"
+    assert "which failed: permission denied (SQLSTATE 42501)" in reason["message"]
+    drain[0]["blocked"] = None
+    drain[0]["breaker"] = [{"sqlstate": "22001", "table": "nightowl_requests",
+                            "open_seconds": 3.0, "held": 40, "threshold": 5}]
+    doc = h.status()
+    assert [(r["code"], r["level"]) for r in doc["reasons"]] == [
+        ("quarantine-breaker", "critical")]
+    assert "SQLSTATE 22001 on nightowl_requests" in doc["reasons"][0]["message"]
+    assert doc["workers"][0]["breaker"] == drain[0]["breaker"]
+    assert h.healthz() == (True, "ok")
+    drain[0]["alive"] = False      # a dead worker's report no longer counts
+    assert h.status()["drain"]["breaker"] == []

@@ -83,17 +83,25 @@ def test_every_metric_name_is_documented(readme):
 def test_every_status_rule_is_documented(readme):
     source = open(health.__file__, encoding="utf-8").read()
     codes = set(re.findall(r'add\("([a-z-]+)", "(critical|warning|info)"', source))
-    assert len(codes) == 9
+    assert len(codes) == 11   # 9 + clock-skew and worker-frozen (issue 14)
     for code, level in codes:
+        assert re.search(r"``{}``\s+{}\s".format(re.escape(code), level), readme), code
+    # the drain's blocking reasons (nightowl/drain/conditions.py) too
+    from nightowl.drain import conditions
+    source = open(conditions.__file__, encoding="utf-8").read()
+    drain_codes = set(re.findall(r'\("([a-z-]+)", "(critical|warning|info)",', source))
+    assert set(code for code, _level in drain_codes) == conditions.DRAIN_CODES
+    for code, level in drain_codes:
         assert re.search(r"``{}``\s+{}\s".format(re.escape(code), level), readme), code
 
 
 def test_the_ci_command_blocks_are_intact(readme):
     run = readme.split(".. _run-command:\n\n::\n\n", 1)[1].splitlines()[0]
     test = readme.split(".. _test-command:\n\n::\n\n", 1)[1].splitlines()[0]
+    # issue 9: user=postgres (a role a fresh machine has); nightowl creates the database
     assert run == ("    python3 -m pip install . && twistd -n nightowl --buffer "
                    "/var/lib/nightowl/buffer.sqlite --dsn \"host=127.0.0.1 dbname=nightowl "
-                   "user=nightowl\"")
+                   "user=postgres\"")
     assert test == ("    python3 -m pip install -e '.[test]' --config-settings "
                     "editable_mode=compat && python3 -m pytest -q")
 

@@ -33,7 +33,7 @@ class FakeBufferWriter:
         self.state[i] = 0
         return defer.succeed(i)
 
-    def claim(self, worker, limit):
+    def claim(self, worker, limit, max_bytes=None):
         self.calls.append(("claim", worker, limit))
         ids = sorted(i for i, s in self.state.items() if s == 0)[:limit]
         for i in ids:
@@ -256,7 +256,11 @@ class SupervisorTests(SynchronousTestCase):
         self.flushLoggedErrors()
 
     def test_dead_worker_is_released_and_respawned_with_growing_delays(self):
-        self.start()
+        sup = self.start()
+        # release and backoff only: shrinking a claim that keeps killing its
+        # worker (issue 14) is tested in tests/test_drain_poison.py
+        from nightowl.drain.poison import ClaimShrinker
+        sup.shrinker = ClaimShrinker(enabled=False)
         self.assertEqual(len(self.reactor.workers()), 2)
         delays = []
         for crash in range(7):
@@ -290,7 +294,7 @@ class SupervisorTests(SynchronousTestCase):
     def test_release_waits_for_a_claim_in_flight(self):
         pending = defer.Deferred()
         real_claim = self.buffer.claim
-        self.buffer.claim = lambda w, n: pending
+        self.buffer.claim = lambda w, n, max_bytes=None: pending
         self.start()
         w0 = self.reactor.workers()[0]["transport"]
         w0.say({"op": "claim", "limit": 5})
@@ -377,3 +381,61 @@ class SupervisorTests(SynchronousTestCase):
                  if "line" in e]
         self.assertEqual(lines, [(1, "error postgres unavailable (attempt 1)", "error"),
                                  (1, "info half", "info")])
+
+
+class MigrationRetryTests(SynchronousTestCase):
+    """A failed startup migration is retried with backoff until it succeeds."""
+
+    def setUp(self):
+        self.reactor = SpawningReactor()
+        self.buffer = FakeBufferWriter(count=3)
+        self.metrics = Metrics(self.reactor)
+
+    def test_failed_migration_is_retried_with_backoff_and_its_cause_logged(self):
+        from twisted.logger import globalLogPublisher, formatEvent
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        sup = DrainSupervisor(self.buffer, options(), self.metrics, reactor=self.reactor)
+        sup.migrate_backoff = lambda attempt: [2.0, 4.0, 8.0][attempt]
+        sup.startService()
+        cause = 'role missing (SQLSTATE 28000): role "nightowl" does not exist'
+        for n, delay in enumerate([2.0, 4.0]):
+            m = self.reactor.maintenance()[-1]
+            self.assertEqual(m["env"]["NIGHTOWL_MIGRATE"], "1")
+            m["transport"].say({"op": ipc.REPORT, "error": cause})
+            m["transport"].end(3)
+            self.assertEqual((sup.migrated, sup.migration_error), (False, cause))
+            lines = [formatEvent(e) for e in seen if "migration failed" in formatEvent(e)]
+            self.assertEqual(lines[-1], "migration failed: {}; retrying in {:.0f} s (attempt "
+                             "{}); payloads wait in the buffer".format(cause, delay, n + 1))
+            self.reactor.advance(delay - 0.5)
+            self.assertEqual(len(self.reactor.maintenance()), n + 1)   # not yet
+            self.reactor.advance(0.5)
+            self.assertEqual(len(self.reactor.maintenance()), n + 2)
+        # workers drain meanwhile (an existing schema may do); only once
+        self.assertEqual(len(self.reactor.workers()), 2)
+        self.reactor.maintenance()[-1]["transport"].end(0)
+        self.assertEqual((sup.migrated, sup.migration_error), (True, None))
+        self.reactor.advance(3000)
+        self.assertEqual(len(self.reactor.maintenance()), 3)          # no more retries
+        self.assertEqual(len(self.reactor.workers()), 2)
+
+    def test_stop_cancels_a_pending_retry(self):
+        sup = DrainSupervisor(self.buffer, options(**{"drain-workers": 0}), self.metrics,
+                              reactor=self.reactor)
+        sup.migrate_backoff = lambda attempt: 5.0
+        sup.startService()
+        self.assertEqual(self.reactor.maintenance(), [])    # 0 workers: no drain at all
+        sup.stopService()
+        sup = DrainSupervisor(self.buffer, options(), self.metrics, reactor=self.reactor)
+        sup.migrate_backoff = lambda attempt: 5.0
+        sup.startService()
+        self.reactor.maintenance()[-1]["transport"].end(3)
+        for w in self.reactor.workers():
+            w["transport"].end(0)
+        d = sup.stopService()
+        self.reactor.advance(60)
+        self.successResultOf(d)
+        self.assertEqual(len(self.reactor.maintenance()), 1)
+        self.flushLoggedErrors()

@@ -105,3 +105,73 @@ def test_tac_loads_same_service(tmp_path):
                          cwd=os.path.join(os.path.dirname(__file__), os.pardir))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["NightowlService", str(tmp_path / "b.sqlite")]
+
+
+# -- configuration errors through the real twistd ------------------------------------
+
+def _twistd(tmp_path, args, env=None):
+    from tests.integration.agent import TWISTD
+    environ = dict(os.environ)
+    for key in list(environ):
+        if key.startswith("NIGHTOWL_"):
+            del environ[key]
+    environ.update(env or {})
+    argv = TWISTD + ["-n", "--pidfile=", "nightowl", "--buffer", str(tmp_path / "b.sqlite"),
+                     "--health", "none"] + list(args)
+    return subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=60,
+                          cwd=str(tmp_path))
+
+
+@pytest.mark.parametrize("args,env,message", [
+    (["--max-pending", "lots"], {}, "nightowl: --max-pending: expected a whole number, got 'lots'"),
+    (["--listen", "tcp:99999"], {}, "nightowl: --listen: port 99999 is out of range (0-65535)"),
+    ([], {"NIGHTOWL_LISTEN": "tcp:99999"}, "nightowl: --listen: port 99999 is out of range"),
+    (["--listen", "tcp:port=70000:interface=127.0.0.1"], {}, "nightowl: --listen: port 70000"),
+    (["--dsn", "this is not a dsn"], {}, "nightowl: --dsn: not a PostgreSQL connection string"),
+    (["--health", "bogus:1"], {}, "nightowl: --health: 'bogus:1' is not a valid endpoint"),
+    (["--no-such-option"], {}, "nightowl: option --no-such-option not recognized"),
+])
+def test_twistd_configuration_errors_are_one_line_and_leave_no_files(tmp_path, args, env,
+                                                                     message):
+    out = _twistd(tmp_path, args, env)
+    assert out.returncode != 0
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert len(lines) == 1, out.stdout + out.stderr
+    assert lines[0].startswith(message), lines[0]
+    assert "Traceback" not in out.stderr and "Usage:" not in out.stdout
+    assert sorted(os.listdir(str(tmp_path))) == []   # no buffer, no -wal/-shm, no pid file
+
+
+def test_a_bad_dsn_is_not_echoed(tmp_path):
+    out = _twistd(tmp_path, ["--dsn", "host=h password=s3cret and then some"])
+    assert out.returncode != 0
+    assert "s3cret" not in out.stdout + out.stderr
+
+
+def test_twistd_port_in_use_is_one_line_and_leaves_no_buffer(tmp_path):
+    import socket
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        port = taken.getsockname()[1]
+        out = _twistd(tmp_path, ["--listen", "tcp:{}:interface=127.0.0.1".format(port)])
+    finally:
+        taken.close()
+    assert out.returncode != 0
+    errors = [line for line in (out.stdout + out.stderr).splitlines() if "nightowl:" in line]
+    assert errors and errors[-1].endswith(
+        "nightowl: cannot listen on 127.0.0.1:{}: Address already in use".format(port)), \
+        out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    assert not [n for n in os.listdir(str(tmp_path)) if n.startswith("b.sqlite")]
+
+
+def test_parse_checks_ports_and_dsn_without_io():
+    with pytest.raises(UsageError) as e:
+        tap.parse(["--listen", "tcp:65536"], environ={})
+    assert str(e.value) == "--listen: port 65536 is out of range (0-65535)"
+    assert tap.parse(["--listen", "tcp:0"], environ={})["listen"] == "tcp:0"
+    assert tap.parse(["--dsn", "postgresql://u@h/db"], environ={})["dsn"] == "postgresql://u@h/db"
+    with pytest.raises(UsageError):
+        tap.parse([], environ={"NIGHTOWL_DSN": "this is not a dsn"})

@@ -28,16 +28,18 @@ def configure(parser):
     parser.add_argument("action", choices=("inspect", "requeue", "verify"),
                         help="inspect: counts and oldest/quarantined rows; requeue: "
                              "quarantined -> pending; verify: integrity check")
+    from nightowl.tap import DEFAULT_BUFFER
     parser.add_argument("--buffer", default=None, metavar="PATH",
-                        help="the buffer file (default: NIGHTOWL_BUFFER, else "
-                             "nightowl-buffer.sqlite)")
+                        help="the buffer file (default: NIGHTOWL_BUFFER, else {}, as the "
+                             "agent)".format(DEFAULT_BUFFER))
     parser.add_argument("--limit", type=int, default=10,
                         help="rows listed per section by inspect (default 10)")
 
 
 def buffer_path(args):
     from nightowl.cli import CommandError
-    path = args.buffer or os.environ.get("NIGHTOWL_BUFFER") or "nightowl-buffer.sqlite"
+    from nightowl.tap import option_value
+    path = option_value("buffer", args.buffer, os.environ)   # where the agent keeps it
     if not os.path.isfile(path):
         raise CommandError("no buffer file at {}".format(path))
     return path
@@ -202,6 +204,13 @@ def run(args):
         inspect(path, max(0, args.limit))
         return 0
     if args.action == "requeue":
+        from nightowl.bufferlock import holder
+        owner = holder(path)
+        if owner is not None:
+            # safe beside the agent: small transactions on quarantined rows only,
+            # which the agent's writer does not change; it recounts them itself
+            print("{} is owned by the running agent (pid {}): requeueing beside it; the "
+                  "agent's counters catch up at its next recount".format(path, owner))
         moved = requeue(path)
         if not moved:
             print("no quarantined rows in {}".format(path))

@@ -2,7 +2,7 @@
 ``nightowl send``: a simulator.  Sends SDK-shaped payloads to an agent the
 way laravel/nightwatch does (one frame per connection, read up to 4 bytes,
 ``2:OK`` or it failed) and counts the outcomes.  Records come from
-nightowl.bench.payloads (the shared fixtures, else a built-in set), restamped
+nightowl.bench.payloads (the repository's fixtures, else a built-in set), restamped
 with fresh trace ids and the current time so they land in today's partitions.
 
 Scenarios: ``requests`` (a request with its queries, cache event and log),
@@ -115,7 +115,9 @@ def run(args):
             ok += 1
         else:
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        progress.update(n + 1)
+        # progress counts deliveries (2:OK replies), not attempts
+        failed = sum(outcomes.values())
+        progress.update(ok, note="{} failed".format(failed) if failed else "")
         if n == 2 and not ok and sum(outcomes.values()) == 3 and len(outcomes) == 1 \
                 and "refused" in next(iter(outcomes)).lower():
             progress.finish("aborted")

@@ -16,6 +16,8 @@ BENCHMARKS = {
     "e2e": ("nightowl.bench.e2e", "end to end: SDK frames to rows in PostgreSQL"),
     "faults": ("nightowl.bench.faults",
                "fault injection: every acknowledged payload must be delivered"),
+    "dashboard": ("nightowl.bench.dashboard",
+                  "10 million raw rows over 30 days: every dashboard page's server time"),
     "rollups": ("nightowl.bench.rollups",
                 "rollups: drain cost on/off, percentile accuracy, 24 h top for 1,000 routes"),
     "soak": ("nightowl.bench.soak",

@@ -14,7 +14,12 @@ machine:
    DrainSupervisor on a reactor, ``--workers`` worker processes; the clock runs
    from the first non-empty claim to the mark of the last payload;
 4. the same with the exactly-once ledger off (NIGHTOWL_LEDGER=0 for the
-   workers) to price the ledger.
+   workers) to price the ledger;
+5. with ``--issues-compare``: the same with issues off (NIGHTOWL_ISSUES=0:
+   no issue upserts, lifecycle events, outbox rows or threshold checks) run
+   first, as the baseline of the issues-on run (every run but this one has
+   issues on and the ``BENCH_THRESHOLDS`` below in its database): the ratio
+   on / off is printed (target >= 0.9).
 
 The last line printed is one JSON object with every figure.
 """
@@ -44,6 +49,8 @@ def configure(parser):
                              "are made and dropped)")
     parser.add_argument("--no-ledger-run", action="store_true",
                         help="skip the ledger-off run")
+    parser.add_argument("--issues-compare", action="store_true",
+                        help="also run with issues and thresholds off and print on/off")
     parser.add_argument("--profile", metavar="DIR",
                         help="run the workers under cProfile, one .prof file each in DIR")
 
@@ -79,6 +86,25 @@ def drop_database(admin_dsn, name):
         cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                     (name,))
         cur.execute("DROP DATABASE IF EXISTS " + name)
+    finally:
+        conn.close()
+
+
+#: thresholds of the issues-on runs: defaults near the fixture mix's medians, so a
+#: good share of the records is slow (a worst case), and overrides both ways
+BENCH_THRESHOLDS = [("request", "", 400), ("request", "GET|HEAD /api/users", 2000),
+                    ("query", "", 10), ("job", "", 1000), ("outgoing", "", 1000),
+                    ("outgoing", "api.stripe.com", 100), ("command", "", 10000),
+                    ("scheduled_task", "", 1000)]
+
+
+def seed_thresholds(dsn):
+    import psycopg2
+    from nightowl.issues import thresholds
+    conn = psycopg2.connect(dsn)
+    try:
+        for kind, target, ms in BENCH_THRESHOLDS:
+            thresholds.save(conn, kind, target, ms)
     finally:
         conn.close()
 
@@ -142,8 +168,8 @@ class _TimingWriter:
     def __getattr__(self, name):
         return getattr(self._writer, name)
 
-    def claim(self, worker, limit):
-        d = self._writer.claim(worker, limit)
+    def claim(self, worker, limit, max_bytes=None):
+        d = self._writer.claim(worker, limit, max_bytes=max_bytes)
 
         def note(ids):
             if ids and self.first_claim is None:
@@ -165,7 +191,7 @@ class _TimingWriter:
 
 
 def drain_once(reactor, buffer_path, dsn, total, workers, batch_size, ledger, profile=None,
-               extra_env=None):
+               issues=True, extra_env=None):
     """Deferred firing with (elapsed seconds, metrics.drain) for one drain run."""
     from twisted.internet import defer
     from nightowl.buffer import BufferWriter
@@ -178,6 +204,8 @@ def drain_once(reactor, buffer_path, dsn, total, workers, batch_size, ledger, pr
     timing.waiter = defer.Deferred()
     metrics = Metrics(reactor)
     env = {} if ledger else {"NIGHTOWL_LEDGER": "0"}
+    if not issues:
+        env["NIGHTOWL_ISSUES"] = "0"
     env.update(extra_env or {})
     options = {"dsn": dsn, "drain-workers": workers, "batch-size": batch_size,
                "environment": "bench", "buffer": buffer_path, "no-migrate": True}
@@ -250,12 +278,16 @@ def run(args):
             "one per table)".format(rows, elapsed, intake))
 
         # 2. the drain, ledger on / off
-        runs = [("on", True)] + ([] if args.no_ledger_run else [("off", False)])
+        runs = [("on", True, True)] + ([] if args.no_ledger_run else [("off", False, True)])
+        if args.issues_compare:
+            runs.insert(0, ("issues-off", True, False))
         jobs = []
-        for label, ledger in runs:
+        for label, ledger, issues in runs:
             path = os.path.join(tmp, "buffer-ledger-{}.sqlite".format(label))
             fill_buffer(path, payloads)
-            jobs.append((label, ledger, path, scratch()))
+            dsn = scratch()
+            seed_thresholds(dsn)
+            jobs.append((label, ledger, issues, path, dsn))
 
         results = {}
         from twisted.internet import reactor, defer
@@ -263,11 +295,12 @@ def run(args):
         @defer.inlineCallbacks
         def drive():
             try:
-                for label, ledger, path, dsn in jobs:
+                for label, ledger, issues, path, dsn in jobs:
                     elapsed, drain = yield drain_once(
                         reactor, path, dsn, len(payloads), args.workers, args.batch_size,
-                        ledger, profile=args.profile and os.path.join(args.profile, label))
-                    results[label] = (elapsed, drain)
+                        ledger, profile=args.profile and os.path.join(args.profile, label),
+                        issues=issues)
+                    results[label] = (elapsed, drain, dsn)
             except Exception as e:
                 results["error"] = e
             finally:
@@ -279,13 +312,15 @@ def run(args):
             raise CommandError("drain run failed: {!r}".format(results["error"]))
 
         figures = {}
-        for label, (elapsed, drain) in results.items():
+        for label, (elapsed, drain, dsn) in results.items():
             written = sum(int(m.get("rows", 0)) for m in drain.values())
             figures[label] = (elapsed, written)
-            say("drain, ledger {}: {} payloads, {} rows in {:.2f} s = {:,.0f} rows/s, "
-                "{:,.0f} payloads/s ({} workers, batch {})".format(
-                    label, len(payloads), written, elapsed, written / elapsed,
-                    len(payloads) / elapsed, args.workers, args.batch_size))
+            say("drain, {}: {} payloads, {} rows in {:.2f} s = {:,.0f} rows/s, "
+                "{:,.0f} payloads/s ({} workers, batch {}){}".format(
+                    "issues off" if label == "issues-off" else "ledger " + label,
+                    len(payloads), written, elapsed, written / elapsed,
+                    len(payloads) / elapsed, args.workers, args.batch_size,
+                    _issue_figures(dsn)))
         elapsed, written = figures["on"]
         rows_per_s = written / elapsed
         out = {"rows_per_s": round(rows_per_s), "payloads_per_s": round(len(payloads) / elapsed),
@@ -296,6 +331,13 @@ def run(args):
             off = figures["off"][1] / figures["off"][0]
             out["ledger_off_rows_per_s"] = round(off)
             out["ledger_cost_pct"] = round(100.0 * (off - rows_per_s) / off, 1)
+        out["issues_off_rows_per_s"] = out["issues_ratio"] = None
+        if "issues-off" in figures:
+            base = figures["issues-off"][1] / figures["issues-off"][0]
+            out["issues_off_rows_per_s"] = round(base)
+            out["issues_ratio"] = round(rows_per_s / base, 3)
+            say("issues and thresholds on / off: {:.3f} (target >= 0.9)".format(
+                out["issues_ratio"]))
         say("ratio to postgres intake: {:.2f}; targets: >= 60000 rows/s and >= 0.3".format(
             out["ratio"]))
         say(json.dumps(out, sort_keys=True))
@@ -307,6 +349,24 @@ def run(args):
             except Exception:
                 pass
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _issue_figures(dsn):
+    import psycopg2
+    conn = psycopg2.connect(dsn)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT type, count(*), coalesce(sum(occurrences_count), 0) "
+                    "FROM nightowl_issues GROUP BY type ORDER BY type")
+        rows = cur.fetchall()
+        cur.execute("SELECT count(*) FROM nightowl_alert_outbox")
+        (alerts,), = cur.fetchall()
+    finally:
+        conn.close()
+    if not rows:
+        return "; no issues"
+    return "; " + ", ".join("{} {} issues / {} occurrences".format(n, t, occ)
+                            for t, n, occ in rows) + ", {} outbox rows".format(alerts)
 
 
 class _Quiet:

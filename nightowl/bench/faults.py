@@ -803,8 +803,10 @@ def backpressure_trial(workdir, max_pending=200, dsn=None, log=print):
         agent = Agent(path, ["--drain-workers", "1", "--max-pending", str(max_pending),
                              "--dsn", dsn])
         with running(agent):
-            drained = wait_for(lambda: (agent.status() or {}).get("buffer", {}).get(
-                "pending", 1) == 0, 120.0, every=0.5)
+            # drained: neither pending nor claimed (a claimed batch still counts
+            # against --max-pending until its mark commits)
+            drained = wait_for(lambda: (lambda b: b.get("pending", 1) == 0 and b.get(
+                "claimed", 1) == 0)((agent.status() or {}).get("buffer", {})), 120.0, every=0.5)
             resumed = 0
             for _ in range(20):
                 seq += 1
@@ -1326,6 +1328,7 @@ def hostile_trial(workdir, generated=300, idle=500, slowloris=10, valid_rate=200
     violations += check["violations"]
     res.update({
         "outcomes": outcomes, "valid_sent": valid["started"], "valid_acked": valid["ok"],
+        "valid_p99_ms": valid.get("p99_ms"), "valid_p50_ms": valid.get("p50_ms"),
         "idle_closed": closed, "idle_connect_failed": idle_failed,
         "slowloris_closed": sum(1 for r in slow_results if r[0] == "closed"),
         "slowloris_max_s": round(max([r[2] for r in slow_results] or [0]), 1),
@@ -1901,7 +1904,9 @@ def configure(parser):
                         help="payloads/s sent during the drain trials (default 1500)")
     parser.add_argument("--only", default=None,
                         help="comma-separated faults to run: sigkill, back-pressure, "
-                             "disk-full, corrupt, hostile, agent-kill, worker-kill, pg-outage")
+                             "disk-full, corrupt, hostile, agent-kill, worker-kill, pg-outage, "
+                             "clock-skew, second-agent, big-frames, poison-claim, "
+                             "frozen-worker")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
@@ -1974,10 +1979,13 @@ def table(results):
             rows.append(("corrupt", r["case"], "ok" if r["ok"] else "FAIL",
                          "{}{}".format("/".join(r["outcomes"]),
                                        ", moved aside" if r.get("moved_aside") else "")))
+        elif "detail" in r:  # nightowl.bench.faults_guards
+            rows.append((r["fault"], r["trial"], "ok" if r["ok"] else "FAIL", r["detail"]))
         elif r["fault"] == "hostile":
             rows.append(("hostile", "{} frames".format(r["frames"]), "ok" if r["ok"] else "FAIL",
-                         "{}; valid {}/{}; idle closed {}/{}; slowloris {}/{}; RSS {}->{}->{} "
-                         "kB".format(r["outcomes"], r["valid_acked"], r["valid_sent"],
+                         "{}; valid {}/{} (ack p99 {} ms); idle closed {}/{}; slowloris {}/{}; "
+                         "RSS {}->{}->{} kB".format(r["outcomes"], r["valid_acked"],
+                                                     r["valid_sent"], r.get("valid_p99_ms"),
                                      r["idle_closed"], r["idle"], r["slowloris_closed"],
                                      r["slowloris"], r["rss_before_kb"], r["rss_peak_kb"],
                                      r["rss_after_kb"])))
@@ -1991,7 +1999,8 @@ def run(args):
     seed = args.seed if args.seed is not None else int(time.time())
     only = set(args.only.split(",")) if args.only else {
         "sigkill", "back-pressure", "disk-full", "corrupt", "hostile", "agent-kill",
-        "worker-kill", "pg-outage"}
+        "worker-kill", "pg-outage", "clock-skew", "second-agent", "big-frames", "poison-claim",
+        "frozen-worker"}
     tmp = tempfile.mkdtemp(prefix="nightowl-faults-")
     results = []
     errors = []
@@ -2063,6 +2072,23 @@ def run(args):
                 "a seeded random source" if made is None else "hypothesis"))
             attempt("hostile", hostile_trial, tmp, generated=args.generated, idle=args.idle,
                     slowloris=args.slowloris, seed=seed, chooser_frames=made, log=log)
+        from nightowl.bench import faults_guards
+
+        @contextlib.contextmanager
+        def dsn_for(fault):
+            if args.dsn is not None:
+                yield args.dsn
+                return
+            if args.admin_dsn == "none":
+                errors.append("{}: needs --dsn or --admin-dsn (skipped)".format(fault))
+                yield None
+                return
+            name, dsn = scratch.create_database(args.admin_dsn)
+            try:
+                yield dsn
+            finally:
+                scratch.drop_database(args.admin_dsn, name)
+        faults_guards.run_all(tmp, only, dsn_for, log, attempt)
     finally:
         if args.keep:
             log("kept {}".format(tmp))

@@ -1,10 +1,10 @@
 """
 SDK-shaped payloads and frames for the benchmarks and the fault suite.
 
-Records come from the shared fixtures (``NIGHTOWL_FIXTURES``, else
-``../shared/fixtures/nightwatch`` next to the repository, else
-``/work/shared/fixtures/nightwatch``).  When none is found (an installed
-package) a small built-in set of records stands in, so the tools still work.
+Records come from the fixtures (``NIGHTOWL_FIXTURES``, else the
+repository's own ``tests/fixtures/nightwatch``).  When none is found (an
+installed package) a small built-in set of records stands in, so the tools
+still work.
 
 Payloads are encoded the way the PHP SDK encodes them: compact JSON, UTF-8
 left unescaped, and ``/`` written as ``\\/`` (no ``JSON_UNESCAPED_SLASHES``).
@@ -101,8 +101,7 @@ def fixtures_dir():
     here = os.path.dirname(os.path.abspath(__file__))
     repo = os.path.normpath(os.path.join(here, os.pardir, os.pardir))
     for candidate in (os.environ.get("NIGHTOWL_FIXTURES"),
-                      os.path.join(repo, os.pardir, "shared", "fixtures", "nightwatch"),
-                      "/work/shared/fixtures/nightwatch"):
+                      os.path.join(repo, "tests", "fixtures", "nightwatch")):
         if candidate and os.path.isdir(candidate):
             return os.path.abspath(candidate)
     return None

@@ -12,6 +12,8 @@ HELLO = "hello"
 CLAIM = "claim"
 DONE = "done"
 STATS = "stats"
+HEARTBEAT = "heartbeat"   # every few seconds from a thread: "not frozen"
+REPORT = "report"    # the maintenance child's outcome: {"op": "report", "error": "<one line>"}
 # supervisor -> worker
 CLAIMED = "claimed"
 MARKED = "marked"

@@ -9,6 +9,10 @@ hourly partition sweep (``python -m nightowl.drain.worker maintenance``, a
 killable child with a deadline: a migration stuck on a lock never holds up
 ingest or shutdown).
 
+A failed startup migration is retried with ``backoffPolicy`` (1 s doubling to
+60 s) until it succeeds; each failure is one log line naming the cause
+(``nightowl.pgerrors``: role missing, database missing, schema missing ...).
+
 IPC: docs/design.rst, "Drain worker IPC".  Supervision: a dead worker's claims
 are released, then it is respawned after 1 s, doubling per crash up to 60 s;
 the delay resets once a worker stayed up 60 s.  Stop: ``stop`` to every
@@ -21,10 +25,13 @@ import sys
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol
+from twisted.application.internet import backoffPolicy
 from twisted.logger import Logger, LogLevel
 
 import nightowl
 from nightowl.drain import ipc
+from nightowl.drain.poison import ClaimShrinker
+from nightowl.drain.watchdog import DEFAULT_TIMEOUT, Watchdog
 
 WORKER_MODULE = "nightowl.drain.worker"
 RESPAWN_FIRST = 1.0
@@ -37,6 +44,11 @@ MAINTENANCE_DEADLINE = 300.0
 MARK_RETRY_FIRST = 1.0
 MARK_RETRY_MAX = 30.0
 MAX_LINE = 1024 * 1024
+WATCH_EVERY = 5.0          # seconds between checks for silent (frozen) workers
+CLAIM_FAILURE_LOG_EVERY = 10.0
+# worker counters the supervisor carries across a worker's restarts
+COUNTERS = ("batches", "payloads", "records", "rows", "quarantined", "skipped",
+            "ledger_skipped", "failures")
 
 _PASSED_ENV = ("PATH", "PYTHONPATH", "HOME", "LANG", "NIGHTOWL_WORKER_NICE")
 
@@ -133,13 +145,23 @@ class MaintenanceProtocol(protocol.ProcessProtocol):
         self.what = what
         self.done = defer.Deferred()
         self.ended = False
+        self.error = None          # the child's one-line cause, if it failed
         self._err = b""
+        self._out = b""
 
     def connectionMade(self):
         self.transport.closeStdin()
 
     def outReceived(self, data):
-        pass
+        lines, self._out = _lines(self._out, data)
+        self._out = self._out[-MAX_LINE:]
+        for line in lines:
+            try:
+                message = ipc.decode(line)
+            except ipc.ProtocolError:
+                continue
+            if message["op"] == ipc.REPORT and message.get("error"):
+                self.error = str(message["error"])[:1000]
 
     def errReceived(self, data):
         lines, self._err = _lines(self._err, data)
@@ -175,6 +197,9 @@ class _Slot:
         self.restarts = 0
         self.respawn_call = None
         self.inflight = set()      # Deferreds of buffer operations for this worker
+        self.claim = ()            # ids of the claim handed out and not yet reported
+        self.carried = {}          # counters of this slot's earlier processes
+        self.last_stats = {}       # the current process's last reported counters
 
 
 class DrainSupervisor(service.Service):
@@ -185,9 +210,12 @@ class DrainSupervisor(service.Service):
 
     name = "drain"
     log = Logger()
+    #: delay before migration retry N (0, 1, ...): 1 s doubling to 60 s, with jitter
+    migrate_backoff = staticmethod(backoffPolicy(initialDelay=1.0, maxDelay=60.0, factor=2.0))
 
     def __init__(self, buffer_writer, options, metrics, reactor=None,
-                 worker_env=None, stop_grace=STOP_GRACE, kill_after=KILL_AFTER):
+                 worker_env=None, stop_grace=STOP_GRACE, kill_after=KILL_AFTER,
+                 worker_timeout=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -202,7 +230,15 @@ class DrainSupervisor(service.Service):
         self.maintenance = None
         self.maintenance_call = None
         self.migrated = None       # None: not tried, True/False: last outcome
+        self.migration_error = None  # the last failed migration's cause, one line
+        self.migrate_call = None
         self._stopped = None
+        self.shrinker = ClaimShrinker()
+        self.watchdog = Watchdog(worker_timeout or options.get("worker-timeout")
+                                 or DEFAULT_TIMEOUT)
+        self._watch_call = None
+        self._claim_failures = 0        # since the last report
+        self._claim_failure_logged = None
 
     # -- configuration -----------------------------------------------------
 
@@ -243,8 +279,8 @@ class DrainSupervisor(service.Service):
         service.Service.startService(self)
         self.stopping = False
         if self.dsn is None:
-            self.log.info("no DSN configured: payloads stay in the buffer; draining waits "
-                          "for a DSN (--dsn / NIGHTOWL_DSN)")
+            self.log.info("buffer-only mode: no DSN configured (--dsn / NIGHTOWL_DSN); "
+                          "payloads stay in the buffer until one is set")
             return
         count = int(self.options.get("drain-workers") or 0)
         if count <= 0:
@@ -253,7 +289,10 @@ class DrainSupervisor(service.Service):
         d = defer.maybeDeferred(self.buffer_writer.release, None)
         d.addCallback(self._releasedStale)
         d.addErrback(self._logFailure, "releasing stale claims at startup")
-        d.addCallback(lambda _: self._runMaintenance(migrate=not self.options.get("no-migrate")))
+        migrate = not self.options.get("no-migrate")
+        d.addCallback(lambda _: self._runMaintenance(migrate=migrate))
+        if migrate:
+            d.addCallback(self._migrationEnded, 0)
         d.addCallback(lambda _: self._spawnAll(count))
         d.addErrback(self._logFailure, "starting the drain workers")
 
@@ -268,6 +307,7 @@ class DrainSupervisor(service.Service):
             self.slots[n] = _Slot(n)
             self.spawn(n)
         self.maintenance_call = self.reactor.callLater(MAINTENANCE_EVERY, self._hourly)
+        self._watch_call = self.reactor.callLater(WATCH_EVERY, self._watch)
 
     def spawn(self, worker_id):
         slot = self.slots[worker_id]
@@ -277,6 +317,9 @@ class DrainSupervisor(service.Service):
         proto = WorkerProtocol(self, worker_id)
         slot.proto = proto
         slot.started_at = self.reactor.seconds()
+        slot.claim = ()
+        slot.last_stats = {}
+        self.watchdog.heard(worker_id, slot.started_at)
         self.reactor.spawnProcess(
             proto, sys.executable, [sys.executable, "-m", WORKER_MODULE],
             env=self.worker_environ(worker_id), childFDs={0: "w", 1: "r", 2: "r"})
@@ -292,6 +335,12 @@ class DrainSupervisor(service.Service):
         if self.maintenance_call is not None and self.maintenance_call.active():
             self.maintenance_call.cancel()
         self.maintenance_call = None
+        if self._watch_call is not None and self._watch_call.active():
+            self._watch_call.cancel()
+        self._watch_call = None
+        if self.migrate_call is not None and self.migrate_call.active():
+            self.migrate_call.cancel()
+        self.migrate_call = None
         if self.maintenance is not None:
             self.maintenance.signal("TERM")
         live = []
@@ -337,6 +386,11 @@ class DrainSupervisor(service.Service):
     def messageReceived(self, proto, message):
         op = message["op"]
         worker_id = proto.worker_id
+        slot = self.slots.get(worker_id)
+        if slot is not None and slot.proto is proto:
+            self.watchdog.heard(worker_id, self.reactor.seconds())
+        if op == ipc.HEARTBEAT:
+            return
         if op == ipc.CLAIM:
             self._claim(proto, message)
         elif op == ipc.DONE:
@@ -367,9 +421,14 @@ class DrainSupervisor(service.Service):
             limit = max(1, int(message.get("limit") or self.options.get("batch-size") or 5000))
         except (TypeError, ValueError):
             limit = int(self.options.get("batch-size") or 5000)
-        d = defer.maybeDeferred(self.buffer_writer.claim, proto.worker_id, limit)
+        limit = self.shrinker.cap(limit)
+        d = defer.maybeDeferred(self.buffer_writer.claim, proto.worker_id, limit,
+                                max_bytes=self.options.get("batch-bytes"))
 
         def reply(ids):
+            slot = self.slots.get(proto.worker_id)
+            if slot is not None and slot.proto is proto:
+                slot.claim = sorted(ids or ())
             message = {"op": ipc.CLAIMED, "ids": list(ids or ())}
             low = getattr(self.buffer_writer, "low_water", None)
             if low is not None:
@@ -377,7 +436,7 @@ class DrainSupervisor(service.Service):
             proto.send(message)
 
         def failed(f):
-            self.log.failure("claiming for drain worker {worker}", f, worker=proto.worker_id)
+            self._claimFailed(f, proto.worker_id)
             proto.send({"op": ipc.CLAIMED, "ids": []})
         d.addCallbacks(reply, failed)
         d.addErrback(self._logFailure, "replying to a claim")
@@ -386,8 +445,16 @@ class DrainSupervisor(service.Service):
     def _done(self, proto, message):
         drained = [int(i) for i in message.get("drained") or ()]
         quarantined = [(int(i), str(r)) for (i, r) in message.get("quarantined") or ()]
+        # the quarantine breaker (nightowl.drain.breaker) held these back: pending again
+        held = [int(i) for i in message.get("held") or ()]
+        requeue = [int(i) for i in message.get("requeue") or ()]
         self._stats(proto.worker_id, message.get("stats"))
-        d = self._markUntilCommitted(proto.worker_id, drained, quarantined, MARK_RETRY_FIRST)
+        slot = self.slots.get(proto.worker_id)
+        if slot is not None and slot.proto is proto:
+            slot.claim = ()
+        self.shrinker.completed(set(drained) | set(i for i, _r in quarantined))
+        d = self._markUntilCommitted(proto.worker_id, drained, quarantined, MARK_RETRY_FIRST,
+                                     held, requeue)
 
         def reply(_):
             m = self._workerMetrics(proto.worker_id)
@@ -398,7 +465,7 @@ class DrainSupervisor(service.Service):
         d.addErrback(self._logFailure, "replying to done")
         self._track(proto, d)
 
-    def _markUntilCommitted(self, worker_id, drained, quarantined, delay):
+    def _markUntilCommitted(self, worker_id, drained, quarantined, delay, held=(), requeue=()):
         """
         The rows are committed in Postgres: retry only the SQLite mark until it
         lands (never re-drain committed rows because a mark failed).
@@ -409,6 +476,10 @@ class DrainSupervisor(service.Service):
                 d.addCallback(lambda _: self.buffer_writer.mark_drained(drained))
             if quarantined:
                 d.addCallback(lambda _: self.buffer_writer.quarantine(quarantined))
+            if held:   # the worker's only claimed rows left are the held ones
+                d.addCallback(lambda _: self.buffer_writer.release(worker_id))
+            if requeue:
+                d.addCallback(lambda _: self.buffer_writer.requeue_quarantined(requeue))
             return d
 
         def retry(f):
@@ -424,7 +495,8 @@ class DrainSupervisor(service.Service):
                            error=f.type.__name__, delay=delay)
             from twisted.internet import task
             return task.deferLater(self.reactor, delay, self._markUntilCommitted, worker_id,
-                                   drained, quarantined, min(delay * 2, MARK_RETRY_MAX))
+                                   drained, quarantined, min(delay * 2, MARK_RETRY_MAX),
+                                   held, requeue)
         d = defer.maybeDeferred(mark)
         d.addErrback(retry)
         return d
@@ -433,8 +505,55 @@ class DrainSupervisor(service.Service):
         if isinstance(stats, dict):
             m = self._workerMetrics(worker_id)
             m.update(stats)
+            slot = self.slots.get(worker_id)
+            if slot is not None:
+                # a restarted worker counts from 0: add what its predecessors did
+                for key in COUNTERS:
+                    if isinstance(stats.get(key), int):
+                        slot.last_stats[key] = stats[key]
+                        m[key] = slot.carried.get(key, 0) + stats[key]
             m["worker"] = worker_id
             m["updated_at"] = self.reactor.seconds()
+
+    def _claimFailed(self, f, worker_id):
+        """A failed claim (disk full...): logged once per CLAIM_FAILURE_LOG_EVERY s."""
+        now = self.reactor.seconds()
+        self._claim_failures += 1
+        last = self._claim_failure_logged
+        if last is not None and now - last < CLAIM_FAILURE_LOG_EVERY:
+            return
+        self.log.error("claiming for drain worker {worker} failed: {error} ({count} failed "
+                       "claims since the last report; retrying)", worker=worker_id,
+                       error=_first_line(f), count=self._claim_failures)
+        self._claim_failures = 0
+        self._claim_failure_logged = now
+
+    def _watch(self):
+        """Kill workers silent past the watchdog timeout (frozen); runs every WATCH_EVERY s."""
+        self._watch_call = None
+        if self.stopping:
+            return
+        try:
+            now = self.reactor.seconds()
+            for worker_id, silent in self.watchdog.silent(now):
+                slot = self.slots.get(worker_id)
+                if slot is None or slot.proto is None or slot.proto.ended:
+                    self.watchdog.forget(worker_id)
+                    continue
+                m = self._workerMetrics(worker_id)
+                m["frozen_at"] = now
+                m["frozen_count"] = m.get("frozen_count", 0) + 1
+                self.watchdog.killed += 1
+                self.log.error("drain worker {worker} (pid {pid}) sent nothing for {silent:.0f} s "
+                               "(frozen?) holding {claimed} claimed payloads: killing it; its "
+                               "claim is released and the ledger skips what it committed",
+                               worker=worker_id, pid=slot.proto.pid, silent=silent,
+                               claimed=len(slot.claim))
+                self.watchdog.forget(worker_id)
+                slot.proto.signal("KILL")
+        except Exception:
+            self.log.failure("drain supervisor: watching for frozen workers")
+        self._watch_call = self.reactor.callLater(WATCH_EVERY, self._watch)
 
     # -- exits ----------------------------------------------------------------
 
@@ -448,6 +567,14 @@ class DrainSupervisor(service.Service):
         now = self.reactor.seconds()
         uptime = now - slot.started_at if slot.started_at is not None else 0.0
         slot.proto = None
+        self.watchdog.forget(worker_id)
+        for key, value in slot.last_stats.items():
+            slot.carried[key] = slot.carried.get(key, 0) + value
+        slot.last_stats = {}
+        claim, slot.claim = slot.claim, ()
+        poison = None
+        if not (self.stopping and code == 0):
+            poison = self.shrinker.died(claim, "code {}, signal {}".format(code, sig))
         m = self._workerMetrics(worker_id)
         m.update({"alive": False, "exit_code": code, "exit_signal": sig})
         if self.stopping and code == 0:
@@ -460,6 +587,12 @@ class DrainSupervisor(service.Service):
         # release only after every buffer operation already asked for this worker
         pending = list(slot.inflight)
         d = defer.DeferredList(pending, consumeErrors=True) if pending else defer.succeed(None)
+        if poison is not None:
+            d.addCallback(lambda _: self._isolate(worker_id, *poison))
+        elif claim and self.shrinker.limit is not None:
+            self.log.warn("drain worker {worker} died holding {count} payloads from id {first}: "
+                          "the next claims take at most {limit}", worker=worker_id,
+                          count=len(claim), first=claim[0], limit=self.shrinker.limit)
         d.addCallback(lambda _: self.buffer_writer.release(worker_id))
         d.addCallback(self._released, worker_id)
         d.addErrback(self._logFailure, "releasing the claims of drain worker {}".format(worker_id))
@@ -487,6 +620,12 @@ class DrainSupervisor(service.Service):
         if self.stopping or slot.respawn_call is not None:
             return
         slot.respawn_call = self.reactor.callLater(slot.delay, self.spawn, slot.worker_id)
+
+    def _isolate(self, worker_id, payload_id, reason):
+        self.log.error("drain worker {worker} died again on payload {id} alone: quarantining "
+                       "it so the drain goes on (`nightowl buffer inspect` shows it)",
+                       worker=worker_id, id=payload_id)
+        return self.buffer_writer.quarantine([(payload_id, reason)])
 
     def _released(self, count, worker_id):
         if count:
@@ -516,8 +655,12 @@ class DrainSupervisor(service.Service):
             ok = code == 0
             if migrate:
                 self.migrated = ok
+                self.migration_error = None if ok else (
+                    proto.error or "exit code {}, signal {}".format(code, sig))
             if ok:
                 self.log.info("drain {what}: done", what=what)
+            elif migrate:
+                pass   # _migrationEnded logs the cause and when it retries
             elif not self.stopping:
                 self.log.error("drain {what} FAILED (exit code {code}, signal {signal}); "
                                "ingest keeps buffering, draining goes on against the "
@@ -525,6 +668,30 @@ class DrainSupervisor(service.Service):
             return ok
         proto.done.addCallback(ended)
         return proto.done
+
+    def _migrationEnded(self, ok, attempt):
+        """After migration attempt ``attempt``: on failure, retry with backoff until it works."""
+        if self.stopping or ok:
+            if ok and attempt:
+                self.log.info("migration succeeded after {attempts} failed attempts",
+                              attempts=attempt)
+            return ok
+        delay = self.migrate_backoff(attempt) if ok is False else self.migrate_backoff(0)
+        if ok is False:
+            self.log.error("migration failed: {cause}; retrying in {delay:.0f} s (attempt "
+                           "{attempt}); payloads wait in the buffer", cause=self.migration_error,
+                           delay=delay, attempt=attempt + 1)
+            attempt += 1
+        self.migrate_call = self.reactor.callLater(delay, self._retryMigration, attempt)
+        return ok
+
+    def _retryMigration(self, attempt):
+        self.migrate_call = None
+        if self.stopping:
+            return
+        d = self._runMaintenance(migrate=True)
+        d.addCallback(self._migrationEnded, attempt)
+        d.addErrback(self._logFailure, "retrying the migration")
 
     def _maintenanceTimeout(self, proto):
         self.log.error("drain {what} still running after {deadline} s: killing it",
@@ -541,3 +708,8 @@ class DrainSupervisor(service.Service):
 
     def _logFailure(self, f, what):
         self.log.failure("drain supervisor: {what}", f, what=what)
+
+
+def _first_line(f):
+    lines = (f.getErrorMessage() or "").splitlines()
+    return "{}: {}".format(f.type.__name__, lines[0][:200] if lines else "")

@@ -18,7 +18,9 @@ Configuration (environment):
   NIGHTOWL_BATCH_SIZE   payload rows per claim (default 5000)
   NIGHTOWL_BUFFER_ID    the buffer's UUID (default: read from its meta table)
   NIGHTOWL_LEDGER       0 disables the exactly-once ledger (benchmarks only)
-  NIGHTOWL_FAULT        test-only: kill-after-commit:N or kill-mid-copy:N
+  NIGHTOWL_FAULT        test-only: kill-after-commit:N, kill-mid-copy:N or
+                        kill-on-payload:TEXT (SIGKILL whenever a claimed payload
+                        holds TEXT: a payload that kills every worker)
 
 Postgres outages: the claimed ids are kept (not reported), the same rows are
 retried with exponential backoff 100 ms -> 10 s, and the outage is logged at
@@ -52,7 +54,7 @@ class ConfigError(Exception):
 
 class Config:
     def __init__(self, dsn, buffer, worker_id, environment="production", batch_size=5000,
-                 buffer_id=None, ledger=True, fault=None, rollups=True):
+                 buffer_id=None, ledger=True, fault=None, issues=True, rollups=True):
         self.dsn = dsn
         self.buffer = buffer
         self.worker_id = worker_id
@@ -61,6 +63,7 @@ class Config:
         self.buffer_id = buffer_id
         self.ledger = ledger
         self.fault = fault
+        self.issues = issues  # NIGHTOWL_ISSUES=0: raw rows only, no issues/thresholds/alerts
         self.rollups = rollups
 
     @classmethod
@@ -85,6 +88,7 @@ class Config:
             buffer_id=(env.get("NIGHTOWL_BUFFER_ID") or "").strip() or None,
             ledger=env.get("NIGHTOWL_LEDGER", "1").strip().lower() not in ("0", "false", "no", "off"),
             fault=None if fault_spent() else parse_fault(env.get("NIGHTOWL_FAULT")),
+            issues=env.get("NIGHTOWL_ISSUES", "1").strip().lower() not in ("0", "false", "no", "off"),
             rollups=env.get("NIGHTOWL_ROLLUPS", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
 
@@ -94,8 +98,11 @@ def parse_fault(text):
     if not text or not text.strip():
         return None
     kind, _, n = text.strip().partition(":")
+    if kind == "kill-on-payload" and n:
+        return kind, n.encode("utf-8")
     if kind not in ("kill-after-commit", "kill-mid-copy") or not n.isdigit() or int(n) < 1:
-        raise ConfigError("NIGHTOWL_FAULT: expected kill-after-commit:N or kill-mid-copy:N")
+        raise ConfigError("NIGHTOWL_FAULT: expected kill-after-commit:N, kill-mid-copy:N "
+                          "or kill-on-payload:TEXT")
     return kind, int(n)
 
 
@@ -247,9 +254,24 @@ class Channel:
             else:
                 self._queue.put(message)
 
+    _lock = threading.Lock()   # the heartbeat thread writes too
+
     def send(self, message):
-        self._out.write(ipc.encode(message))
-        self._out.flush()
+        line = ipc.encode(message)
+        with self._lock:
+            self._out.write(line)
+            self._out.flush()
+
+    def start_heartbeat(self, every):
+        """A thread sending ``heartbeat`` every ``every`` s: silence means frozen."""
+        def beat():
+            while True:
+                time.sleep(every)
+                try:
+                    self.send({"op": ipc.HEARTBEAT})
+                except (OSError, ValueError):
+                    return
+        threading.Thread(target=beat, name="ipc-heartbeat", daemon=True).start()
 
     def expect(self, op):
         """Block until the supervisor sends ``op``; None on EOF."""
@@ -266,8 +288,9 @@ class Channel:
 
 class Worker:
     def __init__(self, config, channel, reader, writer_factory, stop_event, log,
-                 clock=time.monotonic, unavailable=(), kill=_kill_self):
+                 clock=time.monotonic, unavailable=(), kill=_kill_self, breaker=None):
         self.config = config
+        self.breaker = breaker  # the QuarantineBreaker the writer consults, if any
         self.channel = channel
         self.reader = reader
         self.writer_factory = writer_factory
@@ -286,7 +309,7 @@ class Worker:
             "worker": config.worker_id, "pid": os.getpid(),
             "batches": 0, "payloads": 0, "records": 0, "rows": 0, "rows_by_table": {},
             "quarantined": 0, "skipped": 0, "ledger_skipped": 0, "failures": 0,
-            "last_error": None,
+            "last_error": None, "blocked": None,
             "pg_reachable": None, "seconds_since_success": None,
         }
 
@@ -295,6 +318,8 @@ class Worker:
     def snapshot(self):
         s = dict(self.stats)
         s["rows_by_table"] = dict(self.stats["rows_by_table"])
+        if self.breaker is not None:
+            s["breaker"] = self.breaker.state()
         if self.last_success is not None:
             s["seconds_since_success"] = round(self.clock() - self.last_success, 3)
         return s
@@ -317,6 +342,7 @@ class Worker:
         s["skipped"] += _count(getattr(result, "skipped", None))
         s["ledger_skipped"] += int(getattr(result, "ledger_skipped", 0) or 0)
         s["pg_reachable"] = True
+        s["blocked"] = None
         self.last_success = self.clock()
 
     # -- the loop --------------------------------------------------------
@@ -347,6 +373,10 @@ class Worker:
             if self.channel.expect(ipc.MARKED) is None:
                 return 0
             self.last_stats_sent = self.clock()
+            if done.get("held") and self.breaker is not None:
+                # the breaker is open: the held rows are pending again; retry later
+                if self.stop_event.wait(self.breaker.delay()):
+                    break
         self.log("info", "worker {} stopped".format(self.config.worker_id))
         return 0
 
@@ -370,6 +400,10 @@ class Worker:
     def drain(self, ids):
         """Write one claimed batch; the ``done`` message, or None when stopping."""
         rows = self.reader.read(ids)
+        fault = self.config.fault
+        if fault and fault[0] == "kill-on-payload" and any(fault[1] in p for (_i, p) in rows):
+            self.log("warn", "fault injection: SIGKILL on a claimed payload")
+            self.kill()
         found = set(i for (i, _p) in rows)
         missing = [i for i in ids if i not in found]
         if missing:
@@ -383,18 +417,49 @@ class Worker:
         if self.config.fault == ("kill-after-commit", self.commits):
             self.log("warn", "fault injection: SIGKILL after commit {}".format(self.commits))
             self.kill()
-        self._record(result, len(rows))
-        quarantined = [[int(i), str(reason)] for (i, reason) in (result.quarantined or ())]
+        quarantined = list(result.quarantined or ())
+        held, requeue = [], []
+        if self.breaker is not None:
+            quarantined, held, requeue = self._settle(result, quarantined)
+        result = result._replace(quarantined=quarantined) if hasattr(result, "_replace") \
+            else result
+        self._record(result, len(rows) - len(held))
+        quarantined = [[int(i), str(reason)] for (i, reason) in quarantined]
         q_ids = set(i for (i, _r) in quarantined)
         drained = set(int(i) for i in (result.drained or ()))
         drained.update(missing)
         drained.difference_update(q_ids)
-        # every id we wrote is either drained or quarantined
+        drained.difference_update(held)
+        # every id we wrote is either drained, quarantined or held back (pending again)
         for i in found:
-            if i not in drained and i not in q_ids:
+            if i not in drained and i not in q_ids and i not in held:
                 drained.add(i)
-        return {"op": ipc.DONE, "drained": sorted(drained), "quarantined": quarantined,
+        done = {"op": ipc.DONE, "drained": sorted(drained), "quarantined": quarantined,
                 "stats": self.snapshot()}
+        if held or requeue:
+            done["held"] = held
+            done["requeue"] = requeue
+        return done
+
+    def _settle(self, result, quarantined):
+        """The breaker's say on this batch: (quarantined, held, requeue)."""
+        was_open = set((b["sqlstate"], b["table"]) for b in self.breaker.state())
+        quarantined, held, requeue = self.breaker.settle(
+            result.drained or (), quarantined, getattr(result, "held", None) or (),
+            getattr(result, "rows_by_table", None) or {})
+        now_open = set((b["sqlstate"], b["table"]) for b in self.breaker.state())
+        for sqlstate, table in sorted(now_open - was_open):
+            self.log("error", "quarantine breaker OPEN: payloads keep failing with SQLSTATE {} "
+                              "on {}; the drain stops quarantining them, keeps them pending and "
+                              "retries with backoff ({} requeued)".format(
+                                  sqlstate, table, len(requeue)))
+        for sqlstate, table in sorted(was_open - now_open):
+            self.log("info", "quarantine breaker closed: SQLSTATE {} on {} cleared; draining "
+                             "resumes".format(sqlstate, table))
+        if held and now_open:
+            self.log("warn", "held {} payloads back (breaker open); retrying in about "
+                             "{:.0f} s".format(len(held), self.breaker.delay()))
+        return quarantined, held, requeue
 
     def _write_with_retry(self, rows):
         delay = BACKOFF_FIRST
@@ -423,13 +488,24 @@ class Worker:
 
     def _failed(self, error, attempt, delay, outage):
         self.stats["failures"] += 1
-        self.stats["last_error"] = error.__class__.__name__
+        cause = _describe(error)
+        self.stats["last_error"] = cause
         if outage:
             self.stats["pg_reachable"] = False
+        elif getattr(error, "sqlstate", None):
+            # Postgres answered and refuses every batch (schema missing, permission
+            # denied ...): not an outage; /status shows it as critical until it clears
+            from nightowl import pgerrors
+            self.stats["pg_reachable"] = True
+            self.stats["blocked"] = {"kind": pgerrors.kind(error.sqlstate),
+                                     "sqlstate": error.sqlstate,
+                                     "table": getattr(error, "table", None), "error": cause}
         if attempt & (attempt - 1) == 0:   # 1, 2, 4, 8 ...: doublings only
             self.log("error", "{} writing a batch of {} (attempt {}, retrying the same rows "
                               "in {:.1f} s): {}".format(
-                                  "postgres unavailable" if outage else "unexpected error",
+                                  "postgres unavailable" if outage else
+                                  "postgres refused" if getattr(error, "sqlstate", None)
+                                  else "unexpected error",
                                   "payloads", attempt, delay, _describe(error)))
 
     def _discard_writer(self):
@@ -454,10 +530,15 @@ def _count(value):
 
 
 def _describe(error):
-    """The error class and SQLSTATE, never the message (it may hold customer data)."""
-    code = getattr(error, "pgcode", None) or getattr(getattr(error, "__cause__", None),
-                                                     "pgcode", None)
-    return error.__class__.__name__ + (" sqlstate {}".format(code) if code else "")
+    """
+    One line: the cause's label, SQLSTATE and the first line of the message
+    (nightowl.pgerrors: data values cut off, so no customer data).
+    """
+    cause = getattr(error, "cause", None)
+    if cause:
+        return str(cause)
+    from nightowl import pgerrors
+    return pgerrors.describe(error)
 
 
 def make_logger(stream):
@@ -488,9 +569,10 @@ def maintenance_main(environ, log):
     if environ.get("NIGHTOWL_MIGRATE", "1") != "0":
         try:
             from nightowl import migrate
-            result = migrate.apply(dsn)   # also ensures the partitions
+            result = migrate.apply(dsn)   # also ensures the partitions (and creates the db)
         except Exception as e:
-            log("error", "migration failed: {}".format(_describe(e)))
+            # the supervisor logs this one line with its retry delay
+            _report(_describe(e))
             return 3
         log("info", "migrations applied: {}".format(
             ", ".join(result) if result else "schema up to date"))
@@ -508,6 +590,15 @@ def maintenance_main(environ, log):
         log("error", "partition maintenance failed: {}".format(_describe(e)))
         return 4
     return 0
+
+
+def _report(error):
+    """The maintenance child's outcome, one IPC line on stdout for the supervisor."""
+    try:
+        sys.stdout.buffer.write(ipc.encode({"op": ipc.REPORT, "error": error}))
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _log_twisted_to(log):
@@ -588,14 +679,20 @@ def main(environ=None, argv=None):
             log("error", "the buffer has no buffer_id in its meta table")
             return 2
 
+    from nightowl.drain.breaker import QuarantineBreaker
+    breaker = QuarantineBreaker()
+
     def writer_factory():
         return BatchWriter(config.dsn, config.environment, config.buffer_id,
-                           ledger=config.ledger, rollups=config.rollups)
+                           ledger=config.ledger, issues=config.issues,
+                           rollups=config.rollups, breaker=breaker)
 
     channel = Channel(sys.stdin.buffer, ipc_out, stop_event, on_eof, log)
     worker = Worker(config, channel, reader, writer_factory, stop_event, log,
-                    unavailable=(PostgresUnavailable,))
+                    unavailable=(PostgresUnavailable,), breaker=breaker)
     channel.start()
+    from nightowl.drain.watchdog import HEARTBEAT_EVERY
+    channel.start_heartbeat(HEARTBEAT_EVERY)
     code = worker.run()
     ipc_out.flush()
     return code

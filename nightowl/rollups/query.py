@@ -80,7 +80,32 @@ def fall_back(segs, oldest):
             merged[-1] = (tier, merged[-1][1], max(end, merged[-1][2]))
         else:
             merged.append((tier, start, end))
-    return merged
+    return _clip_finer(merged)
+
+
+def _clip_finer(segs):
+    """Cut out of every segment the parts a coarser tier's segment already
+    covers: a minute edge widened into a whole day must not be read again
+    from the minutes or hours inside that day."""
+    rank = {"minute": 0, "hour": 1, "day": 2}
+    out = []
+    for tier, start, end in segs:
+        pieces = [(start, end)]
+        for other, o_start, o_end in segs:
+            if rank[other] <= rank[tier]:
+                continue
+            cut = []
+            for p_start, p_end in pieces:
+                if o_end <= p_start or o_start >= p_end:
+                    cut.append((p_start, p_end))
+                    continue
+                if p_start < o_start:
+                    cut.append((p_start, o_start))
+                if o_end < p_end:
+                    cut.append((o_end, p_end))
+            pieces = cut
+        out.extend((tier, p_start, p_end) for p_start, p_end in pieces)
+    return out
 
 
 def _oldest(conn, kind):

@@ -37,6 +37,7 @@ class AgentProcess:
                 "--listen", "tcp:0:interface=127.0.0.1", "--buffer", self.buffer_path]
         if not self.health:
             argv += ["--health", "none"]
+        argv += ["--dashboard", "none"]   # tests that want one pass --dashboard after
         argv += self.args
         self.lines = []
         self.port = None

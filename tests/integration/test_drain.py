@@ -6,6 +6,7 @@ so loss and duplication are counted per payload.
 """
 
 import os
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -54,6 +55,8 @@ class DrainTestBase(unittest.TestCase):
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="nightowl-drain-")
+        # registered first, so it runs last: after the writer closed its file
+        self.addCleanup(shutil.rmtree, self.tmp, True)
         self.path = os.path.join(self.tmp, "buffer.sqlite")
         self.writer = BufferWriter(self.path, reactor=reactor)
         self.writer.open()
@@ -66,11 +69,13 @@ class DrainTestBase(unittest.TestCase):
         self.addCleanup(drop_database, name)
         return dsn
 
-    def start(self, dsn, workers=2, batch=50, env=None):
+    def start(self, dsn, workers=2, batch=50, env=None, no_migrate=False, migrate_backoff=None):
         options = {"dsn": dsn, "drain-workers": workers, "batch-size": batch,
-                   "environment": "test", "buffer": self.path, "no-migrate": False}
+                   "environment": "test", "buffer": self.path, "no-migrate": no_migrate}
         self.supervisor = DrainSupervisor(self.writer, options, self.metrics, reactor=reactor,
                                           worker_env=env)
+        if migrate_backoff is not None:
+            self.supervisor.migrate_backoff = migrate_backoff
         self.supervisor.startService()
         self.addCleanup(self.stop)
 

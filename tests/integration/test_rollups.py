@@ -295,6 +295,24 @@ def test_fall_back_never_reads_a_coarse_bucket_twice():
     assert query.fall_back(segs, {"minute": t0, "hour": t0}) == sorted(segs)
 
 
+
+def test_fall_back_never_reads_a_range_from_two_tiers():
+    # data only in the last hour: a 24 h range's older edge widens into whole
+    # days, and the minutes and hours inside those days must not be read again
+    until = datetime(2024, 5, 3, 23, 39, tzinfo=timezone.utc)
+    segs = query.segments(until - timedelta(hours=24), until)
+    oldest = {"minute": datetime(2024, 5, 3, 22, 49, tzinfo=timezone.utc),
+              "hour": datetime(2024, 5, 3, 22, 0, tzinfo=timezone.utc)}
+    got = query.fall_back(segs, oldest)
+    covered = []
+    for _tier, start, end in got:
+        t = start
+        while t < end:
+            covered.append(t)
+            t += timedelta(minutes=1)
+    assert len(covered) == len(set(covered)), got
+    assert min(covered) <= until - timedelta(hours=24) and max(covered) >= until - timedelta(minutes=1)
+
 def test_top_on_an_empty_database(db):
     for fmt in ("json", "table"):
         out = subprocess.run([sys.executable, "-m", "nightowl.cli", "top", "routes", "--since", "7d",
