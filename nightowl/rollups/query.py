@@ -11,10 +11,20 @@ edge is read from whole hours (days) instead (``fall_back``).  The
 range is widened to whole minutes; ``until=None`` is the database's
 ``now()``.  Percentiles come from merging sketches (``sum()`` of numeric)
 and ``nightowl_sketch_quantile`` in SQL.
+
+The drain writes minute rows only; the hour and day rows of an hour follow
+within a minute (``nightowl.rollups.derive``).  Until then the hour is
+pending, and ``read_pending`` reads it (and its day) from the finer tier, so
+an answer is exact and current.  A call on an idle connection runs in one
+REPEATABLE READ transaction (ended on return), so the pending hours and the
+rows read come from the same snapshot.
 """
 
 from datetime import datetime, timedelta, timezone
 
+import psycopg2.extensions
+
+from nightowl.rollups import derive
 from nightowl.rollups.write import TABLES
 
 ORDERS = {"p95": "p95_us", "p99": "p99_us", "count": "count", "sum": "sum_us",
@@ -108,6 +118,51 @@ def _clip_finer(segs):
     return out
 
 
+def read_pending(segs, hours):
+    """``segs`` with every pending hour (``hours``, aware datetimes) read from
+    its minutes: a day segment holding one becomes that day's hour segment,
+    and a pending hour inside an hour segment becomes a minute segment."""
+    hours = sorted(set(hours))
+    if not hours:
+        return list(segs)
+    hour, day = timedelta(hours=1), timedelta(days=1)
+    days = {_floor(h, 86400) for h in hours}
+    out = []
+    for tier, start, end in segs:
+        if tier != "day":
+            out.append((tier, start, end))
+            continue
+        t = start
+        while t < end:
+            if t in days:
+                out.append(("hour", t, t + day))
+            else:
+                out.append(("day", t, t + day))
+            t += day
+    segs, out = out, []
+    for tier, start, end in segs:
+        inside = [h for h in hours if start <= h < end] if tier == "hour" else []
+        t = start
+        for h in inside:
+            if h > t:
+                out.append(("hour", t, h))
+            out.append(("minute", h, h + hour))
+            t = h + hour
+        if t < end:
+            out.append((tier, t, end))
+    return out
+
+
+def _begin(conn):
+    """Begin a REPEATABLE READ transaction if ``conn`` is idle; True if begun
+    (the caller ends it)."""
+    if conn.autocommit or (conn.get_transaction_status()
+                           != psycopg2.extensions.TRANSACTION_STATUS_IDLE):
+        return False
+    conn.cursor().execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    return True
+
+
 def _oldest(conn, kind):
     """The oldest minute and hour bucket kept for ``kind`` (None: none)."""
     cur = conn.cursor()
@@ -123,11 +178,19 @@ LATERAL = object()
 
 
 def _rows_sql(kind, environment, segs, group_key=None,
-              columns="bucket, group_key, count, errors, sum_us, min_us, max_us, sketch"):
+              columns="bucket, group_key, count, errors, sum_us, min_us, max_us, sketch",
+              width=None):
+    """One UNION ALL branch per segment; ``width``: report a finer tier's
+    bucket as the start of its ``width``-second step (``columns`` must then
+    begin with ``bucket``)."""
     parts, args = [], []
     for tier, start, end in segs:
+        cols = columns
+        if width is not None and STEPS[tier] < width:
+            cols = ("date_bin('{} seconds', bucket, timestamptz '1970-01-01 00:00:00+00') "
+                    "AS bucket".format(int(width)) + columns[len("bucket"):])
         sql = ("SELECT {} FROM {} WHERE kind = %s AND bucket >= %s AND bucket < %s".format(
-            columns, TABLES[tier]))
+            cols, TABLES[tier]))
         args += [kind, start, end]
         if environment is not None:
             sql += " AND environment = %s"
@@ -161,11 +224,22 @@ def top(conn, kind, since, until=None, environment=None, limit=20, order="p95"):
     order: 'p95' | 'count' | 'sum' | 'p99' | 'errors'. since/until: aware datetimes."""
     if order not in ORDERS:
         raise ValueError("order must be one of {}".format(", ".join(sorted(ORDERS))))
+    began = _begin(conn)
+    try:
+        return _top(conn, kind, since, until, environment, limit, order)
+    finally:
+        if began:
+            conn.rollback()
+
+
+def _top(conn, kind, since, until, environment, limit, order):
     until = until if until is not None else _now(conn)
     segs = segments(since, until)
     if not segs:
         return []
     segs = fall_back(segs, _oldest(conn, kind))
+    segs = read_pending(segs, derive.pending(conn, min(s[1] for s in segs),
+                                             max(s[2] for s in segs)))
     rows_sql, args = _rows_sql(kind, environment, segs)
     # the label of the kept groups only, from their latest row (index lookups):
     # min(label) over every row cost more than merging the sketches
@@ -223,13 +297,25 @@ def choose_step(since, until):
 def series(conn, kind, since, until=None, environment=None, group_key=None, step=None):
     """[{'bucket': datetime, 'count','errors','p50_ms','p95_ms','p99_ms'}...] one per step
     (step chosen from the range if None: minute <= 6 h, hour <= 14 d, day beyond)."""
+    began = _begin(conn)
+    try:
+        return _series(conn, kind, since, until, environment, group_key, step)
+    finally:
+        if began:
+            conn.rollback()
+
+
+def _series(conn, kind, since, until, environment, group_key, step):
     until = until if until is not None else _now(conn)
     if isinstance(step, timedelta):
         step = {60: "minute", 3600: "hour", 86400: "day"}[int(step.total_seconds())]
     step = step or choose_step(since, until)
     width = STEPS[step]
     lo, hi = _floor(since, width), _ceil(until, width)
-    rows_sql, args = _rows_sql(kind, environment, [(step, lo, hi)], group_key)
+    segs = [(step, lo, hi)]
+    if step != "minute":
+        segs = read_pending(segs, derive.pending(conn, lo, hi))
+    rows_sql, args = _rows_sql(kind, environment, segs, group_key, width=width)
     cur = conn.cursor()
     cur.execute(TUNING + """
         SELECT bucket, count, errors, {}, {}, {}
