@@ -327,6 +327,9 @@ def makeService(options, reactor=None):
             health_hold=options["health-alert-hold"],
             health_every=options["health-alert-every"])
     root = NightowlService(options, reactor=reactor, alerts=alerts)
+    if options["dsn"]:      # hour/day rollups derived from the drain's minutes
+        from nightowl.rollups.service import DeriveService
+        root.add_service(DeriveService(options["dsn"], reactor=reactor))
     if options["dashboard"]:
         password = dashboard_password(options)      # refuses an open dashboard first
         if options["dsn"]:
