@@ -301,29 +301,52 @@ def add_record(fold, rec, minute):
 
 
 def fold(recs, now, out=None):
-    """Fold one payload's decoded records; ``now``: the drain clock (seconds).
-    (add_record inlined: this runs once per record of every batch.)"""
+    """Fold one payload's decoded records; ``now``: the drain clock (seconds)."""
+    return fold_many((recs,), now, out)
+
+
+def fold_many(payloads, now, out=None):
+    """Fold the decoded records of several payloads (a batch) into one fold
+    (``add_record`` inlined: this runs once per record of every batch)."""
     if out is None:
         out = {}
     event_time = records.event_time
+    index = sketch.index
+    kinds = KINDS
     get = out.get
-    for rec in recs:
-        if type(rec) is not dict:
-            continue
-        t = rec.get("t")
-        spec = KINDS.get(t)
-        if spec is None:
-            continue
-        groups, timed = spec
-        ts, _ = event_time(rec.get("timestamp"), now)
-        minute = (int(round(ts * 1000000.0)) // 60000000) * 60
-        duration = _duration(rec) if timed else None
-        for kind, group_key, label, attrs, error in groups_of(t, rec, groups):
-            k = (minute, kind, group_key)
-            row = get(k)
-            if row is None:
-                row = out[k] = Row(label, attrs)
-            row.add(duration, error)
+    for recs in payloads:
+        for rec in recs:
+            if type(rec) is not dict:
+                continue
+            t = rec.get("t")
+            spec = kinds.get(t)
+            if spec is None:
+                continue
+            groups, timed = spec
+            ts, _ = event_time(rec.get("timestamp"), now)
+            minute = (int(round(ts * 1000000.0)) // 60000000) * 60
+            d = _duration(rec) if timed else None
+            i = None if d is None else index(d)
+            for kind, group_key, label, attrs, error in groups_of(t, rec, groups):
+                k = (minute, kind, group_key)
+                row = get(k)
+                if row is None:
+                    row = out[k] = Row(label, attrs)
+                # Row.add, inlined
+                row.count += 1
+                if error:
+                    row.errors += 1
+                if d is not None:
+                    row.sum_us += d
+                    if row.min_us is None or d < row.min_us:
+                        row.min_us = d
+                    if row.max_us is None or d > row.max_us:
+                        row.max_us = d
+                    s = row.sketch
+                    if s is None:
+                        row.sketch = {i: 1}
+                    else:
+                        s[i] = s.get(i, 0) + 1
     return out
 
 
