@@ -278,9 +278,8 @@ class BatchWriter:
                     self._upsert_users(cur, batch.users)
                 if self.rollups:
                     self._step = "nightowl_rollups"
-                    fold = {}
-                    for i, _ in todo:
-                        rollup_aggregate.fold(self._decoded.get(i, ()), now, fold)
+                    fold = rollup_aggregate.fold_many(
+                        (self._decoded.get(i, ()) for i, _ in todo), now)
                     rollup_write.upsert(cur, records.clean(self.environment), fold)
                 if self.ledger:
                     self._step = "nightowl_ingest_ledger"

@@ -22,8 +22,8 @@ HOUSEKEEP_EVERY = 5.0
 RECOUNT_EVERY = 12  # housekeeping rounds between full recounts (a table scan)
 
 #: the children in start order (attributes of the root; None when not configured)
-START_ORDER = ("health", "retention", "buffer", "supervisor", "checker", "alerts", "ingest",
-               "dashboard")
+START_ORDER = ("health", "retention", "rollups", "buffer", "supervisor", "checker", "alerts",
+               "ingest", "dashboard")
 
 
 class NightowlService(service.MultiService):
@@ -38,11 +38,12 @@ class NightowlService(service.MultiService):
 
     def __init__(self, *, buffer, ingest, listen, token_enforced, drain_summary,
                  reactor, health=None, retention=None, supervisor=None, checker=None,
-                 alerts=None, dashboard=None):
+                 alerts=None, dashboard=None, rollups=None):
         service.MultiService.__init__(self)
         self.health, self.retention, self.buffer = health, retention, buffer
         self.supervisor, self.checker, self.alerts = supervisor, checker, alerts
         self.ingest, self.dashboard = ingest, dashboard
+        self.rollups = rollups
         self.listen = listen
         self.token_enforced = token_enforced
         self.drain_summary = drain_summary

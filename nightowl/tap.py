@@ -279,6 +279,12 @@ def makeService(options, reactor=None):
             dashboard_endpoint, dsn, password=password,
             health_status=health.status if health is not None else None, reactor=reactor)
 
+    # hour/day rollups derived from the drain's minutes (nightowl.rollups.derive)
+    rollups = None
+    if dsn:
+        from nightowl.rollups.service import DeriveService
+        rollups = DeriveService(dsn, reactor=reactor)
+
     drain_summary = ("{} workers into {}".format(workers, mask_dsn(dsn)) if dsn else
                      "off: buffer-only mode, no --dsn / NIGHTOWL_DSN (payloads stay in the "
                      "buffer)")
@@ -286,7 +292,7 @@ def makeService(options, reactor=None):
         buffer=buffer, ingest=ingest, listen=options["listen"],
         token_enforced=token is not None, drain_summary=drain_summary, reactor=reactor,
         health=health, retention=retention, supervisor=supervisor, checker=checker,
-        alerts=alerts, dashboard=dashboard)
+        alerts=alerts, dashboard=dashboard, rollups=rollups)
 
 
 def dashboard_password(options):

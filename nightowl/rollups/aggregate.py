@@ -215,6 +215,70 @@ KINDS = {
 }
 
 
+#: record type -> the record keys its KINDS function reads (the memo's key;
+#: tests/test_rollup_aggregate.py checks that every key read is listed)
+FIELDS = {
+    "request": ("status_code", "route_methods", "method", "route_path", "url", "_group", "user"),
+    "query": ("sql", "connection", "_group"),
+    "queued-job": ("name", "queue", "status", "t"),
+    "job-attempt": ("name", "queue", "status", "t"),
+    "outgoing-request": ("host", "status_code"),
+    "cache-event": ("store", "type"),
+    "command": ("name", "command", "exit_code", "_group"),
+    "scheduled-task": ("name", "cron", "_group", "status"),
+    "mail": ("class", "mailer", "_group", "failed"),
+    "notification": ("class", "channel", "_group", "failed"),
+    "exception": ("handled", "class", "code", "file", "line", "_group"),
+    "log": ("level",),
+}
+_PLAIN = frozenset((str, int, bool, type(None)))
+_PLAIN_OR_LIST = _PLAIN | {list}
+MEMO_MAX = 65536        # (type, fields) -> groups entries kept; cleared when full
+_memo = {}
+
+
+def signature(t, rec):
+    """A hashable key equal only for records the KINDS function of ``t`` maps
+    to the same groups (values with their exact types, lists of plain values
+    as (type, value) pairs; floats and objects have no signature: None)."""
+    vals = tuple(map(rec.get, FIELDS[t]))
+    types = tuple(map(type, vals))
+    if not _PLAIN.issuperset(types):
+        if not _PLAIN_OR_LIST.issuperset(types):
+            return None
+        frozen = []
+        for v in vals:
+            if type(v) is list:
+                v = _frozen(v)
+                if v is None:
+                    return None
+            frozen.append(v)
+        vals = tuple(frozen)
+    return (t, vals, types)
+
+
+def _frozen(v):
+    if len(v) > 16 or any(type(x) not in _PLAIN for x in v):
+        return None
+    return tuple((type(x), x) for x in v)
+
+
+def groups_of(t, rec, groups):
+    """``groups(rec)``, memoised by ``signature``: most records of a batch
+    repeat a few routes, queries and jobs, so their keys and labels are built
+    once (bounded: cleared at MEMO_MAX entries)."""
+    sig = signature(t, rec)
+    if sig is None:
+        return groups(rec)
+    got = _memo.get(sig)
+    if got is None:
+        got = groups(rec)
+        if len(_memo) >= MEMO_MAX:
+            _memo.clear()
+        _memo[sig] = got
+    return got
+
+
 def minute_of(ts):
     """Start of the minute (Unix seconds) of the created_at written for ``ts``."""
     return (int(round(ts * 1000000.0)) // 60000000) * 60
@@ -222,12 +286,13 @@ def minute_of(ts):
 
 def add_record(fold, rec, minute):
     """Count one record (type ``rec['t']``) into ``fold`` at ``minute``."""
-    spec = KINDS.get(rec.get("t"))
+    t = rec.get("t")
+    spec = KINDS.get(t)
     if spec is None:
         return
     groups, timed = spec
     duration = _duration(rec) if timed else None
-    for kind, group_key, label, attrs, error in groups(rec):
+    for kind, group_key, label, attrs, error in groups_of(t, rec, groups):
         k = (minute, kind, group_key)
         row = fold.get(k)
         if row is None:
@@ -237,14 +302,51 @@ def add_record(fold, rec, minute):
 
 def fold(recs, now, out=None):
     """Fold one payload's decoded records; ``now``: the drain clock (seconds)."""
+    return fold_many((recs,), now, out)
+
+
+def fold_many(payloads, now, out=None):
+    """Fold the decoded records of several payloads (a batch) into one fold
+    (``add_record`` inlined: this runs once per record of every batch)."""
     if out is None:
         out = {}
     event_time = records.event_time
-    for rec in recs:
-        if type(rec) is not dict or rec.get("t") not in KINDS:
-            continue
-        ts, _ = event_time(rec.get("timestamp"), now)
-        add_record(out, rec, minute_of(ts))
+    index = sketch.index
+    kinds = KINDS
+    get = out.get
+    for recs in payloads:
+        for rec in recs:
+            if type(rec) is not dict:
+                continue
+            t = rec.get("t")
+            spec = kinds.get(t)
+            if spec is None:
+                continue
+            groups, timed = spec
+            ts, _ = event_time(rec.get("timestamp"), now)
+            minute = (int(round(ts * 1000000.0)) // 60000000) * 60
+            d = _duration(rec) if timed else None
+            i = None if d is None else index(d)
+            for kind, group_key, label, attrs, error in groups_of(t, rec, groups):
+                k = (minute, kind, group_key)
+                row = get(k)
+                if row is None:
+                    row = out[k] = Row(label, attrs)
+                # Row.add, inlined
+                row.count += 1
+                if error:
+                    row.errors += 1
+                if d is not None:
+                    row.sum_us += d
+                    if row.min_us is None or d < row.min_us:
+                        row.min_us = d
+                    if row.max_us is None or d > row.max_us:
+                        row.max_us = d
+                    s = row.sketch
+                    if s is None:
+                        row.sketch = {i: 1}
+                    else:
+                        s[i] = s.get(i, 0) + 1
     return out
 
 

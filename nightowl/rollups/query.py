@@ -11,10 +11,20 @@ edge is read from whole hours (days) instead (``fall_back``).  The
 range is widened to whole minutes; ``until=None`` is the database's
 ``now()``.  Percentiles come from merging sketches (``sum()`` of numeric)
 and ``nightowl_sketch_quantile`` in SQL.
+
+The drain writes minute rows only; the hour and day rows of an hour follow
+within a minute (``nightowl.rollups.derive``).  Until then the hour is
+pending, and ``read_pending`` reads it (and its day) from the finer tier, so
+an answer is exact and current.  A call on an idle connection runs in one
+REPEATABLE READ transaction (ended on return), so the pending hours and the
+rows read come from the same snapshot.
 """
 
 from datetime import datetime, timedelta, timezone
 
+import psycopg2.extensions
+
+from nightowl.rollups import derive
 from nightowl.rollups.write import TABLES
 
 ORDERS = {"p95": "p95_us", "p99": "p99_us", "count": "count", "sum": "sum_us",
@@ -108,6 +118,51 @@ def _clip_finer(segs):
     return out
 
 
+def read_pending(segs, hours):
+    """``segs`` with every pending hour (``hours``, aware datetimes) read from
+    its minutes: a day segment holding one becomes that day's hour segment,
+    and a pending hour inside an hour segment becomes a minute segment."""
+    hours = sorted(set(hours))
+    if not hours:
+        return list(segs)
+    hour, day = timedelta(hours=1), timedelta(days=1)
+    days = {_floor(h, 86400) for h in hours}
+    out = []
+    for tier, start, end in segs:
+        if tier != "day":
+            out.append((tier, start, end))
+            continue
+        t = start
+        while t < end:
+            if t in days:
+                out.append(("hour", t, t + day))
+            else:
+                out.append(("day", t, t + day))
+            t += day
+    segs, out = out, []
+    for tier, start, end in segs:
+        inside = [h for h in hours if start <= h < end] if tier == "hour" else []
+        t = start
+        for h in inside:
+            if h > t:
+                out.append(("hour", t, h))
+            out.append(("minute", h, h + hour))
+            t = h + hour
+        if t < end:
+            out.append((tier, t, end))
+    return out
+
+
+def _begin(conn):
+    """Begin a REPEATABLE READ transaction if ``conn`` is idle; True if begun
+    (the caller ends it)."""
+    if conn.autocommit or (conn.get_transaction_status()
+                           != psycopg2.extensions.TRANSACTION_STATUS_IDLE):
+        return False
+    conn.cursor().execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    return True
+
+
 def _oldest(conn, kind):
     """The oldest minute and hour bucket kept for ``kind`` (None: none)."""
     cur = conn.cursor()
@@ -118,17 +173,31 @@ def _oldest(conn, kind):
     return {"minute": minute, "hour": hour}
 
 
-def _rows_sql(kind, environment, segs, group_key=None):
+#: _rows_sql(group_key=LATERAL): the rows of the outer query's group ``t.group_key``
+LATERAL = object()
+
+
+def _rows_sql(kind, environment, segs, group_key=None,
+              columns="bucket, group_key, count, errors, sum_us, min_us, max_us, sketch",
+              width=None):
+    """One UNION ALL branch per segment; ``width``: report a finer tier's
+    bucket as the start of its ``width``-second step (``columns`` must then
+    begin with ``bucket``)."""
     parts, args = [], []
     for tier, start, end in segs:
-        sql = ("SELECT bucket, group_key, label, attrs, count, errors, sum_us, min_us, max_us, "
-               "sketch "
-               "FROM {} WHERE kind = %s AND bucket >= %s AND bucket < %s".format(TABLES[tier]))
+        cols = columns
+        if width is not None and STEPS[tier] < width:
+            cols = ("date_bin('{} seconds', bucket, timestamptz '1970-01-01 00:00:00+00') "
+                    "AS bucket".format(int(width)) + columns[len("bucket"):])
+        sql = ("SELECT {} FROM {} WHERE kind = %s AND bucket >= %s AND bucket < %s".format(
+            cols, TABLES[tier]))
         args += [kind, start, end]
         if environment is not None:
             sql += " AND environment = %s"
             args.append(environment)
-        if group_key is not None:
+        if group_key is not None and group_key is LATERAL:
+            sql += " AND group_key = t.group_key"
+        elif group_key is not None:
             sql += " AND group_key = %s"
             args.append(group_key)
         parts.append(sql)
@@ -155,31 +224,46 @@ def top(conn, kind, since, until=None, environment=None, limit=20, order="p95"):
     order: 'p95' | 'count' | 'sum' | 'p99' | 'errors'. since/until: aware datetimes."""
     if order not in ORDERS:
         raise ValueError("order must be one of {}".format(", ".join(sorted(ORDERS))))
+    began = _begin(conn)
+    try:
+        return _top(conn, kind, since, until, environment, limit, order)
+    finally:
+        if began:
+            conn.rollback()
+
+
+def _top(conn, kind, since, until, environment, limit, order):
     until = until if until is not None else _now(conn)
     segs = segments(since, until)
     if not segs:
         return []
     segs = fall_back(segs, _oldest(conn, kind))
+    segs = read_pending(segs, derive.pending(conn, min(s[1] for s in segs),
+                                             max(s[2] for s in segs)))
     rows_sql, args = _rows_sql(kind, environment, segs)
+    # the label of the kept groups only, from their latest row (index lookups):
+    # min(label) over every row cost more than merging the sketches
+    label_sql, label_args = _rows_sql(kind, environment, segs, LATERAL,
+                                      columns="bucket, label, attrs::text AS attrs")
     first = _q(0.95 if order == "p95" else 0.99) if order in ("p95", "p99") else "NULL::float8"
     sql = """
-        SELECT group_key, label, attrs, count, errors, sum_us, max_us,
+        SELECT t.group_key, lab.label, lab.attrs, count, errors, sum_us, max_us,
                {p50}, {p95}, {p99}
-        FROM (SELECT group_key, label, attrs, count, errors, sum_us, min_us, max_us, sk,
-                     {first} AS q1
-              FROM (SELECT group_key, min(label) AS label, min(attrs::text) AS attrs,
-                           sum(count)::bigint AS count, sum(errors)::bigint AS errors,
+        FROM (SELECT group_key, count, errors, sum_us, min_us, max_us, sk, {first} AS q1
+              FROM (SELECT group_key, sum(count)::bigint AS count, sum(errors)::bigint AS errors,
                            sum(sum_us) AS sum_us, min(min_us) AS min_us, max(max_us) AS max_us,
                            sum(sketch) AS sk
                     FROM ({rows}) AS r GROUP BY group_key) AS g
               ORDER BY {key} DESC NULLS LAST, group_key LIMIT %s) AS t
-        ORDER BY {key} DESC NULLS LAST, group_key""".format(
-        rows=rows_sql, first=first, p50=_q(0.5),
+        LEFT JOIN LATERAL (SELECT label, attrs FROM ({labels}) AS l
+                           ORDER BY bucket DESC LIMIT 1) AS lab ON true
+        ORDER BY {key} DESC NULLS LAST, t.group_key""".format(
+        rows=rows_sql, labels=label_sql, first=first, p50=_q(0.5),
         key={"p95": "q1", "p99": "q1"}.get(order, ORDERS[order]),
         p95="q1" if order == "p95" else _q(0.95),
         p99="q1" if order == "p99" else _q(0.99))
     cur = conn.cursor()
-    cur.execute(TUNING + sql, args + [int(limit)])
+    cur.execute(TUNING + sql, args + [int(limit)] + label_args)
     out = []
     for (group_key, label, attrs, count, errors, sum_us, max_us, p50, p95, p99) in cur.fetchall():
         out.append({"group_key": group_key, "target": _target(kind, label, attrs),
@@ -213,13 +297,25 @@ def choose_step(since, until):
 def series(conn, kind, since, until=None, environment=None, group_key=None, step=None):
     """[{'bucket': datetime, 'count','errors','p50_ms','p95_ms','p99_ms'}...] one per step
     (step chosen from the range if None: minute <= 6 h, hour <= 14 d, day beyond)."""
+    began = _begin(conn)
+    try:
+        return _series(conn, kind, since, until, environment, group_key, step)
+    finally:
+        if began:
+            conn.rollback()
+
+
+def _series(conn, kind, since, until, environment, group_key, step):
     until = until if until is not None else _now(conn)
     if isinstance(step, timedelta):
         step = {60: "minute", 3600: "hour", 86400: "day"}[int(step.total_seconds())]
     step = step or choose_step(since, until)
     width = STEPS[step]
     lo, hi = _floor(since, width), _ceil(until, width)
-    rows_sql, args = _rows_sql(kind, environment, [(step, lo, hi)], group_key)
+    segs = [(step, lo, hi)]
+    if step != "minute":
+        segs = read_pending(segs, derive.pending(conn, lo, hi))
+    rows_sql, args = _rows_sql(kind, environment, segs, group_key, width=width)
     cur = conn.cursor()
     cur.execute(TUNING + """
         SELECT bucket, count, errors, {}, {}, {}

@@ -126,10 +126,7 @@ def _hour_envs(cur, day):
     return sorted(e for (e,) in cur.fetchall())
 
 
-def write_tier(cur, tier, env, fold):
-    b, k, g, lab, at, cnt, e, s, mn, mx, sk = aggregate.columns(fold)
-    cur.execute(write.UPSERT.format(table=write.TABLES[tier]), dict(
-        env=env, b=b, k=k, g=g, l=lab, a=at, n=cnt, e=e, s=s, mn=mn, mx=mx, sk=sk))
+write_tier = write.write_tier
 
 
 def hours(since, until):
@@ -162,8 +159,12 @@ def prune(conn, minute_days, hour_days, day_days):
 
 def verify(conn, since, until, tiers=("minute", "hour")):
     """The fault oracle: differences between the stored rollups of ``tiers`` in
-    [since, until) and a fold of the raw rows ([] when exact).  Read-only.  Pass
-    "day" only for a range of whole UTC days (a cut day cannot match)."""
+    [since, until) and a fold of the raw rows ([] when exact).  First derives
+    the pending hours (as the agent does every minute: ``derive.run``), then
+    reads only.  Pass "day" only for a range of whole UTC days (a cut day
+    cannot match)."""
+    from nightowl.rollups import derive
+    derive.run(conn)
     cur = conn.cursor()
     cur.execute("SET TimeZone = 'UTC'")
     diffs = []

@@ -1,7 +1,10 @@
 """
-Upsert rollup folds into the three tier tables, inside the caller's
-transaction (the drain's batch transaction, or a rebuild's).
+Upsert rollup folds inside the caller's transaction (the drain's batch
+transaction, or a rebuild's).
 
+The drain writes only the minute tier (``upsert``) and records the UTC hours
+it touched in ``nightowl_rollups_pending``; ``nightowl.rollups.derive``
+replaces those hours' hour and day rows from the minutes later (schema 0021).
 One statement per tier table, rows in primary-key order (ORDER BY in the
 statement itself, so every writer locks keys in the same order: no 40P01
 between workers or agents), merging additively: counts and sums add,
@@ -14,6 +17,7 @@ from nightowl.rollups import aggregate
 
 TABLES = {"minute": "nightowl_rollups_minute", "hour": "nightowl_rollups_hour",
           "day": "nightowl_rollups_day"}
+PENDING = "nightowl_rollups_pending"
 
 #: advisory lock key: pg_advisory_xact_lock(ROLLUP_LOCK)
 ROLLUP_LOCK = 0x6e6f726f6c6c  # "norall"
@@ -36,17 +40,32 @@ ON CONFLICT (kind, bucket, environment, group_key) DO UPDATE SET
     sketch = nightowl_sketch_add(r.sketch, EXCLUDED.sketch)
 """
 
+MARK = ("INSERT INTO " + PENDING + " (environment, hour) "
+        "SELECT %s, to_timestamp(h) FROM unnest(%s::bigint[]) AS h")
+
+
+def write_tier(cur, tier, environment, fold):
+    """Upsert one tier's fold; returns the rows written."""
+    b, k, g, lab, at, cnt, e, s, mn, mx, sk = aggregate.columns(fold)
+    cur.execute(UPSERT.format(table=TABLES[tier]), dict(
+        env=environment, b=b, k=k, g=g, l=lab, a=at, n=cnt, e=e, s=s, mn=mn, mx=mx, sk=sk))
+    return len(b)
+
+
+def mark(cur, environment, minutes):
+    """Record the UTC hours of the minute fold ``minutes`` as pending derivation."""
+    hours = sorted({bucket - bucket % 3600 for bucket, _, _ in minutes})
+    if hours:
+        cur.execute(MARK, (environment, hours))
+
 
 def upsert(cur, environment, minutes, lock=True):
-    """Write the minute fold ``minutes`` and its hour and day tiers."""
+    """Write the minute fold ``minutes`` and mark its hours pending (the hour
+    and day tiers follow from ``derive``)."""
     if not minutes:
         return 0
     if lock:
         cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ROLLUP_LOCK,))
-    n = 0
-    for tier, fold in aggregate.tiers(minutes).items():
-        b, k, g, lab, at, cnt, e, s, mn, mx, sk = aggregate.columns(fold)
-        cur.execute(UPSERT.format(table=TABLES[tier]), dict(
-            env=environment, b=b, k=k, g=g, l=lab, a=at, n=cnt, e=e, s=s, mn=mn, mx=mx, sk=sk))
-        n += len(b)
+    n = write_tier(cur, "minute", environment, minutes)
+    mark(cur, environment, minutes)
     return n

@@ -17,7 +17,7 @@ import pytest
 from nightowl import migrate
 from nightowl.bench import payloads
 from nightowl.pgwrite import BatchWriter
-from nightowl.rollups import query, rebuild, sketch
+from nightowl.rollups import derive, query, rebuild, sketch
 from tests.conftest import fetch
 
 NOW = 1714694500.0
@@ -44,6 +44,15 @@ def raw_count(dsn, table, where="true"):
 def rollup_count(dsn, kind, tier="minute"):
     return fetch(dsn, "SELECT coalesce(sum(count), 0) FROM nightowl_rollups_{} WHERE kind = %s"
                  .format(tier), kind)[0][0]
+
+
+def derive_tiers(dsn):
+    """What the agent's DeriveService does every minute: hour and day rows from minutes."""
+    conn = psycopg2.connect(dsn)
+    try:
+        return derive.run(conn)
+    finally:
+        conn.close()
 
 
 def verify(dsn):
@@ -100,6 +109,8 @@ def test_rollup_counts_equal_raw_rows_and_a_ledger_retry_adds_nothing(db):
     assert rollup_count(db, "log") == raw_count(db, "nightowl_logs") > 0
     assert rollup_count(db, "exception") == raw_count(db, "nightowl_exceptions")
     assert rollup_count(db, "job") == raw_count(db, "nightowl_jobs")
+    assert rollup_count(db, "query", "hour") == 0       # the drain writes minutes only
+    assert derive_tiers(db) > 0
     for tier in ("hour", "day"):
         assert rollup_count(db, "query", tier) == rollup_count(db, "query")
     assert verify(db) == []
@@ -115,6 +126,7 @@ def test_tiers_equal_the_merge_of_their_minutes(db):
     w = writer(db)
     w.write([(i + 1, orjson.dumps(recs[i * 100:(i + 1) * 100])) for i in range(30)])
     w.close()
+    derive_tiers(db)
     for tier, width in (("hour", "hour"), ("day", "day")):
         got = fetch(db, """
             SELECT t.group_key, t.count, m.count, t.sketch = m.sketch, t.min_us = m.min_us,
@@ -173,6 +185,7 @@ def test_concurrent_writers_on_contended_keys_never_deadlock(db):
         t.join()
     assert errors == []
     assert rollup_count(db, "query") == raw_count(db, "nightowl_queries") == written[0] == 3 * 15 * 400
+    derive_tiers(db)
     assert rollup_count(db, "query", "day") == written[0]
     stats = fetch(db, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
     assert stats[0][0] == 0
@@ -181,6 +194,7 @@ def test_concurrent_writers_on_contended_keys_never_deadlock(db):
 def test_rebuild_twice_gives_the_same_rows_and_matches_the_drain(db):
     rows = [(i + 1, p) for i, p in enumerate(payloads.fixture_mix(120, random.Random(9)))]
     writer(db).write(rows)
+    derive_tiers(db)
     sql = ("SELECT bucket, kind, environment, group_key, label, attrs::text, count, errors, "
            "sum_us, min_us, max_us, sketch FROM nightowl_rollups_{} ORDER BY 1, 2, 3, 4")
     drained = {t: fetch(db, sql.format(t)) for t in ("minute", "hour", "day")}
@@ -261,7 +275,56 @@ def test_top_and_series(db):
     points = query.series(conn, "request", since, until, group_key=rows[0]["group_key"])
     assert len(points) == 100 and sum(p["count"] for p in points) == 180
     assert query.series(conn, "request", since, until + timedelta(days=1))[0]["bucket"] == since
+    # nothing derived yet (hours pending: read from minutes); deriving changes no answer
+    hourly = query.series(conn, "request", since, until + timedelta(hours=3), step="hour")
+    daily = query.series(conn, "request", since - timedelta(days=1), until + timedelta(days=1),
+                         step="day")
+    assert fetch(db, "SELECT count(*) FROM nightowl_rollups_hour")[0][0] == 0
+    assert sum(p["count"] for p in hourly) == sum(p["count"] for p in daily) == 600
+    derive_tiers(db)
+    assert fetch(db, "SELECT count(*) FROM nightowl_rollups_pending")[0][0] == 0
+    assert query.top(conn, "request", since - timedelta(minutes=7),
+                     until + timedelta(hours=2)) == whole
+    assert query.series(conn, "request", since, until + timedelta(hours=3), step="hour") == hourly
+    assert query.series(conn, "request", since - timedelta(days=1), until + timedelta(days=1),
+                        step="day") == daily
     conn.close()
+
+
+def test_read_pending_routes_pending_hours_to_the_finer_tier():
+    day = datetime(2024, 5, 3, tzinfo=timezone.utc)
+    h = timedelta(hours=1)
+    segs = [("minute", day - 30 * timedelta(minutes=1), day), ("day", day, day + 2 * 24 * h)]
+    got = query.read_pending(segs, [day + 5 * h, day + 6 * h])
+    assert got == [("minute", day - 30 * timedelta(minutes=1), day), ("hour", day, day + 5 * h),
+                   ("minute", day + 5 * h, day + 6 * h), ("minute", day + 6 * h, day + 7 * h),
+                   ("hour", day + 7 * h, day + 24 * h), ("day", day + 24 * h, day + 48 * h)]
+    assert query.read_pending(segs, []) == segs
+
+
+def test_derive_replaces_and_a_concurrent_batch_stays_pending(db):
+    recs = [{"t": "query", "_group": "g", "sql": "q", "duration": 1000 + i,
+             "timestamp": 1714694400 + i * 10} for i in range(100)]
+    w = writer(db)
+    w.write([(1, orjson.dumps(recs))])
+    assert derive_tiers(db) == 1 and derive_tiers(db) == 0
+    before = fetch(db, "SELECT count, sketch FROM nightowl_rollups_hour")
+    # a batch in flight while the deriver runs: its hour is derived on the next run
+    conn = psycopg2.connect(db)
+    cur = conn.cursor()
+    cur.execute("INSERT INTO nightowl_rollups_pending (environment, hour) VALUES "
+                "('production', to_timestamp(1714694400))")
+    assert derive_tiers(db) == 0        # uncommitted: not seen, not deleted
+    conn.commit()
+    assert derive_tiers(db) == 1        # re-derived as a replacement: nothing added
+    assert fetch(db, "SELECT count, sketch FROM nightowl_rollups_hour") == before
+    w.write([(2, orjson.dumps(recs))])
+    derive_tiers(db)
+    assert fetch(db, "SELECT count FROM nightowl_rollups_hour") == [(200,)]
+    assert fetch(db, "SELECT count FROM nightowl_rollups_day") == [(200,)]
+    w.close()
+    conn.close()
+    assert verify(db) == []
 
 
 def test_top_reads_whole_hours_where_the_edge_minutes_are_pruned(db):
@@ -269,6 +332,7 @@ def test_top_reads_whole_hours_where_the_edge_minutes_are_pruned(db):
              "status_code": 200, "duration": 1000 + i, "timestamp": 1714694400 + i * 10}
             for i in range(600)]    # 00:00 to 01:40 UTC
     writer(db).write([(1, orjson.dumps(recs))])
+    derive_tiers(db)
     t0 = datetime.fromtimestamp(1714694400, timezone.utc)
     conn = psycopg2.connect(db)
     half = (t0 + timedelta(minutes=30), t0 + timedelta(minutes=90))
