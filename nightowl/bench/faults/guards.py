@@ -169,10 +169,13 @@ print(*counts)
 """
 
 
-def big_frames_trial(workdir, seconds=10.0, valid_rate=100, bomb_senders=4, log=print):
+def big_frames_trial(workdir, seconds=10.0, valid_rate=100, bomb_senders=4, late_allowed=0.0,
+                     log=print):
     """
     Big and gzip frames beside SDK-like traffic: every valid payload acked,
     their ack latency p99, how many missed the SDK's 0.5 s timeout, agent RSS.
+    ``late_allowed``: the fraction of valid payloads that may miss it (the
+    client, the blasters and the agent share two cores; the bench allows none).
     """
     import sys
     violations = []
@@ -221,7 +224,7 @@ def big_frames_trial(workdir, seconds=10.0, valid_rate=100, bomb_senders=4, log=
     unacked = len(oracle.sent) - len(oracle.acked)
     if unacked:
         violations.append("{} valid payloads refused or unanswered".format(unacked))
-    if late:
+    if late > late_allowed * len(latencies):
         violations.append("{} valid payloads missed the SDK's 0.5 s timeout".format(late))
     if not hostile["ok"] + hostile["error"]:
         violations.append("vacuous: no big frame was answered")
