@@ -107,6 +107,13 @@ def fixtures_dir():
     return None
 
 
+def _sample_records():
+    """One record of every SDK type, shipped with the package (sample-records.jsonl)."""
+    from importlib import resources
+    text = (resources.files("nightowl.bench") / "sample-records.jsonl").read_text("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def records_by_type():
     """``{type: [record dict, ...]}`` from the fixtures (or the built-in set)."""
     if "records" in _cache:
@@ -123,8 +130,10 @@ def records_by_type():
                     if line:
                         record = json.loads(line)
                         found.setdefault(record["t"], []).append(record)
-    for needed in _BUILTIN:
-        # Fill any type the fixtures lack (or all of them, without fixtures).
+    builtin = list(_BUILTIN) + _sample_records()
+    for needed in builtin:
+        # Fill any type the fixtures lack (or all of them, without fixtures:
+        # an installed package has no tests/ beside it).
         if needed["t"] not in found or not directory:
             found.setdefault(needed["t"], []).append(needed)
     _cache["records"] = found
