@@ -24,7 +24,6 @@ them with the worker id.
 import os
 import time
 
-from twisted.application.internet import backoffPolicy
 
 from nightowl.drain import ipc
 
@@ -33,7 +32,13 @@ STATS_EVERY = 2.0
 LEDGER_PRUNE_EVERY = 60.0  # seconds between ledger clean-ups
 READ_CHUNK = 500
 #: delay after failed write attempt N (0, 1, ...) of the same rows: 100 ms doubling to 10 s
-WRITE_BACKOFF = backoffPolicy(initialDelay=0.1, maxDelay=10.0, factor=2.0, jitter=lambda: 0.0)
+def WRITE_BACKOFF(attempt):
+    """Seconds before write retry ``attempt``: Twisted's backoffPolicy, 0.1 s
+    doubling to 10 s, no jitter; imported on the first retry so that loading
+    the worker's loop does not load Twisted."""
+    from twisted.application.internet import backoffPolicy
+    return backoffPolicy(initialDelay=0.1, maxDelay=10.0, factor=2.0,
+                         jitter=lambda: 0.0)(attempt)
 
 
 def batch_stats(result, payloads):
