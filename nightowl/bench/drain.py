@@ -222,7 +222,7 @@ def run(args):
     tmp = tempfile.mkdtemp(prefix="nightowl-bench-drain-")
     made = []
     try:
-        def scratch():
+        def new_database():
             try:
                 name, dsn = scratch.create_database(args.admin_dsn)
             except psycopg2.Error as e:
@@ -233,7 +233,7 @@ def run(args):
             return dsn
 
         # 1. Postgres's own intake
-        dsn = scratch()
+        dsn = new_database()
         rows, elapsed = pg_intake(dsn, payloads)
         intake = rows / elapsed
         say("postgres intake: {} rows in {:.2f} s = {:,.0f} rows/s (COPY of pre-encoded text, "
@@ -247,7 +247,7 @@ def run(args):
         for label, ledger, issues in runs:
             path = os.path.join(tmp, "buffer-ledger-{}.sqlite".format(label))
             fill_buffer(path, payloads)
-            dsn = scratch()
+            dsn = new_database()
             seed_thresholds(dsn)
             jobs.append((label, ledger, issues, path, dsn))
 
