@@ -66,13 +66,14 @@ def _first_line(text):
 
 
 def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None, clock=None,
-          rollup_days=None):
+          rollup_days=None, alert_days=None):
     """
     One retention pass (blocking: run it in a thread): ensure the daily
     partitions ahead (when ``ensure``), drop the expired ones.  Returns
     ``{"created": [...], "dropped": [...], "errors": [...], "rollups_pruned":
-    {table: rows}}``; ``rollup_days``: (minute, hour, day) tier retention in
-    days, or None.  Connection errors raise (psycopg2.Error).
+    {table: rows}, "alerts_pruned": {...}}``; ``rollup_days``: (minute, hour,
+    day) tier retention in days, or None; ``alert_days``: days of ended alert
+    history kept (nightowl.alerts.prune), or None.  Connection errors raise (psycopg2.Error).
     """
     from nightowl import partitions
     if connect is None:
@@ -92,12 +93,18 @@ def sweep(dsn, retention_days, ensure=True, log=None, connect=None, now=None, cl
         if rollup_days:
             from nightowl.rollups import rebuild
             pruned = rebuild.prune(conn, *rollup_days)   # tier retention, database clock
+        alerts = None
+        if alert_days:
+            from nightowl.alerts import prune
+            alerts = prune.prune(conn, alert_days)
     finally:
         conn.close()
     result = {"created": list(created), "dropped": list(dropped),
               "errors": list(getattr(log, "errors", ()))}
     if pruned is not None:
         result["rollups_pruned"] = pruned
+    if alerts is not None:
+        result["alerts_pruned"] = alerts
     if skew is not None:
         # only present when retention refused: the clocks disagree
         result["clock_skew"] = {"seconds": round(skew.skew, 1), "message": str(skew)}
@@ -116,10 +123,11 @@ class RetentionService(service.Service):
     log = Logger()
 
     def __init__(self, dsn, retention_days, *, ensure, reactor, rollup_days=None,
-                 every=RETENTION_EVERY, first=RETENTION_FIRST, sweep=sweep):
+                 alert_days=None, every=RETENTION_EVERY, first=RETENTION_FIRST, sweep=sweep):
         self.dsn = dsn
         self.retention_days = retention_days
         self.rollup_days = tuple(rollup_days) if rollup_days else None
+        self.alert_days = alert_days
         self.ensure = ensure
         self.reactor = reactor
         self.every = every
@@ -151,7 +159,8 @@ class RetentionService(service.Service):
             return defer.succeed(None)
         d = threads.deferToThreadPool(self.reactor, self.pool, self._sweep, self.dsn,
                                       self.retention_days, self.ensure,
-                                      rollup_days=self.rollup_days)
+                                      rollup_days=self.rollup_days,
+                                      alert_days=self.alert_days)
         self._busy = d
         d.addCallbacks(self._done, self._failed)
         d.addErrback(lambda f: self.log.failure("retention bookkeeping", f))

@@ -103,6 +103,9 @@ PARAMETERS = [
      coerce.positive_int("rollup-retention-hours"), "Days of per-hour rollups kept."),
     ("rollup-retention-days", None, 730, "NIGHTOWL_ROLLUP_RETENTION_DAYS",
      coerce.positive_int("rollup-retention-days"), "Days of per-day rollups kept."),
+    ("alert-retention-days", None, 30, "NIGHTOWL_ALERT_RETENTION_DAYS",
+     coerce.positive_int("alert-retention-days"),
+     "Days of sent, dead and digested alert history kept (pending alerts are never pruned)."),
 ]
 
 FLAGS = [
@@ -251,7 +254,8 @@ def makeService(options, reactor=None):
             # the supervisor's maintenance child ensures partitions while workers run
             ensure=workers == 0,
             rollup_days=(options["rollup-retention-minutes"], options["rollup-retention-hours"],
-                         options["rollup-retention-days"]))
+                         options["rollup-retention-days"]),
+            alert_days=options["alert-retention-days"])
 
     health = None
     if options["health"]:

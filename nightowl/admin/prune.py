@@ -4,7 +4,8 @@ raw tables that lie entirely before ``now - retention-days`` (and deletes
 expired rows parked in the DEFAULT partitions), via nightowl.partitions,
 the same code the agent runs every hour, and applies the rollup tiers'
 retention (minutes 7 days, hours 90, days 730 by default; rows older than
-that by the database clock are deleted).  Issues and users are never touched.
+that by the database clock are deleted) and the ended alert history's
+(30 days; nightowl.alerts.prune).  Issues and users are never touched.
 """
 
 import os
@@ -26,7 +27,9 @@ def configure(parser):
                             help="days of per-{} rollups kept (default: "
                                  "NIGHTOWL_ROLLUP_RETENTION_{}, else {})".format(
                                      tier[:-1], tier.upper(), default))
-
+    parser.add_argument("--alert-retention-days", type=int, default=None, metavar="N",
+                        help="days of sent, dead and digested alert history kept (default: "
+                             "NIGHTOWL_ALERT_RETENTION_DAYS, else 30)")
 
 
 def _days(args, attr="retention_days", env="NIGHTOWL_RETENTION_DAYS", default=14):
@@ -57,12 +60,13 @@ def run(args):
     tier_days = tuple(_days(args, "rollup_retention_" + tier,
                             "NIGHTOWL_ROLLUP_RETENTION_" + tier.upper(), default)
                       for tier, default in TIERS)
+    alert_days = _days(args, "alert_retention_days", "NIGHTOWL_ALERT_RETENTION_DAYS", 30)
     conn = pg.connect(dsn, "nightowl-prune")
     progress = Progress("prune", total=1)
     log = RecordingLog()
     try:
         result = sweep(dsn, days, ensure=False, log=log, connect=lambda *a, **kw: conn,
-                       rollup_days=tier_days)
+                       rollup_days=tier_days, alert_days=alert_days)
     except psycopg2.Error as e:
         progress.finish("failed")
         raise CommandError("retention failed ({}): {}".format(
@@ -81,6 +85,10 @@ def run(args):
         print("rollups deleted: " + ", ".join(
             "{} {} rows (older than {} days)".format(pruned.get(table, 0), tier[:-1], n)
             for (tier, _), n, table in zip(TIERS, tier_days, sorted(pruned, key=_tier_order))))
+    alerts = result.get("alerts_pruned") or {}
+    if any(alerts.values()):
+        print("alert history deleted: {} alerts, {} digests (ended more than {} days ago)".format(
+            alerts.get("alert_outbox", 0), alerts.get("alert_digests", 0), alert_days))
     if result["errors"]:
         for text in result["errors"]:
             print("ERROR " + text)
