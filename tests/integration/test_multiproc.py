@@ -13,7 +13,8 @@ import urllib.request
 
 import pytest
 
-from nightowl.bench import agent as launcher, faults_multiproc, procfs
+from nightowl.bench import agent as launcher, procfs
+from nightowl.bench.faults import multiproc as faults_multiproc
 from nightowl.bench.faults import oracle as fault_oracle
 from tests.integration.faultlib import assert_trial, workdir
 

@@ -16,7 +16,9 @@ from nightowl.bench import scratch
 from nightowl.bench.faults import guards
 from nightowl.bench.faults.corrupt import CORRUPTIONS, corrupt_trial
 from nightowl.bench.faults.drain import agent_kill_drain_trials, worker_kill_trials
+from nightowl.bench.faults.agents import several_agents_trial
 from nightowl.bench.faults.frames import hypothesis_frames
+from nightowl.bench.faults.multiproc import child_kill_trial
 from nightowl.bench.faults.hostile import hostile_trial
 from nightowl.bench.faults.ingest import (
     backpressure_trial, can_mount, diskfull_trial, kill_trials)
@@ -58,9 +60,15 @@ def configure(parser):
                         help="comma-separated faults to run: sigkill, back-pressure, "
                              "disk-full, corrupt, hostile, agent-kill, worker-kill, pg-outage, "
                              "clock-skew, second-agent, big-frames, poison-claim, "
-                             "frozen-worker")
+                             "frozen-worker, ingest-process-kill, several-agents")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+
+
+def _fresh(tmp, name):
+    path = os.path.join(tmp, name)
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def table(results):
@@ -152,7 +160,7 @@ def run(args):
     only = set(args.only.split(",")) if args.only else {
         "sigkill", "back-pressure", "disk-full", "corrupt", "hostile", "agent-kill",
         "worker-kill", "pg-outage", "clock-skew", "second-agent", "big-frames", "poison-claim",
-        "frozen-worker"}
+        "frozen-worker", "ingest-process-kill", "several-agents"}
     tmp = tempfile.mkdtemp(prefix="nightowl-faults-")
     results = []
     errors = []
@@ -239,6 +247,18 @@ def run(args):
             finally:
                 scratch.drop_database(args.admin_dsn, name)
         guards.run_all(tmp, only, dsn_for, log, attempt)
+        if "ingest-process-kill" in only:
+            with dsn_for("ingest-process-kill") as dsn:
+                if dsn:
+                    attempt("ingest-process-kill", child_kill_trial,
+                            _fresh(tmp, "ingest-process-kill"), dsn, rate=args.drain_rate,
+                            log=log)
+        if "several-agents" in only:
+            with dsn_for("several-agents") as dsn:
+                if dsn:
+                    attempt("several-agents", several_agents_trial,
+                            _fresh(tmp, "several-agents"), dsn, agents=3, workers=2,
+                            rate=args.drain_rate // 3, load_s=20.0, batch_size=200, log=log)
     finally:
         if args.keep:
             log("kept {}".format(tmp))

@@ -116,6 +116,9 @@ def child_kill_trial(workdir, dsn, rate=1500, concurrency=8, load_s=4.0, catchup
     violations += check["violations"]
     row.update({"acked": len(acked), "pg_stored": check["stored"], "buffers": per_buffer,
                 "violations": violations, "ok": not violations})
+    row["trial"] = "2 processes, kill one"
+    row["detail"] = ("{acked} acked, {pg_stored} in Postgres, per buffer {n}, restarted "
+                     "{restarted}".format(n=sorted(per_buffer.values()), **row))
     log("ingest process kill: {acked} acked, {pg_stored} payloads in Postgres, buffers "
         "{buffers}, restarted {restarted}: {v}".format(
             v="ok" if row["ok"] else "; ".join(violations), **row))
