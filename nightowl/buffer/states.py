@@ -97,8 +97,10 @@ def mark_drained(conn, ids, now):
     claimed = pending = 0
     for chunk in chunks(ids):
         params = [now] + list(chunk)
-        claimed += conn.execute(_MARK_CLAIMED.format(_marks(chunk)), params).rowcount
-        pending += conn.execute(_MARK_PENDING.format(_marks(chunk)), params).rowcount
+        n = conn.execute(_MARK_CLAIMED.format(_marks(chunk)), params).rowcount
+        claimed += n
+        if n < len(chunk):   # the usual batch was all still claimed: one statement
+            pending += conn.execute(_MARK_PENDING.format(_marks(chunk)), params).rowcount
     return claimed, pending
 
 
