@@ -45,6 +45,25 @@ class MemoryBuffer:
             d.errback(error or IOError("disk full"))
 
 
+class WaiterBuffer(MemoryBuffer):
+    """L{MemoryBuffer} taking the ingest's per-payload waiters, as BufferWriter does."""
+
+    takes_waiters = True
+
+    def append(self, payload, checked=False, waiter=None):
+        if waiter is None:
+            return MemoryBuffer.append(self, payload, checked)
+        from nightowl import wire
+        try:
+            if not checked:
+                wire.check_json_array(payload)
+        except wire.FrameError as e:
+            waiter.errback(e)
+            return waiter
+        self.waiting.append((payload, waiter))
+        return waiter
+
+
 class ThreadReactor:
     """
     Enough of a reactor for BufferWriter in a synchronous test: calls made

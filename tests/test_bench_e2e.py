@@ -55,3 +55,21 @@ def test_top_frames_from_py_spy_raw():
     assert top["samples"] == 40
     assert top["self"][0] == ("parse (w.py:9)", 30, 75.0)
     assert ("loop (a.py:5)", 40, 100.0) in top["inclusive"]
+
+
+def test_issue12_figures_with_and_without_the_drain():
+    from nightowl.bench import e2e_ratios
+    assert e2e_ratios.us_per_payload(50.0, 10.0, 10000) == 500.0
+    assert e2e_ratios.us_per_payload(50.0, 10.0, 0) is None
+    only = {"full_rate": 5000.0, "us_per_payload": 200.0}
+    half = {"agent_us_per_payload": 250.0, "p99_ms": 8.0}
+    f = e2e_ratios.figures(4000, half, only)
+    assert (f["cpu_ratio"], f["rate_ratio"], f["p99_ms_at_half"]) == (1.25, 0.8, 8.0)
+    assert all(f["met"].values())
+    f = e2e_ratios.figures(3000, dict(half, agent_us_per_payload=300.0, p99_ms=12.0), only)
+    assert f["met"] == {"cpu_ratio": False, "rate_ratio": False, "p99_ms_at_half": False}
+    lines = []
+    e2e_ratios.table(f, lines.append)
+    assert len(lines) == 4 and sum(line.endswith("MISS") for line in lines) == 3
+    nothing = e2e_ratios.figures(None, None, only)
+    assert nothing["cpu_ratio"] is None and not any(nothing["met"].values())

@@ -43,3 +43,18 @@ def test_ratios_against_one_process_and_bare():
                          [slow], lines.append)
     assert lines[-2].endswith("MISS") and "rows / acked" in lines[-3] and \
         lines[-3].endswith("MISS")
+
+
+def test_cpu_per_payload_against_the_bare_server():
+    from nightowl.bench import ingest
+    assert ingest.cpu_per_reply_us(0.5, 2500) == 200.0
+    assert ingest.cpu_per_reply_us(0.5, 0) is None
+    assert ingest.cpu_ratio(200.0, 125.0) == 1.6
+    assert ingest.cpu_ratio(None, 125.0) is None
+    lines = []
+    run = {"processes": 2, "payloads_per_s": 150.0, "buffered": 10, "acked": 10,
+           "agent_cpu_us_per_payload": 250.0}
+    out = ingest_procs.scaling({"bare_payloads_per_s": 200.0, "payloads_per_s": 100.0,
+                                "bare_cpu_us_per_connection": 125.0}, [run], lines.append)
+    assert out["x2_cpu_ratio"] == 2.0
+    assert lines[-1].startswith("2 processes: CPU/payload / bare") and lines[-1].endswith("MISS")

@@ -34,6 +34,26 @@ def test_claim_is_bounded_in_bytes_and_takes_at_least_one_row(conn):
     assert count_states(conn) == {"pending": 1, "claimed": 4, "drained": 0, "quarantined": 0}
 
 
+def test_claim_takes_only_pending_rows_in_its_range_and_by_id_when_far_apart(conn):
+    def row(state=states.PENDING):
+        return add_row(conn, b"[]", state=state)
+    a = row()
+    quarantined = [row(states.QUARANTINED) for _ in range(10)]   # far more than the claim
+    b, c = row(), row()
+    other = row(states.claimed_by(7))
+    d = row()
+    drained = row(states.DRAINED)
+    e = row()
+    assert states.claim(conn, 1, 3, now=2.0) == [a, b, c]          # by id: 12 rows apart
+    assert states.claim(conn, 2, 10, now=2.0) == [d, e]            # the range, skipping two
+    assert [state_of(conn, i) for i in (a, b, c, d, e)] == [states.claimed_by(1)] * 3 + [
+        states.claimed_by(2)] * 2
+    assert {state_of(conn, i) for i in quarantined} == {states.QUARANTINED}
+    assert (state_of(conn, other), state_of(conn, drained)) == (states.claimed_by(7),
+                                                                states.DRAINED)
+    assert states.claim(conn, 3, 10, now=2.0) == []
+
+
 def test_quarantine_counts_by_origin_and_skips_finished_rows(conn):
     pending = add_row(conn, b"[]")
     claimed = add_row(conn, b"[]", state=states.claimed_by(0))

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from nightowl import wire
 from nightowl.ingest import IngestFactory
 from nightowl.metrics import Metrics
-from tests.fakes import MemoryBuffer
+from tests.fakes import MemoryBuffer, WaiterBuffer
 
 PAYLOAD = b'[{"v":1,"t":"request","url":"https:\\/\\/app.test\\/"}]'
 
@@ -196,3 +196,30 @@ class IngestProtocolTests(SynchronousTestCase):
             globalLogPublisher.removeObserver(events.append)
         refusals = [e for e in events if e.get("reason") == "not-array"]
         self.assertEqual(refusals[0]["suppressed"], 4)
+
+
+class IngestProtocolWaiterTests(IngestProtocolTests):
+    """Every test above again, with a buffer that fires per-payload waiters."""
+
+    def setUp(self):
+        IngestProtocolTests.setUp(self)
+        self.buffer = WaiterBuffer()
+        self.factory = self.make_factory()
+        self.assertTrue(self.factory.waiters)
+
+    def test_an_error_acking_one_payload_does_not_stop_the_others(self):
+        protos = [self.feed(wire.encode_frame(PAYLOAD)) for _ in range(3)]
+        broken = protos[0][0]
+
+        def boom(*args):
+            raise RuntimeError("bug")
+        broken._stored = boom
+        self.buffer.commit()
+        self.assertEqual([t.value() for _p, t in protos[1:]], [b"2:OK", b"2:OK"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_a_plain_exception_errback_replies_error(self):
+        _proto, transport = self.feed(wire.encode_frame(PAYLOAD))
+        self.buffer.fail(IOError("disk full"))
+        self.assertEqual(transport.value(), b"5:ERROR")
+        self.assertEqual(self.metrics.rejected["buffer-error"], 1)

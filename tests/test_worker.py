@@ -138,6 +138,17 @@ def test_claim_write_done_marked_cycle():
     assert writer.calls == [[5, 6, 7]]
 
 
+def test_a_short_claim_waits_for_the_batch_to_fill_a_full_one_does_not():
+    full = [{"op": "claimed", "ids": list(range(1, 8))}, {"op": "marked"}]
+    short = [{"op": "claimed", "ids": [8, 9]}, {"op": "marked"}]
+    worker, channel, writer, stop, logs, _ = make(full + short + full)
+    assert worker.run() == 0
+    assert ops(channel) == ["hello", "claim", "done", "claim", "done", "claim", "done", "claim"]
+    # batch size 7: only the claim of 2 is followed by a wait
+    assert stop.waits == [w.FILL_SECONDS]
+    assert 0 < w.FILL_SECONDS <= w.IDLE_SECONDS
+
+
 def test_missing_ids_are_reported_drained():
     worker, channel, writer, _, logs, _ = make(
         [{"op": "claimed", "ids": [1, 500]}, {"op": "marked"}])
@@ -163,7 +174,8 @@ def test_outage_retries_same_rows_with_doubling_backoff_and_logs_at_doublings():
         [{"op": "claimed", "ids": [1, 2]}, {"op": "marked"}], writer=writer, stop=stop)
     worker.run()
     assert writer.calls == [[1, 2]] * 10
-    assert stop.waits == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0]
+    # the write backoff, then the fill wait after a short claim
+    assert stop.waits == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0, w.FILL_SECONDS]
     errors = [m for level, m in logs if level == "error"]
     assert len(errors) == 4                      # attempts 1, 2, 4, 8
     assert all("attempt" in m for m in errors)

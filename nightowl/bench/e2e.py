@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 
-from nightowl.bench import procfs, pyspy, scratch
+from nightowl.bench import e2e_ratios, procfs, pyspy, scratch
 from nightowl.bench.agent import Agent, wait_for
 
 TARGET = {"rate": 8000, "p99_ms": 20.0, "rss_mb": 150.0}
@@ -68,6 +68,9 @@ def configure(parser):
                              "is profiled only when the target is missed, into a temp dir")
     parser.add_argument("--no-profile", action="store_true", help="never profile")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--no-ingest-only", action="store_true",
+                        help="skip the half-rate step and the ingest-only agent (the three "
+                             "issue 12 figures: CPU with/without drain, rate, p99 at half)")
 
 
 # -- pure rules (tests/test_bench_e2e.py) ------------------------------------------
@@ -239,6 +242,7 @@ def step(agent, frames_path, rate, seconds, concurrency, batch_size, admin_dsn, 
             "cpu_pct": dict((k, round(v, 1) if isinstance(v, float) else v)
                             for k, v in cpu.items()),
             "rss_peak_mb": round(sampler.rss_peak_kb / 1024.0, 1),
+            "agent_us_per_payload": e2e_ratios.us_per_payload(cpu["agent"], elapsed, res["ok"]),
             "flat": flat, "sustained": sustained, "passed": flat and sustained}
 
 
@@ -352,6 +356,20 @@ def run(args):
             summary["profile"] = dict((k, {"self": v["self"][:10], "file": v["file"]})
                                       for k, v in (found or {}).items())
         summary["agent_tracebacks"] = agent.tracebacks()
+        if not args.no_ingest_only:
+            half = None
+            if held:
+                say("half the sustained rate, with the drain: {}/s".format(best // 2))
+                say(HEADER)
+                half = step(agent, frames_path, best // 2, args.step_seconds, args.concurrency,
+                            args.batch_size, args.admin_dsn, name)
+                say(_row(half))
+            agent.stop()
+            agent = None
+            only = e2e_ratios.ingest_only(tmp, frames_path, best // 2 if held else None,
+                                          args.step_seconds, args.concurrency, say)
+            summary["issue12"] = e2e_ratios.figures(best if held else None, half, only)
+            e2e_ratios.table(summary["issue12"], say)
     finally:
         if agent is not None:
             agent.stop()

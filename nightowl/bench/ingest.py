@@ -33,6 +33,8 @@ TARGET_RATE = 20000
 TARGET_RATIO = 0.7
 TARGET_P99_MS = 20.0
 TARGET_RSS_MB = 150.0
+# the agent's CPU per acknowledged payload / the bare server's CPU per connection
+TARGET_CPU_RATIO = 1.8
 
 def configure(parser):
     parser.add_argument("--duration", type=float, default=10.0,
@@ -118,7 +120,20 @@ def measure(port, frames_path, server_pid, concurrency, duration, split, rate=No
     result["generator_cpu_pct"] = 100.0 * (result["cpu_user_s"] + result["cpu_sys_s"]) / elapsed
     if cpu0 is not None and cpu1 is not None:
         result["server_cpu_pct"] = 100.0 * (cpu1 - cpu0) / elapsed
+        result["server_cpu_us"] = cpu_per_reply_us(cpu1 - cpu0, result["ok"])
     return result
+
+
+def cpu_per_reply_us(cpu_seconds, replies):
+    """Server CPU microseconds per ``2:OK`` (None without a reply)."""
+    return round(1e6 * cpu_seconds / replies, 1) if replies else None
+
+
+def cpu_ratio(agent_us, bare_us):
+    """The agent's CPU per acked payload over the bare server's per connection."""
+    if not agent_us or not bare_us:
+        return None
+    return round(agent_us / bare_us, 3)
 
 
 def measure_parallel(port, frames_path, server_pid, concurrency, duration, split, n=2):
@@ -213,9 +228,9 @@ def _run(args, tmp):
     finally:
         _stop(bare_proc)
     say("bare server   {:>10}  p50 {:.2f} ms  p99 {:.2f} ms  failures {}  "
-        "server CPU {:.0f}%  generator CPU {:.0f}%".format(
+        "server CPU {:.0f}% ({} us per connection)  generator CPU {:.0f}%".format(
             _fmt_rate(bare["payloads_per_s"]), bare["p50_ms"], bare["p99_ms"], _failure_text(bare),
-            bare.get("server_cpu_pct", 0), bare["generator_cpu_pct"]))
+            bare.get("server_cpu_pct", 0), bare.get("server_cpu_us"), bare["generator_cpu_pct"]))
 
     if two:
         say("bare, 2 gens  {:>10}  p99 {:.2f} ms  failures {}  server CPU {:.0f}%  "
@@ -231,6 +246,8 @@ def _run(args, tmp):
         "concurrency": args.concurrency, "duration_s": args.duration, "split": args.split,
         "bare_p99_ms": bare["p99_ms"], "bare_server_cpu_pct": round(bare.get("server_cpu_pct", 0), 1),
         "generator_cpu_pct_vs_bare": round(bare["generator_cpu_pct"], 1),
+        "bare_cpu_us_per_connection": bare.get("server_cpu_us"),
+        "agent_cpu_us_per_payload": None, "cpu_ratio": None,
     }
     if two:
         summary["bare_payloads_per_s_two_generators"] = round(two["payloads_per_s"], 1)
@@ -269,9 +286,10 @@ def _agent_runs(args, tmp, frames_path, bare, say):
         full = measure(port, frames_path, pid, args.concurrency, args.duration, args.split)
         runs.append(full)
         say("agent         {:>10}  p50 {:.2f} ms  p99 {:.2f} ms  failures {}  "
-            "agent CPU {:.0f}%  generator CPU {:.0f}%".format(
+            "agent CPU {:.0f}% ({} us per payload)  generator CPU {:.0f}%".format(
                 _fmt_rate(full["payloads_per_s"]), full["p50_ms"], full["p99_ms"],
-                _failure_text(full), full.get("server_cpu_pct", 0), full["generator_cpu_pct"]))
+                _failure_text(full), full.get("server_cpu_pct", 0), full.get("server_cpu_us"),
+                full["generator_cpu_pct"]))
         time.sleep(1.0)  # let the writer catch up before the latency run
         fixed = measure(port, frames_path, pid, args.latency_concurrency, args.duration,
                         args.split, rate=args.rate_for_latency)
@@ -307,6 +325,8 @@ def _agent_runs(args, tmp, frames_path, bare, say):
         "agent_rss_mb": round(rss, 1) if rss else None,
         "agent_peak_rss_mb": round(peak, 1) if peak else None,
         "agent_cpu_pct": round(full.get("server_cpu_pct", 0), 1),
+        "agent_cpu_us_per_payload": full.get("server_cpu_us"),
+        "cpu_ratio": cpu_ratio(full.get("server_cpu_us"), bare.get("server_cpu_us")),
         "generator_cpu_pct_vs_agent": round(full["generator_cpu_pct"], 1),
         "acked": acked, "frames_sent": started, "buffered": buffered,
         "failures": sum(_failures(r) for r in runs),
@@ -331,6 +351,10 @@ def _table(s, bare, say):
     rows.append(("agent / bare", "n/a" if ratio is None else "{:.2f}".format(ratio),
                  ">= {:.1f}".format(TARGET_RATIO),
                  _verdict(None if ratio is None else ratio >= TARGET_RATIO)))
+    cpu = s.get("cpu_ratio")
+    rows.append(("agent CPU/payload / bare", "n/a" if cpu is None else "{:.2f} ({} / {} us)".format(
+        cpu, s["agent_cpu_us_per_payload"], s["bare_cpu_us_per_connection"]),
+        "<= {:.1f}".format(TARGET_CPU_RATIO), _verdict(None if cpu is None else cpu <= TARGET_CPU_RATIO)))
     if s["p50_ms"] is not None:
         rows.append(("ack p50 / p99, full speed", "{:.2f} / {:.2f} ms".format(
             s["p50_ms"], s["p99_ms"]), "", ""))

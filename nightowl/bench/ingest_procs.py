@@ -93,6 +93,7 @@ def run_processes(args, tmp, frames_path, n, say):
     return {"processes": n, "payloads_per_s": round(full["payloads_per_s"], 1),
             "p50_ms": full["p50_ms"], "p99_ms": full["p99_ms"],
             "agent_cpu_pct": round(full.get("server_cpu_pct", 0), 1),
+            "agent_cpu_us_per_payload": full.get("server_cpu_us"),
             "generator_cpu_pct": round(full["generator_cpu_pct"], 1),
             "failures": bench._failures(full), "acked": acked,
             "buffered": sum(per_buffer), "rows_per_buffer": per_buffer}
@@ -124,6 +125,13 @@ def scaling(summary, runs, say):
                      bench._verdict(None if target is None else ratio >= target)))
         rows.append(("{} processes / bare".format(n), "{:.2f}".format(out["x{}_vs_bare".format(n)]),
                      "", ""))
+        ratio = bench.cpu_ratio(r.get("agent_cpu_us_per_payload"),
+                                summary.get("bare_cpu_us_per_connection"))
+        if ratio is not None:
+            out["x{}_cpu_ratio".format(n)] = ratio
+            rows.append(("{} processes: CPU/payload / bare".format(n), "{:.2f}".format(ratio),
+                         "<= {:.1f}".format(bench.TARGET_CPU_RATIO),
+                         bench._verdict(ratio <= bench.TARGET_CPU_RATIO)))
     for name, measured, target, verdict in rows:
         say("{:<28} {:>20}  {:<14} {}".format(name, measured, target, verdict).rstrip())
     return out

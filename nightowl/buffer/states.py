@@ -31,15 +31,20 @@ def _sql(text):
     return text.format(**_NAMES)
 
 
-_CLAIM = _sql(
-    "UPDATE payloads SET state = ?, state_at = ? WHERE id IN "
-    "(SELECT id FROM payloads WHERE state = {PENDING} ORDER BY id LIMIT ?) RETURNING id")
-# bounded in bytes too (a running total; always at least one row)
-_CLAIM_BYTES = _sql(
-    "UPDATE payloads SET state = ?, state_at = ? WHERE id IN "
-    "(SELECT id FROM (SELECT id, sum(coalesce(size, 0)) OVER (ORDER BY id) AS total, "
-    "row_number() OVER (ORDER BY id) AS n FROM (SELECT id, size FROM payloads "
-    "WHERE state = {PENDING} ORDER BY id LIMIT ?)) WHERE total <= ? OR n = 1) RETURNING id")
+# A claim: the ids and sizes of the oldest pending rows (the (state, id)
+# index), cut to the byte budget here, then one UPDATE of that id range.  The
+# pending rows with ids in [first, last] are exactly those selected (they are
+# the oldest), and nothing else writes meanwhile (the caller's transaction
+# holds the write lock); a range far wider than the rows claimed is updated
+# by id instead.  The earlier single UPDATE with a window-function
+# running total took twice the writer's time: 12 ms of CPU per 1,300 rows
+# against ~5, during which no ack could be committed.
+_PENDING_HEAD = _sql("SELECT id, size FROM payloads WHERE state = {PENDING} "
+                     "ORDER BY id LIMIT ?")
+_CLAIM_RANGE = _sql("UPDATE payloads SET state = ?, state_at = ? "
+                    "WHERE id BETWEEN ? AND ? AND state = {PENDING}")
+_CLAIM_IDS = _sql("UPDATE payloads SET state = ?, state_at = ? "
+                  "WHERE state = {PENDING} AND id IN ({{}})")
 _MARK_CLAIMED = _sql("UPDATE payloads SET state = {DRAINED}, state_at = ? "
                      "WHERE state >= {CLAIMED} AND id IN ({{}})")
 _MARK_PENDING = _sql("UPDATE payloads SET state = {DRAINED}, state_at = ? "
@@ -79,12 +84,26 @@ def claim(conn, worker, limit, now, max_bytes=None):
     Claim for ``worker`` up to ``limit`` pending rows, oldest first, and at
     most ``max_bytes`` of payload (always at least one row); their ids, sorted.
     """
-    if max_bytes is None:
-        cursor = conn.execute(_CLAIM, (claimed_by(worker), now, limit))
+    rows = conn.execute(_PENDING_HEAD, (limit,)).fetchall()
+    if not rows:
+        return []
+    if max_bytes is not None:
+        total = 0
+        for n, (_id, size) in enumerate(rows):
+            total += size or 0
+            if total > max_bytes and n:
+                del rows[n:]
+                break
+    ids = [row[0] for row in rows]
+    state = claimed_by(worker)
+    if ids[-1] - ids[0] < 2 * len(ids):
+        # the usual case: the range holds few rows in other states
+        conn.execute(_CLAIM_RANGE, (state, now, ids[0], ids[-1]))
     else:
-        cursor = conn.execute(_CLAIM_BYTES, (claimed_by(worker), now, limit, max_bytes))
-    ids = [row[0] for row in cursor]
-    ids.sort()
+        # an old pending row far below the rest (a released claim beside
+        # quarantined rows): by id, so the range's other rows are not scanned
+        for chunk in chunks(ids):
+            conn.execute(_CLAIM_IDS.format(_marks(chunk)), [state, now] + chunk)
     return ids
 
 
@@ -97,8 +116,10 @@ def mark_drained(conn, ids, now):
     claimed = pending = 0
     for chunk in chunks(ids):
         params = [now] + list(chunk)
-        claimed += conn.execute(_MARK_CLAIMED.format(_marks(chunk)), params).rowcount
-        pending += conn.execute(_MARK_PENDING.format(_marks(chunk)), params).rowcount
+        n = conn.execute(_MARK_CLAIMED.format(_marks(chunk)), params).rowcount
+        claimed += n
+        if n < len(chunk):   # the usual batch was all still claimed: one statement
+            pending += conn.execute(_MARK_PENDING.format(_marks(chunk)), params).rowcount
     return claimed, pending
 
 

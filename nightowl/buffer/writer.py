@@ -200,15 +200,20 @@ class BufferWriter(groupcommit.WriterThread, service.Service):
         self.back_pressure = False
         return None
 
-    def append(self, payload, checked=False):
+    #: append() takes a ``waiter`` in place of the Deferred it would make
+    takes_waiters = True
+
+    def append(self, payload, checked=False, waiter=None):
         """
         Queue a payload; fires (with None) once it is committed.
 
         Payloads appended during one reactor iteration are handed to the
         writer thread together, so the threads meet once per iteration, not
-        once per payload.
+        once per payload.  ``waiter``: fired in place of a new Deferred
+        (anything with ``callback``, ``errback`` and ``called``; the ingest's
+        per-payload ack, nightowl.ingest) and returned.
         """
-        d = defer.Deferred()
+        d = defer.Deferred() if waiter is None else waiter
         (self._checked if checked else self._batch).append((payload, d))
         self.inflight += 1
         self.inflight_bytes += len(payload)

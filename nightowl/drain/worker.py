@@ -28,6 +28,14 @@ import time
 from nightowl.drain import ipc
 
 IDLE_SECONDS = 0.1
+# After a short claim (fewer ids than asked: the backlog is drained) the
+# worker waits this long before claiming again, so the next batch fills up.
+# Without it a worker keeping pace at 1,000 payloads/s claimed a few rows at
+# a time, and each batch's claim, mark and IPC in the agent cost more than
+# ingesting its payloads.  Never when the claim was full (a backlog): then
+# the worker claims again at once.  Adds up to this much to the time from
+# ack to Postgres; none to the ack.
+FILL_SECONDS = 0.05
 STATS_EVERY = 2.0
 LEDGER_PRUNE_EVERY = 60.0  # seconds between ledger clean-ups
 READ_CHUNK = 500
@@ -140,6 +148,9 @@ class Worker:
             if self.channel.expect(ipc.MARKED) is None:
                 return 0
             self.last_stats_sent = self.clock()
+            if len(ids) < self.config.batch_size and not done.get("held"):
+                if self.stop_event.wait(FILL_SECONDS):
+                    break
             if done.get("held") and self.breaker is not None:
                 # the breaker is open: the held rows are pending again; retry later
                 if self.stop_event.wait(self.breaker.delay()):
