@@ -58,6 +58,8 @@ class IngestProtocol(Protocol):
                 self._refuse(wire.FrameError("memory"))
             return
         self._finish()
+        if factory.forward:
+            self._frame = frame  # --forward: the frame as sent goes upstream too
         checker = factory.checker
         if checker is not None and checker.wants(frame):
             # big or gzip: opened and checked off the reactor and the writer
@@ -87,7 +89,12 @@ class IngestProtocol(Protocol):
         if reason is not None:
             self._refuse(wire.FrameError(reason))
             return
-        d = buffer.append(payload, checked=checked) if checked else buffer.append(payload)
+        if factory.forward:
+            frame = self._frame
+            d = buffer.append(payload, checked=checked,
+                              forward=(frame.token_hash, frame.payload))
+        else:
+            d = buffer.append(payload, checked=checked) if checked else buffer.append(payload)
         d.addCallbacks(self._stored, self._notStored, callbackArgs=(size,))
 
     def _stored(self, _ignored, size):
@@ -151,7 +158,8 @@ class IngestFactory(Factory):
 
     def __init__(self, buffer, metrics, token=None, max_frame_bytes=10 * 1024 * 1024,
                  max_inflated_bytes=64 * 1024 * 1024, frame_timeout=10.0,
-                 max_inflight_bytes=MAX_INFLIGHT_BYTES, reactor=None, checker=None):
+                 max_inflight_bytes=MAX_INFLIGHT_BYTES, reactor=None, checker=None,
+                 forward=False):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -165,6 +173,8 @@ class IngestFactory(Factory):
         # nightowl.checker.FrameChecker, or None: every frame opened here and
         # checked on the writer thread
         self.checker = checker
+        # --forward: hand each frame's token hash and raw payload to the buffer
+        self.forward = forward
         self._last_logged = {}
         self._unlogged = {}
         self._watched = {}

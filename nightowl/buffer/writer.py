@@ -46,7 +46,7 @@ class BufferWriter(groupcommit.WriterThread, service.Service):
 
     def __init__(self, path, reactor=None, max_queue=20000, max_pending=1000000,
                  clock=time.time, sync="normal",
-                 validate=None, max_queue_bytes=64 * 1024 * 1024):
+                 validate=None, max_queue_bytes=64 * 1024 * 1024, forward_queue=None):
         if reactor is None:
             from twisted.internet import reactor
         self.path = path
@@ -62,6 +62,8 @@ class BufferWriter(groupcommit.WriterThread, service.Service):
         # raising refuses that payload alone (the SDK gets 5:ERROR).  Here,
         # parsing overlaps the reactor thread's socket system calls.
         self.validate = validate
+        # nightowl.buffer.forwardq.ForwardQueue with --forward, else None
+        self.forward_queue = forward_queue
         self.buffer_id = None
         self.moved_aside = None
         self._queue = queue.SimpleQueue()
@@ -200,15 +202,19 @@ class BufferWriter(groupcommit.WriterThread, service.Service):
         self.back_pressure = False
         return None
 
-    def append(self, payload, checked=False):
+    def append(self, payload, checked=False, forward=None):
         """
-        Queue a payload; fires (with None) once it is committed.
+        Queue a payload; fires (with None) once it is committed.  ``forward``:
+        ``(token_hash, payload as received)`` to queue for --forward in the
+        same commit (ignored without a forward queue).
 
         Payloads appended during one reactor iteration are handed to the
         writer thread together, so the threads meet once per iteration, not
         once per payload.
         """
         d = defer.Deferred()
+        if forward is not None and self.forward_queue is not None:
+            d.forward = forward
         (self._checked if checked else self._batch).append((payload, d))
         self.inflight += 1
         self.inflight_bytes += len(payload)
