@@ -68,6 +68,7 @@ class ForwardQueue:
         self.dropped = 0
         self.dropped_bytes = 0
         self.inserted = 0
+        self.trimmed_below = 0   # every id below this was dropped or delivered
 
     def opened(self, conn):
         """Read the counters of the file (writer thread, at open)."""
@@ -103,14 +104,14 @@ class ForwardQueue:
                 added += size
                 values.extend((first + start + offset, now, token_hash, payload, size))
             conn.execute(sql, values)
-        change = [len(rows), added, first + len(rows) - 1, 0, 0]
+        change = [len(rows), added, first + len(rows) - 1, 0, 0, None]
         over_rows = self.rows + len(rows) - self.max_rows
         over_bytes = self.bytes + added - self.max_bytes
         if over_rows > 0 or over_bytes > 0:
-            n, size = self._trim(conn, max(over_rows, 0), max(over_bytes, 0))
+            n, size, below = self._trim(conn, max(over_rows, 0), max(over_bytes, 0))
             change[0] -= n
             change[1] -= size
-            change[3], change[4] = n, size
+            change[3], change[4], change[5] = n, size, below
         return change
 
     def _trim(self, conn, rows, size):
@@ -124,13 +125,15 @@ class ForwardQueue:
             total += row_size
         cursor.close()
         delete(conn, ids)
-        return len(ids), total
+        return len(ids), total, (ids[-1] + 1 if ids else None)
 
     def applied(self, change):
         """Apply L{insert}'s counter changes once its transaction committed."""
         if change is None:
             return
-        rows, size, last_id, dropped, dropped_bytes = change
+        rows, size, last_id, dropped, dropped_bytes, below = change
+        if below is not None:
+            self.trimmed_below = below   # the forwarder skips what it still holds below it
         self.rows += rows
         self.bytes += size
         self.last_id = last_id

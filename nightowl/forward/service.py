@@ -15,7 +15,9 @@ The guarantee and its limits:
   upstream answers again;
 - the backlog is bounded (``--forward-max-rows`` / ``--forward-max-bytes``):
   past the bound the oldest rows are deleted in the commit that adds new
-  ones, and counted (``dropped``); the Postgres copy is never touched;
+  ones, and counted (``dropped``); the Postgres copy is never touched; a
+  dropped frame is not sent, except one already in flight (at most
+  ``max_inflight``, one while the upstream is down);
 - an upstream reply other than ``2:OK`` (e.g. ``5:ERROR``: it refused the
   frame) is counted in ``rejected`` and the frame is retried after a backoff
   delay, up to L{ForwardService.reject_attempts} answers in all; then it is
@@ -126,6 +128,8 @@ class ForwardService(service.Service):
             limit = 1 if self.upstream_up is False else self.max_inflight
             while self._ready and len(self._inflight) < limit:
                 row_id, frame = heapq.heappop(self._ready)
+                if row_id < self.queue.trimmed_below:
+                    continue     # dropped past the bound while it waited here
                 self._send(row_id, frame)
         if (not self._fetching and len(self._ready) < self.fetch_rows // 2
                 and self.queue.last_id > self._cursor):
