@@ -16,6 +16,7 @@ from nightowl.bench import scratch
 from nightowl.bench.faults import guards
 from nightowl.bench.faults.corrupt import CORRUPTIONS, corrupt_trial
 from nightowl.bench.faults.drain import agent_kill_drain_trials, worker_kill_trials
+from nightowl.bench.faults.forwarding import upstream_kill_trial
 from nightowl.bench.faults.frames import hypothesis_frames
 from nightowl.bench.faults.hostile import hostile_trial
 from nightowl.bench.faults.ingest import (
@@ -58,7 +59,7 @@ def configure(parser):
                         help="comma-separated faults to run: sigkill, back-pressure, "
                              "disk-full, corrupt, hostile, agent-kill, worker-kill, pg-outage, "
                              "clock-skew, second-agent, big-frames, poison-claim, "
-                             "frozen-worker")
+                             "frozen-worker, upstream-kill")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
@@ -152,7 +153,7 @@ def run(args):
     only = set(args.only.split(",")) if args.only else {
         "sigkill", "back-pressure", "disk-full", "corrupt", "hostile", "agent-kill",
         "worker-kill", "pg-outage", "clock-skew", "second-agent", "big-frames", "poison-claim",
-        "frozen-worker"}
+        "frozen-worker", "upstream-kill"}
     tmp = tempfile.mkdtemp(prefix="nightowl-faults-")
     results = []
     errors = []
@@ -239,6 +240,14 @@ def run(args):
             finally:
                 scratch.drop_database(args.admin_dsn, name)
         guards.run_all(tmp, only, dsn_for, log, attempt)
+        if "upstream-kill" in only:
+            # the default bound (nothing may be dropped), then a small one (drops counted)
+            for k, max_rows in enumerate((1000000, 300)):
+                with dsn_for("upstream-kill") as dsn:
+                    if dsn:
+                        attempt("upstream-kill", upstream_kill_trial,
+                                os.path.join(tmp, "forward-{}".format(k)), dsn, seed=seed + k,
+                                rate=min(args.drain_rate, 800), max_rows=max_rows, log=log)
     finally:
         if args.keep:
             log("kept {}".format(tmp))
