@@ -277,3 +277,41 @@ class OptionsTests(SynchronousTestCase):
                               reactor=MemoryReactorClock())
         self.assertIsNone(off.forward)
         self.assertIsNone(off.buffer.forward_queue)
+
+
+class FiguresTests(SynchronousTestCase):
+
+    def test_parent_sums_the_childrens_forward_sections(self):
+        from nightowl.multiproc import status as mpstatus
+        children = [{"index": i, "state": "running", "restarts": 0, "buffer": "b", "pid": i}
+                    for i in range(2)]
+
+        def doc(forwarded, up, dropped):
+            return {"status": "healthy", "reasons": [], "ingest": {}, "buffer": {},
+                    "drain": {}, "workers": [],
+                    "forward": {"target": "up:1", "upstream_up": up, "backlog_rows": 3,
+                                "backlog_bytes": 30, "forwarded": forwarded,
+                                "dropped": dropped, "rejected": 0, "given_up": 0,
+                                "failures": 1, "down_seconds": 2.0 if up is False else 0.0,
+                                "last_error": None if up else "connection refused"}}
+        out = mpstatus.aggregate(children, {0: doc(5, True, 0), 1: doc(7, False, 2)},
+                                 "v", 1.0, {})
+        fwd = out["forward"]
+        self.assertEqual((fwd["forwarded"], fwd["dropped"], fwd["backlog_rows"]), (12, 2, 6))
+        self.assertIs(fwd["upstream_up"], False)       # one child cannot reach it
+        self.assertEqual(fwd["last_error"], "connection refused")
+        none = mpstatus.aggregate(children, {0: dict(doc(1, True, 0), forward=None)},
+                                  "v", 1.0, {})
+        self.assertNotIn("forward", none)
+
+    def test_metrics_only_with_forward(self):
+        from nightowl.health import prometheus
+        collector = prometheus.Collector(lambda: ({}, 0.0))
+        fwd = {"upstream_up": None, "backlog_rows": 4, "backlog_bytes": 40, "forwarded": 2,
+               "dropped": 1, "rejected": 0, "given_up": 0, "failures": 3}
+        names = [(fam.name, fam.samples[0].value)
+                 for fam in prometheus.forward_families(collector, {"forward": fwd})]
+        self.assertIn(("nightowl_forward_upstream_up", -1), names)
+        self.assertIn(("nightowl_forward_backlog_rows", 4), names)
+        self.assertIn(("nightowl_forward_dropped", 1), names)   # counter family, no _total
+        self.assertEqual(list(prometheus.forward_families(collector, {})), [])

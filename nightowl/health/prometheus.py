@@ -182,16 +182,22 @@ class Collector:
             for state, n in sorted(figures.items())])
         yield counter("nightowl_alert_sends_total", None, ["result"], [
             (["ok"], alerts.get("sends_ok", 0)), (["failed"], alerts.get("sends_failed", 0))])
-        fwd = snap.get("forward")
-        if fwd is not None:     # --forward only
-            up = fwd["upstream_up"]
-            yield gauge("nightowl_forward_backlog_rows", fwd["backlog_rows"])
-            yield gauge("nightowl_forward_backlog_bytes", fwd["backlog_bytes"])
-            yield gauge("nightowl_forward_upstream_up", -1 if up is None else int(bool(up)))
-            for key in ("forwarded", "dropped", "rejected", "given_up", "failures"):
-                yield counter("nightowl_forward_{}_total".format(key), fwd[key])
+        yield from forward_families(self, snap)
         yield gauge("nightowl_process_resident_memory_bytes", proc["rss_bytes"])
         yield gauge("nightowl_process_threads", proc["threads"])
+
+
+def forward_families(collector, snap):
+    """The ``nightowl_forward_*`` families, from /status ``forward`` (--forward only)."""
+    fwd = snap.get("forward")
+    if fwd is None:
+        return
+    up = fwd["upstream_up"]
+    yield collector.gauge("nightowl_forward_backlog_rows", fwd["backlog_rows"])
+    yield collector.gauge("nightowl_forward_backlog_bytes", fwd["backlog_bytes"])
+    yield collector.gauge("nightowl_forward_upstream_up", -1 if up is None else int(bool(up)))
+    for key in ("forwarded", "dropped", "rejected", "given_up", "failures"):
+        yield collector.counter("nightowl_forward_{}_total".format(key), fwd[key])
 
 
 def make_registry(snapshot, stats_type=WorkerStats):

@@ -133,3 +133,27 @@ def test_rejecting_upstream_does_not_block_the_queue(parts):
     figures = forward_figures(agent)
     assert figures["rejected"] >= 9 and figures["forwarded"] == 0
     assert wait_for(lambda: forward_figures(agent).get("backlog_rows") == 0, 10)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"),
+                    reason="several ingest processes need Linux SO_REUSEPORT")
+def test_each_ingest_process_forwards_its_own_buffer(tmp_path):
+    from nightowl.bench import agent as launcher, faults_multiproc
+    upstream = Upstream(str(tmp_path / "upstream.rec")).start()
+    agent = faults_multiproc.multi_agent(str(tmp_path / "b.sqlite"), 2, args=[
+        "--drain-workers", "0", "--forward", "127.0.0.1:{}".format(upstream.port)])
+    try:
+        with launcher.running(agent):
+            assert wait_for(lambda: faults_multiproc.all_running(agent, 2), 60.0)
+            sent = frames(60)
+            send_all(agent, sent)
+            assert wait_for(lambda: len(set(upstream.frames())) >= 60, 60)
+            assert set(upstream.frames()) == set(sent)
+            assert wait_for(lambda: forward_figures(agent).get("forwarded") == 60, 15)
+            kids = agent.status()["ingest_processes"]["children"]
+            per_child = [c["document"]["forward"]["forwarded"] for c in kids]
+            assert sum(per_child) == 60 and all(per_child), per_child
+            assert forward_figures(agent)["upstream_up"] is True
+            assert agent.stop() in (0, -15)
+    finally:
+        upstream.kill()
