@@ -233,9 +233,20 @@ class ClientTests(SynchronousTestCase):
         send = client.Sender(reactor, "127.0.0.1", 9, timeout=3.0)
         d = send(b"frame")
         self.assertEqual(reactor.tcpClients[0][:2], ("127.0.0.1", 9))
-        reactor.advance(3.0)
+        self.assertFalse(reactor.tcpClients[0][2].noisy)   # no log line per frame
+        reactor.advance(2.5)
+        self.assertNoResult(d)
+        reactor.advance(1.0)
         failure = self.failureResultOf(d, client.UpstreamError)
         self.assertIn("3 s", failure.getErrorMessage())
+        refused = send(b"frame")
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.python.failure import Failure
+        reactor.tcpClients[1][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.assertEqual(self.failureResultOf(refused, client.UpstreamError).getErrorMessage(),
+                         "connection refused")
+        reactor.advance(10)
+        self.assertEqual(send._open, {})
 
     def test_parse_host_port(self):
         self.assertEqual(client.parse_host_port("10.0.0.1:2407"), ("10.0.0.1", 2407))

@@ -6,7 +6,6 @@ service's.
 """
 
 from twisted.internet import defer, error, protocol
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 MAX_REPLY = 64  # bytes of a reply read at most (the SDK's replies are 4 or 7)
 
@@ -67,45 +66,67 @@ class FrameSender(protocol.Protocol):
                 self.done.errback(UpstreamError("closed without a reply"))
 
 
+class _OneFrame(protocol.ClientFactory):
+    """The factory of one connection (quiet: no log line per frame)."""
+
+    noisy = False
+
+    def __init__(self, frame, done):
+        self.frame = frame
+        self.done = done
+
+    def buildProtocol(self, addr):
+        proto = FrameSender(self.frame, self.done)
+        proto.factory = self
+        return proto
+
+    def clientConnectionFailed(self, connector, reason):
+        if not self.done.called:
+            self.done.errback(UpstreamError(_describe(reason)))
+
+
 class Sender:
     """
     ``send(frame) -> Deferred(reply bytes)`` to ``host:port`` over TCP, each
-    try bounded by ``timeout`` seconds (connect, write and reply).
+    try bounded by ``timeout`` seconds (connect, write and reply).  Tries
+    past their time are found by one sweep every L{SWEEP_EVERY} seconds
+    rather than a timer each (as the ingest listener does), so a try ends
+    between ``timeout`` and ``timeout + SWEEP_EVERY``.
     """
+
+    SWEEP_EVERY = 0.5
 
     def __init__(self, reactor, host, port, timeout=10.0):
         self.reactor = reactor
         self.host = host
         self.port = port
         self.timeout = timeout
+        self._open = {}       # done Deferred -> (started, connector)
+        self._sweeper = None
 
     def __call__(self, frame):
         done = defer.Deferred()
-        endpoint = TCP4ClientEndpoint(self.reactor, self.host, self.port, timeout=self.timeout)
-        proto = FrameSender(frame, done)
-        connecting = connectProtocol(endpoint, proto)
-
-        def failed(f):
-            if not done.called:
-                done.errback(UpstreamError(_describe(f)))
-        connecting.addErrback(failed)
-
-        def expire():
-            if done.called:
-                return
-            done.errback(UpstreamError("no reply within {:g} s".format(self.timeout)))
-            if proto.transport is not None:
-                proto.transport.abortConnection()
-            else:
-                connecting.cancel()
-        timer = self.reactor.callLater(self.timeout, expire)
-
-        def finished(result):
-            if timer.active():
-                timer.cancel()
-            return result
-        done.addBoth(finished)
+        connector = self.reactor.connectTCP(self.host, self.port, _OneFrame(frame, done),
+                                            timeout=self.timeout)
+        self._open[done] = (self.reactor.seconds(), connector)
+        done.addBoth(self._finished, done)
+        if self._sweeper is None:
+            self._sweeper = self.reactor.callLater(self.SWEEP_EVERY, self._sweep)
         return done
+
+    def _finished(self, result, done):
+        self._open.pop(done, None)
+        return result
+
+    def _sweep(self):
+        self._sweeper = None
+        cutoff = self.reactor.seconds() - self.timeout
+        for done, (started, connector) in list(self._open.items()):
+            if started <= cutoff and not done.called:
+                done.errback(UpstreamError("no reply within {:g} s".format(self.timeout)))
+                connector.disconnect()
+        if self._open:
+            self._sweeper = self.reactor.callLater(self.SWEEP_EVERY, self._sweep)
 
 
 def _describe(failure):
