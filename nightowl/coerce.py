@@ -134,3 +134,18 @@ def text(name):
     def coerce(value):
         return str(value)
     return coerce
+
+
+def host_port(name):
+    """``HOST:PORT`` (an upstream to connect to), or empty / 'none' for off (None)."""
+    def coerce(value):
+        from nightowl.forward.client import parse_host_port
+        text = str(value).strip()
+        if not text or text.lower() == "none":
+            return None
+        try:
+            parse_host_port(text)
+        except ValueError as e:
+            raise usage.UsageError("--{}: {}".format(name, e))
+        return text
+    return coerce

@@ -59,6 +59,8 @@ class IngestProtocol(Protocol):
                 self._refuse(wire.FrameError("memory"))
             return
         self._finish()
+        if factory.forward:
+            self._frame = frame  # --forward: the frame as sent goes upstream too
         checker = factory.checker
         if checker is not None and checker.wants(frame):
             # big or gzip: opened and checked off the reactor and the writer
@@ -88,10 +90,18 @@ class IngestProtocol(Protocol):
         if reason is not None:
             self._refuse(wire.FrameError(reason))
             return
-        if factory.waiters:
+        if factory.forward:
+            frame = self._frame
+            forward = (frame.token_hash, frame.payload)
+            if factory.waiters:
+                buffer.append(payload, checked, _Stored(self, size), forward=forward)
+                return
+            d = buffer.append(payload, checked=checked, forward=forward)
+        elif factory.waiters:
             buffer.append(payload, checked, _Stored(self, size))
             return
-        d = buffer.append(payload, checked=checked) if checked else buffer.append(payload)
+        else:
+            d = buffer.append(payload, checked=checked) if checked else buffer.append(payload)
         d.addCallbacks(self._stored, self._notStored, callbackArgs=(size,))
 
     def _stored(self, _ignored, size):
@@ -147,7 +157,7 @@ class _Stored:
     delivery loop, which acks the rest of the group after it.
     """
 
-    __slots__ = ("proto", "size", "called")
+    __slots__ = ("proto", "size", "called", "forward")
     log = Logger()
 
     def __init__(self, proto, size):
@@ -189,7 +199,8 @@ class IngestFactory(Factory):
 
     def __init__(self, buffer, metrics, token=None, max_frame_bytes=10 * 1024 * 1024,
                  max_inflated_bytes=64 * 1024 * 1024, frame_timeout=10.0,
-                 max_inflight_bytes=MAX_INFLIGHT_BYTES, reactor=None, checker=None):
+                 max_inflight_bytes=MAX_INFLIGHT_BYTES, reactor=None, checker=None,
+                 forward=False):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -205,6 +216,8 @@ class IngestFactory(Factory):
         self.checker = checker
         # the buffer fires a light per-payload waiter rather than a Deferred
         self.waiters = bool(getattr(buffer, "takes_waiters", False))
+        # --forward: hand each frame's token hash and raw payload to the buffer
+        self.forward = forward
         self._last_logged = {}
         self._unlogged = {}
         self._watched = {}

@@ -1,11 +1,13 @@
 """
 The root service: explicit start order and stop order.
 
-Start, in this order: health, retention, buffer writer, drain supervisor,
-frame checker, alert dispatcher, ingest listener, dashboard (each only when
-configured; ``tap.makeService`` builds them).  Stop runs the other way, one
-at a time: the dashboard and ingest stop accepting (frames in flight are
-finished), the checker hands over what it holds, the drain workers finish
+Start, in this order: health, retention, rollups, buffer writer, drain
+supervisor, forwarder (``--forward``), frame checker, alert dispatcher,
+ingest listener, dashboard (each only when configured; ``tap.makeService``
+builds them).  Stop runs the other way, one at a time: the dashboard and
+ingest stop accepting (frames in flight are finished), the checker hands
+over what it holds, the forwarder stops sending and records what was
+delivered (frames in flight go again after a restart), the drain workers finish
 their batch and exit, the writer commits what is queued and closes the
 file, retention and health last.
 """
@@ -22,8 +24,8 @@ HOUSEKEEP_EVERY = 5.0
 RECOUNT_EVERY = 12  # housekeeping rounds between full recounts (a table scan)
 
 #: the children in start order (attributes of the root; None when not configured)
-START_ORDER = ("health", "retention", "rollups", "buffer", "supervisor", "checker", "alerts",
-               "ingest", "dashboard")
+START_ORDER = ("health", "retention", "rollups", "buffer", "supervisor", "forward", "checker",
+               "alerts", "ingest", "dashboard")
 
 
 class NightowlService(service.MultiService):
@@ -38,12 +40,12 @@ class NightowlService(service.MultiService):
 
     def __init__(self, *, buffer, ingest, listen, token_enforced, drain_summary,
                  reactor, health=None, retention=None, supervisor=None, checker=None,
-                 alerts=None, dashboard=None, rollups=None):
+                 alerts=None, dashboard=None, rollups=None, forward=None):
         service.MultiService.__init__(self)
         self.health, self.retention, self.buffer = health, retention, buffer
         self.supervisor, self.checker, self.alerts = supervisor, checker, alerts
         self.ingest, self.dashboard = ingest, dashboard
-        self.rollups = rollups
+        self.rollups, self.forward = rollups, forward
         self.listen = listen
         self.token_enforced = token_enforced
         self.drain_summary = drain_summary

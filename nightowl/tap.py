@@ -57,6 +57,24 @@ PARAMETERS = [
      "Processes accepting on the --listen port (SO_REUSEPORT, Linux only), each with its "
      "own buffer file (<buffer>, <buffer>.1, ...), writer thread and drain workers. "
      "1: one process, as always."),
+    ("forward", None, None, "NIGHTOWL_FORWARD", coerce.host_port("forward"),
+     "Also deliver every acknowledged payload, as the byte-identical frame, to the agent at "
+     "HOST:PORT (e.g. the official Nightwatch agent): at least once, queued in the buffer "
+     "file. Unset or 'none': off."),
+    ("forward-max-rows", None, 1000000, "NIGHTOWL_FORWARD_MAX_ROWS",
+     coerce.positive_int("forward-max-rows"),
+     "Forward backlog bound in frames: past it the oldest forwards are dropped and counted "
+     "(never the Postgres copy)."),
+    ("forward-max-bytes", None, 1024 ** 3, "NIGHTOWL_FORWARD_MAX_BYTES",
+     coerce.size("forward-max-bytes"),
+     "Forward backlog bound in frame bytes: past it the oldest forwards are dropped and "
+     "counted."),
+    ("forward-inflight", None, 8, "NIGHTOWL_FORWARD_INFLIGHT",
+     coerce.positive_int("forward-inflight"),
+     "Connections to the --forward upstream open at once at most."),
+    ("forward-timeout", None, 10.0, "NIGHTOWL_FORWARD_TIMEOUT",
+     coerce.positive_float("forward-timeout"),
+     "Seconds one forwarded frame may take (connect, send, reply) before it is retried."),
     ("drain-workers", None, 2, "NIGHTOWL_DRAIN_WORKERS", coerce.non_negative_int("drain-workers"),
      "Number of drain worker processes (0 disables draining)."),
     ("batch-size", None, 5000, "NIGHTOWL_BATCH_SIZE", coerce.positive_int("batch-size"),
@@ -224,9 +242,14 @@ def makeService(options, reactor=None):
     password = dashboard_password(options) if dashboard_endpoint else None  # refuses first
 
     metrics = Metrics(reactor)
+    forward_queue = None
+    if options["forward"]:    # --forward: a queue in the buffer, filled in the payload's commit
+        from nightowl.buffer.forwardq import ForwardQueue
+        forward_queue = ForwardQueue(options["forward-max-rows"], options["forward-max-bytes"])
     buffer = BufferWriter(buffer_path, reactor=reactor, max_queue=options["max-queue"],
                           max_pending=options["max-pending"], sync=options["buffer-sync"],
-                          max_queue_bytes=options["max-queue-bytes"])
+                          max_queue_bytes=options["max-queue-bytes"],
+                          forward_queue=forward_queue)
     checker = FrameChecker(reactor, token_hash(token) if token is not None else None,
                            max_inflated_bytes=options["max-inflated-bytes"],
                            max_bytes=options["max-check-bytes"])
@@ -234,7 +257,7 @@ def makeService(options, reactor=None):
                             max_frame_bytes=options["max-frame-bytes"],
                             max_inflated_bytes=options["max-inflated-bytes"],
                             frame_timeout=options["frame-timeout"], reactor=reactor,
-                            checker=checker)
+                            checker=checker, forward=forward_queue is not None)
     if options.get("reuse-port"):   # one of several ingest processes shares the port
         from nightowl.reuseport import ReusePortService
         ingest = ReusePortService(with_backlog(options["listen"]), factory, reactor=reactor)
@@ -245,6 +268,15 @@ def makeService(options, reactor=None):
         batch_bytes=options["batch-bytes"], environment=options["environment"],
         migrate=not options["no-migrate"], worker_timeout=options["worker-timeout"],
         reactor=reactor)
+
+    forward = None
+    if forward_queue is not None:
+        from nightowl.forward.client import Sender, parse_host_port
+        from nightowl.forward.service import ForwardService
+        host, port = parse_host_port(options["forward"])
+        forward = ForwardService(
+            buffer, forward_queue, Sender(reactor, host, port, timeout=options["forward-timeout"]),
+            options["forward"], reactor=reactor, max_inflight=options["forward-inflight"])
 
     retention = None
     if dsn:
@@ -263,7 +295,8 @@ def makeService(options, reactor=None):
         health = HealthService(
             options["health"], metrics=metrics, buffer=buffer, drain=supervisor,
             dsn_configured=bool(dsn), workers_configured=workers,
-            retention=retention.figures if retention is not None else None, reactor=reactor)
+            retention=retention.figures if retention is not None else None,
+            forward=forward.figures if forward is not None else None, reactor=reactor)
 
     alerts = None
     if dsn and options["alerts"] == "on":
@@ -296,7 +329,7 @@ def makeService(options, reactor=None):
         buffer=buffer, ingest=ingest, listen=options["listen"],
         token_enforced=token is not None, drain_summary=drain_summary, reactor=reactor,
         health=health, retention=retention, supervisor=supervisor, checker=checker,
-        alerts=alerts, dashboard=dashboard, rollups=rollups)
+        alerts=alerts, dashboard=dashboard, rollups=rollups, forward=forward)
 
 
 def dashboard_password(options):

@@ -202,7 +202,7 @@ def test_buffer_inspect(tmp_path, capsys):
     path = make_buffer(tmp_path / "b.sqlite")
     assert cli.main(["buffer", "inspect", "--buffer", path, "--limit", "2"]) == 0
     out = capsys.readouterr().out
-    assert "(id " in out and "schema 2)" in out
+    assert "(id " in out and "schema 3)" in out
     lines = out.splitlines()
     assert any(line.split()[:2] == ["pending", "3"] for line in lines)
     assert any(line.split()[:2] == ["quarantined", "2"] for line in lines)
@@ -275,7 +275,7 @@ def test_buffer_verify_ok(tmp_path, capsys):
     path = make_buffer(tmp_path / "b.sqlite")
     assert cli.main(["buffer", "verify", "--buffer", path]) == 0
     assert one_line(capsys.readouterr().out).endswith(
-        ": ok (integrity_check ok, buffer id present, schema 2)")
+        ": ok (integrity_check ok, buffer id present, schema 3)")
 
 
 def test_buffer_verify_missing_identity(tmp_path, capsys):

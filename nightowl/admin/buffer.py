@@ -177,7 +177,8 @@ def verify(path):
             meta = dict(conn.execute("SELECT key, value FROM meta"))
             if not meta.get("buffer_id"):
                 problems.append("meta buffer_id is missing: the buffer has no identity")
-            if meta.get("schema") != SCHEMA_VERSION:
+            # "2": a file the agent upgrades in place at its next start (forwards table)
+            if meta.get("schema") not in (SCHEMA_VERSION, "2"):
                 problems.append("meta schema is {!r}, expected {!r}".format(
                     meta.get("schema"), SCHEMA_VERSION))
         if "payloads" in tables:

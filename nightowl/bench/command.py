@@ -13,6 +13,8 @@ BENCHMARKS = {
                "ingest throughput and ack latency: bare Twisted baseline vs the agent"),
     "drain": ("nightowl.bench.drain", "drain throughput from the SQLite buffer into PostgreSQL"),
     "e2e": ("nightowl.bench.e2e", "end to end: SDK frames to rows in PostgreSQL"),
+    "forward": ("nightowl.bench.forward",
+                "what --forward costs ingest: the agent with forwarding off and on"),
     "faults": ("nightowl.bench.faults.command",
                "fault injection: every acknowledged payload must be delivered"),
     "dashboard": ("nightowl.bench.dashboard",

@@ -48,6 +48,8 @@ class WriterThread:
         self.claimed = counts["claimed"]
         self.quarantined = counts["quarantined"]
         self.drained_kept = counts["drained"]
+        if self.forward_queue is not None:
+            self.forward_queue.opened(conn)
         return conn
 
     def _run(self, ready, outcome):
@@ -113,6 +115,7 @@ class WriterThread:
         deltas = []
         validate = self.validate
         valid = {}
+        forwarded = None
         for op, batch, checked in ops:
             if op != "append":
                 continue
@@ -138,6 +141,10 @@ class WriterThread:
                 insert_many(conn, appends, first_id=self._next_id)
                 self._next_id += len(appends)
                 deltas.append(("pending", len(appends)))
+                if self.forward_queue is not None:  # --forward: rows in this same commit
+                    forwarded = self.forward_queue.insert(conn, [
+                        item for (op, batch, _d) in ops if op == "append"
+                        for item in valid[id(batch)]], now)
             for op, arg, d in ops:
                 if op == "append":
                     results.append((valid[id(arg)], None))
@@ -170,6 +177,8 @@ class WriterThread:
                 setattr(self, key[1:], n)
             else:
                 setattr(self, key, getattr(self, key) + n)
+        if forwarded is not None:
+            self.forward_queue.applied(forwarded)
         self.appended += sum(len(valid[id(op[1])]) for op in ops if op[0] == "append")
         self.commits += 1
         self.last_commit_at = now

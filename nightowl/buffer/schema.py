@@ -16,9 +16,10 @@ import sqlite3
 import time
 import uuid
 
+from nightowl.buffer.forwardq import DDL as FORWARD_DDL
 from nightowl.buffer.states import PENDING
 
-SCHEMA_VERSION = "2"  # meta.schema: the payload bytes in payload_bodies
+SCHEMA_VERSION = "3"  # meta.schema: 2 the payload bytes in payload_bodies; 3 forwards
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -39,7 +40,7 @@ CREATE TRIGGER IF NOT EXISTS payloads_delete_body AFTER DELETE ON payloads
 BEGIN
     DELETE FROM payload_bodies WHERE id = OLD.id;
 END;
-""".format(PENDING=PENDING)
+""".format(PENDING=PENDING) + FORWARD_DDL
 # The payload bytes live in their own table: a claim or a mark rewrites the
 # (small) state row only.  With the bytes in the same row every state change
 # rewrote ~4 KB per payload: 20 MB of WAL and ~40 ms of writer time for each
@@ -89,7 +90,22 @@ def connect(path, timeout=5.0, sync="normal"):
     if columns and "payload" in columns:
         migrate_layout_1(conn)
     conn.executescript(SCHEMA)
+    upgrade_schema(conn)
     return conn
+
+
+def upgrade_schema(conn):
+    """
+    An older file's ``meta.schema`` brought up to L{SCHEMA_VERSION} (layout
+    2 to 3: the ``forwards`` table, created above by ``CREATE TABLE IF NOT
+    EXISTS``; nothing else changes).  Read-only files are left alone.
+    """
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if row is not None and row[0] in ("1", "2"):
+        try:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+        except sqlite3.OperationalError:
+            pass
 
 
 def migrate_layout_1(conn):

@@ -46,7 +46,7 @@ class BufferWriter(groupcommit.WriterThread, service.Service):
 
     def __init__(self, path, reactor=None, max_queue=20000, max_pending=1000000,
                  clock=time.time, sync="normal",
-                 validate=None, max_queue_bytes=64 * 1024 * 1024):
+                 validate=None, max_queue_bytes=64 * 1024 * 1024, forward_queue=None):
         if reactor is None:
             from twisted.internet import reactor
         self.path = path
@@ -62,6 +62,8 @@ class BufferWriter(groupcommit.WriterThread, service.Service):
         # raising refuses that payload alone (the SDK gets 5:ERROR).  Here,
         # parsing overlaps the reactor thread's socket system calls.
         self.validate = validate
+        # nightowl.buffer.forwardq.ForwardQueue with --forward, else None
+        self.forward_queue = forward_queue
         self.buffer_id = None
         self.moved_aside = None
         self._queue = queue.SimpleQueue()
@@ -203,9 +205,11 @@ class BufferWriter(groupcommit.WriterThread, service.Service):
     #: append() takes a ``waiter`` in place of the Deferred it would make
     takes_waiters = True
 
-    def append(self, payload, checked=False, waiter=None):
+    def append(self, payload, checked=False, waiter=None, forward=None):
         """
-        Queue a payload; fires (with None) once it is committed.
+        Queue a payload; fires (with None) once it is committed.  ``forward``:
+        ``(token_hash, payload as received)`` to queue for --forward in the
+        same commit (ignored without a forward queue).
 
         Payloads appended during one reactor iteration are handed to the
         writer thread together, so the threads meet once per iteration, not
@@ -214,6 +218,8 @@ class BufferWriter(groupcommit.WriterThread, service.Service):
         per-payload ack, nightowl.ingest) and returned.
         """
         d = defer.Deferred() if waiter is None else waiter
+        if forward is not None and self.forward_queue is not None:
+            d.forward = forward
         (self._checked if checked else self._batch).append((payload, d))
         self.inflight += 1
         self.inflight_bytes += len(payload)

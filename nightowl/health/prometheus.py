@@ -58,6 +58,19 @@ _AFTER = [
     ("nightowl_alert_deliveries", "gauge",
      "Alert deliveries by channel and state (pending, failed = retrying, sent, dead, digested)."),
     ("nightowl_alert_sends_total", "counter", "Alert sends by this agent, by result (ok, failed)."),
+    ("nightowl_forward_backlog_rows", "gauge", "Frames waiting to be forwarded (--forward)."),
+    ("nightowl_forward_backlog_bytes", "gauge", "Bytes of the frames waiting to be forwarded."),
+    ("nightowl_forward_upstream_up", "gauge",
+     "1 the --forward upstream answers, 0 down, -1 unknown (nothing sent yet)."),
+    ("nightowl_forward_forwarded_total", "counter", "Frames the upstream answered 2:OK."),
+    ("nightowl_forward_dropped_total", "counter",
+     "Oldest forwards dropped past --forward-max-rows / --forward-max-bytes."),
+    ("nightowl_forward_rejected_total", "counter",
+     "Upstream replies other than 2:OK (the frame is retried, then given up)."),
+    ("nightowl_forward_given_up_total", "counter",
+     "Frames given up after repeated replies other than 2:OK."),
+    ("nightowl_forward_failures_total", "counter",
+     "Sends that failed: refused, timed out, closed without a reply (retried)."),
     ("nightowl_process_resident_memory_bytes", "gauge", "RSS of the agent process."),
     ("nightowl_process_threads", "gauge", "Threads of the agent process."),
 ]
@@ -169,8 +182,22 @@ class Collector:
             for state, n in sorted(figures.items())])
         yield counter("nightowl_alert_sends_total", None, ["result"], [
             (["ok"], alerts.get("sends_ok", 0)), (["failed"], alerts.get("sends_failed", 0))])
+        yield from forward_families(self, snap)
         yield gauge("nightowl_process_resident_memory_bytes", proc["rss_bytes"])
         yield gauge("nightowl_process_threads", proc["threads"])
+
+
+def forward_families(collector, snap):
+    """The ``nightowl_forward_*`` families, from /status ``forward`` (--forward only)."""
+    fwd = snap.get("forward")
+    if fwd is None:
+        return
+    up = fwd["upstream_up"]
+    yield collector.gauge("nightowl_forward_backlog_rows", fwd["backlog_rows"])
+    yield collector.gauge("nightowl_forward_backlog_bytes", fwd["backlog_bytes"])
+    yield collector.gauge("nightowl_forward_upstream_up", -1 if up is None else int(bool(up)))
+    for key in ("forwarded", "dropped", "rejected", "given_up", "failures"):
+        yield collector.counter("nightowl_forward_{}_total".format(key), fwd[key])
 
 
 def make_registry(snapshot, stats_type=WorkerStats):

@@ -25,7 +25,7 @@ class HealthService(service.MultiService):
     """
     ``endpoint``: where to listen (strports).  ``metrics``, ``buffer``,
     ``drain`` (the DrainSupervisor), ``dsn_configured``, ``workers_configured``
-    and ``retention`` (a callable ``now -> dict``, or None) feed the
+    ``retention`` and ``forward`` (callables ``now -> dict``, or None) feed the
     L{Snapshot}.  ``status_observers`` are called with ``(status, reasons)``
     after every check (the health alerts).
     """
@@ -34,7 +34,8 @@ class HealthService(service.MultiService):
     log = Logger()
 
     def __init__(self, endpoint, *, metrics, buffer, drain, dsn_configured,
-                 workers_configured, retention=None, reactor=None, check_every=CHECK_EVERY):
+                 workers_configured, retention=None, reactor=None, check_every=CHECK_EVERY,
+                 forward=None):
         service.MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
@@ -42,7 +43,8 @@ class HealthService(service.MultiService):
         self.buffer = buffer
         self.figures = Snapshot(metrics=metrics, buffer=buffer, drain=drain,
                                 dsn_configured=dsn_configured,
-                                workers_configured=workers_configured, retention=retention)
+                                workers_configured=workers_configured, retention=retention,
+                                forward=forward)
         self._probe = None
         self.status_observers = []
         self.registry = prometheus.make_registry(

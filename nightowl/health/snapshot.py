@@ -69,8 +69,9 @@ class Snapshot:
     """
 
     def __init__(self, *, metrics, buffer, drain, dsn_configured, workers_configured,
-                 retention=None):
+                 retention=None, forward=None):
         self.metrics = metrics
+        self.forward = forward   # ForwardService.figures with --forward
         self.buffer = buffer
         self.drain = drain
         self.dsn_configured = bool(dsn_configured)
@@ -121,6 +122,7 @@ class Snapshot:
             "workers": self._worker_list(now, running),
             "process": process_figures(),
             "retention": self.retention(now) if self.retention is not None else None,
+            **({"forward": self.forward(now)} if self.forward is not None else {}),
             **({"alerts": self.metrics.alerts}     # only with an alert dispatcher
                if getattr(self.metrics, "alerts", None) is not None else {}),
         }

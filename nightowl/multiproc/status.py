@@ -22,6 +22,9 @@ _BUFFER_MAX = ("oldest_pending_age_seconds", "last_commit_age_seconds",
                "writer_unanswered_seconds")
 _DRAIN_SUMS = ("payloads", "rows", "records", "batches", "batches_failed", "quarantined",
                "skipped", "ledger_skipped", "payload_rate", "row_rate", "workers_configured")
+_FORWARD_SUMS = ("backlog_rows", "backlog_bytes", "max_rows", "max_bytes", "forwarded",
+                 "forwarded_bytes", "dropped", "dropped_bytes", "rejected", "given_up",
+                 "failures", "inflight", "max_inflight")
 
 
 def _sum(docs, section, keys):
@@ -127,6 +130,17 @@ def aggregate(children, docs, version, uptime, process):
             "children": sections,
         },
     }
+    forwards = [d["forward"] for d in present if d.get("forward") is not None]
+    if forwards:    # --forward: each child forwards its own buffer
+        out["forward"] = _sum(present, "forward", _FORWARD_SUMS)
+        ups = [f.get("upstream_up") for f in forwards if f.get("upstream_up") is not None]
+        out["forward"].update({
+            "target": forwards[0].get("target"),
+            "upstream_up": all(ups) if ups else None,
+            "down_seconds": max(f.get("down_seconds") or 0 for f in forwards),
+            "last_error": next((f["last_error"] for f in forwards if f.get("last_error")),
+                               None),
+        })
     alerts = next((d["alerts"] for d in present if d.get("alerts") is not None), None)
     if alerts is not None:
         out["alerts"] = alerts

@@ -17,6 +17,7 @@ from nightowl.bench.faults import guards
 from nightowl.bench.faults.corrupt import CORRUPTIONS, corrupt_trial
 from nightowl.bench.faults.drain import agent_kill_drain_trials, worker_kill_trials
 from nightowl.bench.faults.agents import several_agents_trial
+from nightowl.bench.faults.forwarding import upstream_kill_trial
 from nightowl.bench.faults.frames import hypothesis_frames
 from nightowl.bench.faults.multiproc import child_kill_trial
 from nightowl.bench.faults.hostile import hostile_trial
@@ -60,7 +61,8 @@ def configure(parser):
                         help="comma-separated faults to run: sigkill, back-pressure, "
                              "disk-full, corrupt, hostile, agent-kill, worker-kill, pg-outage, "
                              "clock-skew, second-agent, big-frames, poison-claim, "
-                             "frozen-worker, ingest-process-kill, several-agents")
+                             "frozen-worker, ingest-process-kill, several-agents, "
+                             "upstream-kill")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
@@ -160,7 +162,7 @@ def run(args):
     only = set(args.only.split(",")) if args.only else {
         "sigkill", "back-pressure", "disk-full", "corrupt", "hostile", "agent-kill",
         "worker-kill", "pg-outage", "clock-skew", "second-agent", "big-frames", "poison-claim",
-        "frozen-worker", "ingest-process-kill", "several-agents"}
+        "frozen-worker", "ingest-process-kill", "several-agents", "upstream-kill"}
     tmp = tempfile.mkdtemp(prefix="nightowl-faults-")
     results = []
     errors = []
@@ -259,6 +261,14 @@ def run(args):
                     attempt("several-agents", several_agents_trial,
                             _fresh(tmp, "several-agents"), dsn, agents=3, workers=2,
                             rate=args.drain_rate // 3, load_s=20.0, batch_size=200, log=log)
+        if "upstream-kill" in only:
+            # the default bound (nothing may be dropped), then a small one (drops counted)
+            for k, max_rows in enumerate((1000000, 300)):
+                with dsn_for("upstream-kill") as dsn:
+                    if dsn:
+                        attempt("upstream-kill", upstream_kill_trial,
+                                os.path.join(tmp, "forward-{}".format(k)), dsn, seed=seed + k,
+                                rate=min(args.drain_rate, 800), max_rows=max_rows, log=log)
     finally:
         if args.keep:
             log("kept {}".format(tmp))
