@@ -38,6 +38,8 @@ def configure(parser):
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--routes", type=int, default=1000)
     parser.add_argument("--admin-dsn", default=scratch_db.DEFAULT_ADMIN_DSN)
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="run the drain workers under cProfile: DIR/<on|off>/worker-N.prof")
 
 
 def _drain(args, payloads, scratch, say, tmp):
@@ -57,7 +59,8 @@ def _drain(args, payloads, scratch, say, tmp):
             for label, env, path, dsn in jobs:
                 elapsed, metrics = yield drain_bench.drain_once(
                     reactor, path, dsn, len(payloads), args.workers, args.batch_size, True,
-                    extra_env=env)
+                    extra_env=env, profile=args.profile and os.path.join(
+                        args.profile, label.split()[-1]))
                 results[label] = (elapsed, sum(int(m.get("rows", 0)) for m in metrics.values()),
                                   dsn)
         except Exception as e:
