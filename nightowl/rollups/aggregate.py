@@ -13,7 +13,6 @@ the start of the minute / hour / UTC day).
 """
 
 import hashlib
-import math
 
 from nightowl import records
 from nightowl.rollups import sketch

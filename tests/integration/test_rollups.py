@@ -231,6 +231,25 @@ def test_rebuild_twice_gives_the_same_rows_and_matches_the_drain(db):
     assert verify(db) == []
 
 
+def test_array_text_parameters_round_trip_through_postgres(db):
+    from nightowl.rollups.write import array_text
+    texts = ["plain", "", " lead and trail ", 'quote " inside', "back\\slash\\", "{brace},comma",
+             "NULL", "null", "'single'", "tab\tnew\nline", "\u00e9\u4e2d\U0001f600", None,
+             '\\"', "x" * 5000]
+    numbers = [0, -1, 2 ** 63 - 1, -2 ** 63, None]
+    floats = [0.0, -2.5, 1e20, 123456789.125, None]
+    conn = psycopg2.connect(db)
+    cur = conn.cursor()
+    cur.execute("SELECT %s::text[], %s::bigint[], %s::float8[], %s::numeric[]",
+                (array_text(texts), array_text(numbers), array_text(floats),
+                 array_text([sketch.encode({3: 2, 500: 1}), None, "0"])))
+    got = cur.fetchone()
+    conn.close()
+    assert got[0] == texts and got[1] == numbers and got[2] == floats
+    assert [sketch.decode(v) if v is not None else None for v in got[3]] == [{3: 2, 500: 1},
+                                                                            None, {}]
+
+
 def test_hostile_labels_are_stored_safely(db):
     huge = "SELECT '" + "x" * (1 << 20) + "'"
     recs = [
