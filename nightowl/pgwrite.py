@@ -70,7 +70,11 @@ class BatchWriter:
             _thresholds.ThresholdCache())
         self._perf = {}  # buffer row id -> slow-record aggregate, for the current write()
         self.rollups = rollups
-        self._decoded = {}  # buffer row id -> decoded records, folded into rollups at write
+        # rollups: the batch's fold, built while decoding (no decoded records kept
+        # alive), and the payload bytes to fold again a subset (bisect, ledger hits)
+        self._fold = None
+        self._folded = 0
+        self._payloads = {}
         # nightowl.drain.breaker.QuarantineBreaker: a systematic data error holds
         # the rows (they stay pending) instead of quarantining them one by one
         self.breaker = breaker
@@ -136,6 +140,7 @@ class BatchWriter:
         table = self.thresholds.get(self._connection) if self.issues and self.thresholds \
             else _thresholds.EMPTY
         self._perf = perf = {}
+        fold = self._fold = {} if self.rollups else None
         for row_id, payload in rows:
             try:
                 decoded = records.decode_payload(payload)
@@ -149,14 +154,17 @@ class BatchWriter:
                 slow = _thresholds.aggregate(decoded, table, now)
                 if slow:
                     perf[row_id] = slow
-            if self.rollups:
-                self._decoded[row_id] = decoded
+            if fold is not None:
+                rollup_aggregate.fold_many((decoded,), now, fold)
+                self._payloads[row_id] = payload
+        self._folded = len(items)
         items.sort(key=lambda item: item[0])
 
         try:
             drained, q, written, ledger_skipped = self._write_items(items, now)
         finally:
-            self._decoded.clear()
+            self._fold = None
+            self._payloads.clear()
         quarantined.extend(q)
         merged = records.Encoded.merge(enc for _, enc in written)
         if quarantined:
@@ -278,9 +286,8 @@ class BatchWriter:
                     self._upsert_users(cur, batch.users)
                 if self.rollups:
                     self._step = "nightowl_rollups"
-                    fold = rollup_aggregate.fold_many(
-                        (self._decoded.get(i, ()) for i, _ in todo), now)
-                    rollup_write.upsert(cur, records.clean(self.environment), fold)
+                    rollup_write.upsert(cur, records.clean(self.environment),
+                                        self._rollup_fold(todo, now))
                 if self.ledger:
                     self._step = "nightowl_ingest_ledger"
                     ids = sorted(i for i, _ in todo)
@@ -309,6 +316,14 @@ class BatchWriter:
             raise
         self._ledger_skipped += len(items) - len(todo)
         return [i for i, _ in items], todo
+
+    def _rollup_fold(self, todo, now):
+        """The rollup fold of ``todo``: the whole batch's (built in ``write``)
+        when ``todo`` is all of it, else its payloads decoded and folded again."""
+        if len(todo) == self._folded and self._fold is not None:
+            return self._fold
+        return rollup_aggregate.fold_many(
+            (records.decode_payload(self._payloads[i]) for i, _ in todo), now)
 
     def _slow(self, todo):
         out = {}

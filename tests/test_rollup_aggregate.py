@@ -74,3 +74,35 @@ def test_a_fold_with_the_memo_equals_one_without():
             row = plain.setdefault((minute, kind, gk), aggregate.Row(label, attrs))
             row.add(aggregate._duration(rec) if spec[1] else None, error)
     assert aggregate.columns(memo) == aggregate.columns(plain)
+
+
+def test_the_inlined_fold_equals_add_record_on_odd_timestamps_and_durations():
+    now = 1714694500.0
+    odd_ts = [now, now - 1.5, int(now) - 61, str(now - 120), "x", None, float("nan"),
+              float("inf"), now + 10 * 86400, now - 400 * 86400, True, 10 ** 400]
+    odd_d = [0, 1, 2, 999999, 10 ** 12, -5, 2 ** 63, -2 ** 63 - 1, 1.5, "250", True, None,
+             float("nan"), [1]]
+    recs = []
+    for i, rec in enumerate(fixture_records()):
+        rec = dict(rec, timestamp=odd_ts[i % len(odd_ts)])
+        if "duration" in rec:
+            rec["duration"] = odd_d[i % len(odd_d)]
+        recs.append(rec)
+    recs += ["not a record", {"t": "unknown"}, {"no": "type"}]
+    aggregate._memo.clear()
+    fast = aggregate.fold_many((recs[:7], recs[7:]), now)
+    plain = {}
+    for rec in recs:
+        if isinstance(rec, dict) and rec.get("t") in aggregate.KINDS:
+            ts, _ = aggregate.records.event_time(rec.get("timestamp"), now)
+            aggregate.add_record(plain, rec, aggregate.minute_of(ts))
+    assert fast and aggregate.columns(fast) == aggregate.columns(plain)
+
+
+def test_derive_kinds_lists_every_kind_the_fold_produces():
+    from nightowl.rollups import derive
+    recs = [dict(r, user="u1") for r in fixture_records()]
+    produced = {kind for rec in recs if rec["t"] in aggregate.KINDS
+                for kind, _, _, _, _ in aggregate.KINDS[rec["t"]][0](rec)}
+    assert produced == set(derive.KINDS)
+    assert list(derive.KINDS) == sorted(derive.KINDS)

@@ -23,11 +23,6 @@ from nightowl.records.encode import encode_payloads, encode_records
 from nightowl.records.eventtime import FUTURE_LIMIT, PAST_LIMIT, event_time, format_time
 from nightowl.records.tables import COLUMNS, PREFIX, PREFIX_KEYS, RAW_TABLES, TABLES, copy_sql
 
-# nightowl.rollups.aggregate reads these by their names from before the split
-# (its owner is changing it; rename there, then drop these two lines)
-_fingerprint = fingerprint
-_int = to_int
-
 __all__ = [
     "COLUMNS", "Encoded", "FUTURE_LIMIT", "INT64_MAX", "INT64_MIN", "NULL", "PAST_LIMIT",
     "PREFIX", "PREFIX_KEYS", "RAW_TABLES", "TABLES", "c_bool", "c_count", "c_float", "c_int",

@@ -13,68 +13,14 @@ the start of the minute / hour / UTC day).
 """
 
 import hashlib
-import math
-
-import orjson
 
 from nightowl import records
 from nightowl.rollups import sketch
+from nightowl.rollups.rows import Row, columns, merge, tiers  # noqa: F401 (re-exported)
 
 LABEL_MAX = 1024        # characters kept of a label
 KEY_MAX = 256           # longer group keys keep a prefix and an md5 of the whole
-TIERS = (("minute", 60), ("hour", 3600), ("day", 86400))
 ERROR_LEVELS = frozenset(("error", "critical", "alert", "emergency"))
-
-
-class Row:
-    __slots__ = ("label", "attrs", "count", "errors", "sum_us", "min_us", "max_us", "sketch")
-
-    def __init__(self, label, attrs):
-        self.label = label
-        self.attrs = attrs
-        self.count = 0
-        self.errors = 0
-        self.sum_us = 0
-        self.min_us = None
-        self.max_us = None
-        self.sketch = None
-
-    def add(self, duration, error):
-        self.count += 1
-        if error:
-            self.errors += 1
-        if duration is not None:
-            self.sum_us += duration
-            if self.min_us is None or duration < self.min_us:
-                self.min_us = duration
-            if self.max_us is None or duration > self.max_us:
-                self.max_us = duration
-            s = self.sketch
-            if s is None:
-                s = self.sketch = {}
-            i = sketch.index(duration)
-            s[i] = s.get(i, 0) + 1
-
-    def merge(self, other):
-        self.count += other.count
-        self.errors += other.errors
-        self.sum_us += other.sum_us
-        if other.min_us is not None and (self.min_us is None or other.min_us < self.min_us):
-            self.min_us = other.min_us
-        if other.max_us is not None and (self.max_us is None or other.max_us > self.max_us):
-            self.max_us = other.max_us
-        if other.sketch:
-            if self.sketch is None:
-                self.sketch = dict(other.sketch)
-            else:
-                s = self.sketch
-                for i, c in other.sketch.items():
-                    s[i] = s.get(i, 0) + c
-
-    def copy(self):
-        r = Row(self.label, self.attrs)
-        r.merge(self)
-        return r
 
 
 def text(v):
@@ -100,11 +46,11 @@ def _duration(rec):
     d = rec.get("duration")
     if type(d) is int and records.INT64_MIN <= d <= records.INT64_MAX:
         return d
-    return records._int(d)
+    return records.to_int(d)
 
 
 def _status_class(code):
-    code = records._int(code)
+    code = records.to_int(code)
     if code is None or code < 100 or code > 599:
         return "other"
     return "{}xx".format(code // 100)
@@ -163,7 +109,7 @@ def _cache(rec):
 
 def _command(rec):
     name = text(rec.get("name")) or text(rec.get("command"))
-    code = records._int(rec.get("exit_code"))
+    code = records.to_int(rec.get("exit_code"))
     return (("command", key(text(rec.get("_group")) or name), name, None,
              code is not None and code != 0),)
 
@@ -189,7 +135,7 @@ def _notification(rec):
 
 def _exception(rec):
     handled = records.c_bool(rec.get("handled"))
-    return (("exception", key(records._fingerprint(rec)), text(rec.get("class")), None,
+    return (("exception", key(records.fingerprint(rec)), text(rec.get("class")), None,
              handled == "f"),)
 
 
@@ -348,52 +294,3 @@ def fold_many(payloads, now, out=None):
                     else:
                         s[i] = s.get(i, 0) + 1
     return out
-
-
-def merge(folds, out=None):
-    """Merge several folds (the payloads of a batch) into one new fold."""
-    if out is None:
-        out = {}
-    for f in folds:
-        for k, row in f.items():
-            cur = out.get(k)
-            if cur is None:
-                out[k] = row.copy()
-            else:
-                cur.merge(row)
-    return out
-
-
-def tiers(minutes):
-    """{tier name: fold} with the minute fold re-collapsed into hours and days."""
-    out = {"minute": minutes}
-    for name, width in TIERS[1:]:
-        t = out[name] = {}
-        for (bucket, kind, group_key), row in minutes.items():
-            k = (bucket - bucket % width, kind, group_key)
-            cur = t.get(k)
-            if cur is None:
-                t[k] = row.copy()
-            else:
-                cur.merge(row)
-    return out
-
-
-def columns(fold):
-    """Sorted fold -> the parallel arrays the upsert unnests."""
-    cols = ([], [], [], [], [], [], [], [], [], [], [])
-    (b, k, g, lab, at, n, e, s, mn, mx, sk) = cols
-    for (bucket, kind, group_key) in sorted(fold):
-        row = fold[(bucket, kind, group_key)]
-        b.append(bucket)
-        k.append(kind)
-        g.append(group_key)
-        lab.append(row.label)
-        at.append(None if row.attrs is None else orjson.dumps(row.attrs).decode("utf-8"))
-        n.append(row.count)
-        e.append(row.errors)
-        s.append(float(row.sum_us) if math.isfinite(float(row.sum_us)) else 0.0)
-        mn.append(row.min_us)
-        mx.append(row.max_us)
-        sk.append(None if not row.sketch else sketch.encode(row.sketch))
-    return cols
