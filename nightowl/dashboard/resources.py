@@ -9,7 +9,7 @@ Routes (all GET unless said):
   /<kind>/group?key=&target=  one group       /outgoing, /cache, /commands,
   /issues, /issues/<id>   issues              /scheduled
   POST /issues/<id>/status   resolve / ignore / reopen (CSRF)
-  /trace/<uuid>           one trace or job execution
+  /trace/<uuid>[?at=]     one trace or job execution (at: when, Unix s)
   /login (GET, POST), POST /logout, /static/<file>
 """
 
@@ -200,7 +200,7 @@ class DashboardResource(Resource):
                               lambda d: issue_views.render_issue(ctx, d))
         if head == "trace" and len(parts) == 2 and _uuid(parts[1]):
             trace_id = _uuid(parts[1])
-            return self._page(request, ctx, data.trace, (trace_id,),
+            return self._page(request, ctx, data.trace, (trace_id, _epoch(arg(request, "at"))),
                               lambda d: trace.render(ctx, trace_id, d))
         return self._not_found(request)
 
@@ -285,6 +285,13 @@ def _issue_id(text):
     if text.isdigit() and len(text) < 19:
         return int(text)
     return None
+
+
+def _epoch(text):
+    """A link's ``at`` (Unix seconds) as an aware datetime, None if absent or odd."""
+    if not text or not text.isdigit() or len(text) > 11:
+        return None
+    return datetime.datetime.fromtimestamp(int(text), datetime.timezone.utc)
 
 
 def _uuid(text):

@@ -148,10 +148,14 @@ def when(value):
                      datetime=value.isoformat())
 
 
-def trace_link(ctx, trace_id, text="trace"):
+def trace_link(ctx, trace_id, text="trace", at=None):
+    """A link to a trace; ``at`` (when it ran) lets the page read only the
+    partitions around it."""
     if not trace_id:
         return "\u2013"
-    return tags.a(text, href=ctx.href("/trace/{}".format(trace_id)))
+    if isinstance(at, datetime.datetime):
+        at = int(at.timestamp())
+    return tags.a(text, href=ctx.href("/trace/{}".format(trace_id), at=at))
 
 
 def section(title, *body):
