@@ -20,7 +20,7 @@ KIND_PAGES = {
     "queries": ("query", "Queries", "Query"),
     "jobs": ("job", "Jobs", "Job"),
     "outgoing": ("outgoing", "Outgoing requests", "Host"),
-    "cache": ("cache", "Cache", "Key"),
+    "cache": ("cache", "Cache", "Store and event"),
     "commands": ("command", "Commands", "Command"),
     "scheduled": ("scheduled_task", "Scheduled tasks", "Task"),
 }

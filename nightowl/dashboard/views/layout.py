@@ -41,12 +41,9 @@ class Context:
 
 
 def group_label(row):
-    """A group's name: its target, with method and status class for requests."""
-    target = row.get("target") or "(none)"
-    parts = (row.get("group_key") or "").split("|")
-    if len(parts) == 3 and parts[2].endswith("xx"):
-        return "{} {} \u00b7 {}".format(parts[1], target, parts[2])
-    return target
+    """A group's name: its target (for requests and outgoing requests it
+    already carries the method and status class, e.g. 'GET /orders [2xx]')."""
+    return row.get("target") or "(none)"
 
 
 def csrf_field(ctx):
