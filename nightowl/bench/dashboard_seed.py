@@ -121,9 +121,9 @@ def _done(cur, stage, anchor, scale, seconds):
                 (stage, anchor, scale, seconds))
 
 
-def prepare(admin, name, scale=1.0, jobs=2, out=print):
-    """Create, migrate and seed database ``name`` (each stage once); returns
-    (dsn, anchor): the seeded rows end just before ``anchor``."""
+def prepare(admin, name, scale=1.0, jobs=2, out=print, days=SPAN // 86400):
+    """Create, migrate and seed database ``name`` (each stage once) with rows
+    over ``days`` days; returns (dsn, anchor): the rows end just before ``anchor``."""
     conn = psycopg2.connect(admin)
     conn.autocommit = True
     cur = conn.cursor()
@@ -140,13 +140,17 @@ def prepare(admin, name, scale=1.0, jobs=2, out=print):
     conn.commit()
     if "raw" in stages:
         anchor, scale = stages["raw"]
+        cur.execute("SELECT extract(epoch FROM %s - min(created_at)) FROM nightowl_requests",
+                    (anchor,))
+        span = int(cur.fetchone()[0] or 0) + 1
+        conn.commit()
         out("reusing the raw rows of {} (anchor {}, scale {})".format(name, anchor, scale))
     else:
-        anchor = _now_minute(cur)
+        anchor, span = _now_minute(cur), int(days * 86400)
         conn.commit()
-        _seed_raw(conn, anchor, scale, out)
+        _seed_raw(conn, anchor, scale, span, out)
     if "rollups" not in stages:
-        _seed_rollups(conn, dsn, anchor, jobs, out)
+        _seed_rollups(conn, dsn, anchor, span, jobs, out)
     else:
         out("reusing the rollups of {}".format(name))
     conn.close()
@@ -158,18 +162,18 @@ def _now_minute(cur):
     return cur.fetchone()[0]
 
 
-def _seed_raw(conn, anchor, scale, out):
+def _seed_raw(conn, anchor, scale, span, out):
     from nightowl import partitions
     started = time.monotonic()
     conn.commit()
-    partitions.ensure_partitions(conn, now=anchor, days_behind=SPAN // 86400 + 1, days_ahead=1)
+    partitions.ensure_partitions(conn, now=anchor, days_behind=span // 86400 + 1, days_ahead=1)
     cur = conn.cursor()
     m = max(1, int(SEED[0][1] * scale))
     total = 0
     for table, n, sql in SEED:
         n = max(10, int(n * scale))
         t0 = time.monotonic()
-        cur.execute(sql.format(n=n, m=m, span=SPAN, anchor=anchor.isoformat()))
+        cur.execute(sql.format(n=n, m=m, span=span, anchor=anchor.isoformat()))
         conn.commit()
         total += n
         out("seeded {:>9,} rows into {} in {:.0f} s".format(n, table, time.monotonic() - t0))
@@ -182,10 +186,10 @@ def _seed_raw(conn, anchor, scale, out):
     out("seeded {:,} raw rows in {:.0f} s".format(total, time.monotonic() - started))
 
 
-def hours_of(anchor):
+def hours_of(anchor, span=SPAN):
     """The UTC hours the seeded rows fall in, oldest first."""
     from nightowl.rollups import rebuild
-    return rebuild.hours(anchor - datetime.timedelta(seconds=SPAN + 1), anchor)
+    return rebuild.hours(anchor - datetime.timedelta(seconds=span + 1), anchor)
 
 
 def fold_hours(dsn, hours, minute_from):
@@ -208,10 +212,10 @@ def fold_hours(dsn, hours, minute_from):
     return rows
 
 
-def _seed_rollups(conn, dsn, anchor, jobs, out):
+def _seed_rollups(conn, dsn, anchor, span, jobs, out):
     from nightowl.rollups import rebuild
     started = time.monotonic()
-    hours = hours_of(anchor)
+    hours = hours_of(anchor, span)
     minute_from = anchor - datetime.timedelta(days=MINUTE_DAYS)
     cur = conn.cursor()
     for table in ("nightowl_rollups_minute", "nightowl_rollups_hour", "nightowl_rollups_day"):
