@@ -14,7 +14,7 @@ in this module (table and column names).  Issue status changes go through
 
 import datetime
 
-from nightowl.dashboard import rawreads
+from nightowl.dashboard import rawreads, totals
 from nightowl.issues.lifecycle import set_status
 from nightowl.rollups import query
 from nightowl.rollups.query import series
@@ -118,7 +118,7 @@ def alerts_pending(conn, scope):
 
 def overview(conn, scope):
     return {
-        "series": series(conn, "request", scope.since, **scope.kw()),
+        "series": totals.series(conn, "request", scope.since, scope.until, scope.environment),
         "slowest": top(conn, "request", scope.since, limit=10, order="p95", **scope.kw()),
         "newest": _issues(conn, scope, "i.first_seen_at >= %s AND i.first_seen_at < %s",
                           "i.first_seen_at DESC", [scope.since, scope.until], 10),
@@ -130,11 +130,25 @@ def overview(conn, scope):
 
 # -- one kind of telemetry: requests, jobs, outgoing, commands, ... -------------
 
+#: groups listed on a kind page (by p95)
+GROUPS = 50
+
+
 def kind_page(conn, kind, scope):
+    """The kind's series, its GROUPS slowest groups and its 10 most
+    time-consuming: when the kind has fewer than GROUPS groups, the slowest
+    are all of them and the most time-consuming are sorted from those (one
+    rollup read instead of two)."""
+    groups = top(conn, kind, scope.since, limit=GROUPS, order="p95", **scope.kw())
+    if len(groups) < GROUPS:
+        by_sum = sorted(groups, key=lambda r: (-(r["sum_ms"] or 0.0), r["group_key"]))[:10]
+    else:
+        by_sum = top(conn, kind, scope.since, limit=10, order="sum", **scope.kw())
     return {
-        "series": series(conn, kind, scope.since, **scope.kw()),
-        "by_sum": top(conn, kind, scope.since, limit=10, order="sum", **scope.kw()),
-        "groups": top(conn, kind, scope.since, limit=50, order="p95", **scope.kw()),
+        "series": totals.series(conn, kind, scope.since, scope.until, scope.environment),
+        "by_sum": by_sum,
+        "groups": groups,
+        "all_groups": len(groups) < GROUPS,
         "environments": environments(conn, scope.until),
     }
 
@@ -162,7 +176,9 @@ def cache_page(conn, scope):
     ``store|event type``)."""
     out = kind_page(conn, "cache", scope)
     stores = {}
-    for row in top(conn, "cache", scope.since, limit=1000, order="count", **scope.kw()):
+    rows = out["groups"] if out["all_groups"] else top(
+        conn, "cache", scope.since, limit=1000, order="count", **scope.kw())
+    for row in rows:
         store, _, event = row["group_key"].rpartition("|")
         s = stores.setdefault(store, {"store": store, "hits": 0, "misses": 0, "writes": 0,
                                       "events": 0})
