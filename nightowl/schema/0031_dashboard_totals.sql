@@ -52,3 +52,16 @@ CREATE TRIGGER nightowl_dashboard_totals_day_update AFTER UPDATE ON nightowl_rol
 CREATE TRIGGER nightowl_dashboard_totals_day_delete AFTER DELETE ON nightowl_rollups_day
     REFERENCING OLD TABLE AS changed FOR EACH STATEMENT
     EXECUTE FUNCTION nightowl_dashboard_totals_forget('day');
+
+-- TRUNCATE fires no DELETE trigger: forget the whole tier
+CREATE FUNCTION nightowl_dashboard_totals_forget_tier() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM nightowl_dashboard_totals WHERE tier = TG_ARGV[0];
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER nightowl_dashboard_totals_hour_truncate AFTER TRUNCATE ON nightowl_rollups_hour
+    FOR EACH STATEMENT EXECUTE FUNCTION nightowl_dashboard_totals_forget_tier('hour');
+CREATE TRIGGER nightowl_dashboard_totals_day_truncate AFTER TRUNCATE ON nightowl_rollups_day
+    FOR EACH STATEMENT EXECUTE FUNCTION nightowl_dashboard_totals_forget_tier('day');

@@ -120,3 +120,18 @@ def test_a_busy_deriver_means_nothing_is_kept_but_the_answer_is_right(db, pg_dsn
         assert kept(db) == 0
     finally:
         other.close()
+
+
+def test_truncating_a_tier_forgets_its_totals(pg_dsn):
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        cur = conn.cursor()
+        cur.execute("INSERT INTO nightowl_dashboard_totals (tier, kind, bucket, all_envs, "
+                    "environment) VALUES ('hour', 'request', now(), true, ''), "
+                    "('day', 'request', now(), true, '')")
+        cur.execute("TRUNCATE nightowl_rollups_hour")
+        cur.execute("SELECT tier FROM nightowl_dashboard_totals WHERE bucket = now()")
+        assert cur.fetchall() == [("day",)]
+    finally:
+        conn.rollback()
+        conn.close()
