@@ -14,7 +14,7 @@ in this module (table and column names).  Issue status changes go through
 
 import datetime
 
-from nightowl.dashboard import rawreads, totals
+from nightowl.dashboard import rawreads, sums, totals
 from nightowl.issues.lifecycle import set_status
 from nightowl.rollups import query
 from nightowl.rollups.query import series
@@ -36,11 +36,29 @@ class Scope:
         return {"until": self.until, "environment": self.environment}
 
 
-def top(conn, kind, since, **kw):
-    """``query.top``, made fit to show: a percentile is a sketch bucket's
-    midpoint, up to 1 % above the largest duration seen, so it is capped at
-    the group's max; a cache group is named by its store and event type."""
-    rows = query.top(conn, kind, since, **kw)
+def whole_hours(since, until):
+    """A range longer than 6 h (one drawn by the hour or the day) widened to
+    whole UTC hours, as its series is: the groups' figures then add up to
+    the series', and each group reads hour rows, not up to 118 minute rows
+    at the two edges.  (The current hour's rows are all before now.)"""
+    if until - since <= datetime.timedelta(hours=6):
+        return since, until
+    hour = datetime.timedelta(hours=1)
+    lo = since.replace(minute=0, second=0, microsecond=0)
+    hi = until.replace(minute=0, second=0, microsecond=0)
+    return lo, hi if hi == until else hi + hour
+
+
+def top(conn, kind, since, until=None, order="p95", **kw):
+    """``query.top`` over ``whole_hours``, made fit to show: a percentile is a
+    sketch bucket's midpoint, up to 1 % above the largest duration seen, so
+    it is capped at the group's max; a cache group is named by its store and
+    event type.  order='sum' merges no sketch (``sums.by_sum``)."""
+    since, until = whole_hours(since, until)
+    if order == "sum":
+        rows = sums.by_sum(conn, kind, since, until, kw.get("environment"), kw.get("limit", 20))
+    else:
+        rows = query.top(conn, kind, since, until=until, order=order, **kw)
     for r in rows:
         if r["max_ms"] is not None:
             for p in ("p50_ms", "p95_ms", "p99_ms"):

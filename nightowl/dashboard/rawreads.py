@@ -28,7 +28,7 @@ N_PLUS_ONE_SPAN = datetime.timedelta(hours=1)
 N_PLUS_ONE_ROWS = 50000
 N_PLUS_ONE_MIN = 5
 SAMPLES = 20
-SAMPLE_SCAN = 2000
+SAMPLE_SCAN = 1000
 TRACE_ROWS = 500
 #: kind -> the most recent part of the range its samples come from (default: all of it)
 SAMPLE_SPAN = {"cache": datetime.timedelta(hours=1)}
@@ -134,8 +134,23 @@ def samples_since(kind, since, until):
     return since if span is None else max(since, until - span)
 
 
+def _days_back(since, until):
+    """[since, until) cut at UTC midnights (the daily partitions' bounds), newest first."""
+    out = []
+    end = until
+    while end > since:
+        start = max(since, (end - datetime.timedelta(microseconds=1)).replace(
+            hour=0, minute=0, second=0, microsecond=0))
+        out.append((start, end))
+        end = start
+    return out
+
+
 def samples(conn, kind, since, until, environment, key, limit=SAMPLES, scan=SAMPLE_SCAN):
-    """The slowest of the newest ``scan`` rows of one group in [since, until)."""
+    """The slowest of the newest ``scan`` rows of one group in [since, until):
+    one statement per UTC day, newest first, each planned against its day's
+    partition only, until ``scan`` rows are in hand (one statement over the
+    whole range let the planner sort every row of the group first)."""
     table, label, status, trace_sql, where = SAMPLE_SQL[kind]
     found = where(key or "")
     if found is None:
@@ -143,12 +158,17 @@ def samples(conn, kind, since, until, environment, key, limit=SAMPLES, scan=SAMP
     key_sql, key_args = found
     since = samples_since(kind, since, until)
     env_sql, env_args = _env(environment)
-    return rows(conn, "SELECT created_at, label, status, duration, trace FROM (SELECT "
-                "created_at, {l} AS label, {s} AS status, duration, {t} AS trace FROM {tb} "
-                "WHERE {k} AND created_at >= %s AND created_at < %s{e} ORDER BY created_at DESC "
-                "LIMIT %s) AS recent ORDER BY duration DESC NULLS LAST, created_at DESC "
-                "LIMIT %s".format(l=label, s=status, t=trace_sql, tb=table, k=key_sql, e=env_sql),
-                key_args + [since, until] + env_args + [int(scan), int(limit)])
+    sql = ("SELECT created_at, {l} AS label, {s} AS status, duration, {t} AS trace FROM {tb} "
+           "WHERE {k} AND created_at >= %s AND created_at < %s{e} ORDER BY created_at DESC "
+           "LIMIT %s".format(l=label, s=status, t=trace_sql, tb=table, k=key_sql, e=env_sql))
+    got = []
+    for start, end in _days_back(since, until):
+        got += rows(conn, sql, key_args + [start, end] + env_args + [int(scan) - len(got)])
+        if len(got) >= scan:
+            break
+    got.sort(key=lambda r: r["created_at"], reverse=True)
+    got.sort(key=lambda r: (r["duration"] is not None, r["duration"] or 0), reverse=True)
+    return got[:int(limit)]
 
 
 def n_plus_one_since(since, until):

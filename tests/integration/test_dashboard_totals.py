@@ -135,3 +135,27 @@ def test_truncating_a_tier_forgets_its_totals(pg_dsn):
     finally:
         conn.rollback()
         conn.close()
+
+
+@pytest.mark.parametrize("env", [None, "staging"])
+def test_by_sum_is_query_top_by_sum_without_percentiles(db, env):
+    from nightowl.dashboard import sums
+    until = NOW + datetime.timedelta(minutes=7)
+    for span in RANGES + [datetime.timedelta(minutes=90)]:
+        want = query.top(db, "request", until - span, until=until, environment=env, limit=4,
+                         order="sum")
+        got = sums.by_sum(db, "request", until - span, until, env, limit=4)
+        assert want, span
+        keys = ("group_key", "target", "count", "errors", "sum_ms", "max_ms")
+        assert [{k: r[k] for k in keys} for r in got] == [{k: r[k] for k in keys} for r in want]
+
+
+def test_long_ranges_are_read_in_whole_hours():
+    from nightowl.dashboard.data import whole_hours
+    t = datetime.datetime(2026, 12, 2, 1, 49, tzinfo=datetime.timezone.utc)
+    assert whole_hours(t - datetime.timedelta(hours=1), t) == (t - datetime.timedelta(hours=1), t)
+    assert whole_hours(t - datetime.timedelta(days=1), t) == (
+        datetime.datetime(2026, 12, 1, 1, tzinfo=datetime.timezone.utc),
+        datetime.datetime(2026, 12, 2, 2, tzinfo=datetime.timezone.utc))
+    h = t.replace(minute=0)
+    assert whole_hours(h - datetime.timedelta(days=7), h) == (h - datetime.timedelta(days=7), h)
