@@ -57,15 +57,15 @@ def pages(dsn, anchor):
     cur.execute("SELECT id FROM nightowl_issues ORDER BY id LIMIT 1")
     issue = cur.fetchone()[0]
     # a request that ran an N+1 query group (the richest trace)
-    cur.execute("SELECT trace_id FROM nightowl_queries WHERE group_hash = 'nplus1-0' AND "
-                "created_at > %s - interval '1 hour' AND created_at < %s LIMIT 1",
+    cur.execute("SELECT trace_id, created_at FROM nightowl_queries WHERE group_hash = "
+                "'nplus1-0' AND created_at > %s - interval '1 hour' AND created_at < %s LIMIT 1",
                 (anchor, anchor))
     found = cur.fetchone()
     if found is None:       # a small seed: any request of the last day
-        cur.execute("SELECT trace_id FROM nightowl_requests WHERE created_at > %s - interval "
-                    "'1 day' AND created_at < %s LIMIT 1", (anchor, anchor))
+        cur.execute("SELECT trace_id, created_at FROM nightowl_requests WHERE created_at > %s "
+                    "- interval '1 day' AND created_at < %s LIMIT 1", (anchor, anchor))
         found = cur.fetchone()
-    trace = found[0]
+    trace, at = found
     conn.close()
     out = []
     for rng in ("1h", "24h", "7d", "30d"):
@@ -87,7 +87,9 @@ def pages(dsn, anchor):
                     {"key": "redis|hit", "target": "redis"})),
                 ("commands", rng, "/commands" + q), ("scheduled", rng, "/scheduled" + q),
                 ("issues", rng, "/issues" + q), ("issue", rng, "/issues/{}{}".format(issue, q))]
-    out.append(("trace", "-", "/trace/{}".format(trace)))
+    # as the pages link it (with its time), and as typed (looked up first)
+    out.append(("trace", "-", "/trace/{}?at={}".format(trace, int(at.timestamp()))))
+    out.append(("trace", "no at", "/trace/{}".format(trace)))
     return out
 
 
@@ -121,7 +123,7 @@ def run(args):
     reactor, svc, thread = serve(dsn, anchor)
     try:
         port = svc.port()
-        print("{:<10} {:>5} {:>9} {:>9}  {}".format("page", "range", "p50 ms", "p99 ms",
+        print("{:<10} {:>6} {:>9} {:>9}  {}".format("page", "range", "p50 ms", "p99 ms",
                                                  "<= 300 ms"))
         for name, rng, path in pages(dsn, anchor):
             if only is not None and name not in only:
@@ -134,7 +136,7 @@ def run(args):
             times.sort()
             p50 = statistics.median(times)
             p99 = times[min(len(times) - 1, int(round(0.99 * (len(times) - 1))))]
-            print("{:<10} {:>5} {:>9.1f} {:>9.1f}  {}{}".format(
+            print("{:<10} {:>6} {:>9.1f} {:>9.1f}  {}{}".format(
                 name, rng, p50, p99, "yes" if p99 <= TARGET_MS else "NO",
                 "" if status == 200 else "  (HTTP {})".format(status)), flush=True)
     finally:

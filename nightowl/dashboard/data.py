@@ -152,23 +152,59 @@ def overview(conn, scope):
 GROUPS = 50
 
 
-def kind_page(conn, kind, scope):
-    """The kind's series, its GROUPS slowest groups and its 10 most
-    time-consuming: when the kind has fewer than GROUPS groups, the slowest
-    are all of them and the most time-consuming are sorted from those (one
-    rollup read instead of two)."""
+class Parts(list):
+    """A page's reads as independent parts [(fn, args)], each fn(conn, *args)
+    -> dict: the dashboard runs them on its pool at once (its three
+    connections) and merges the dicts, so a page takes as long as its
+    slowest read, not the sum (each part has its own snapshot)."""
+
+    def run(self, conn):
+        """All parts on one connection, one after another (tools, tests)."""
+        out = {}
+        for fn, args in self:
+            out.update(fn(conn, *args))
+        return out
+
+
+def _series_part(conn, kind, scope):
+    return {"series": totals.series(conn, kind, scope.since, scope.until, scope.environment)}
+
+
+def _groups_part(conn, kind, scope):
     groups = top(conn, kind, scope.since, limit=GROUPS, order="p95", **scope.kw())
-    if len(groups) < GROUPS:
-        by_sum = sorted(groups, key=lambda r: (-(r["sum_ms"] or 0.0), r["group_key"]))[:10]
-    else:
-        by_sum = top(conn, kind, scope.since, limit=10, order="sum", **scope.kw())
-    return {
-        "series": totals.series(conn, kind, scope.since, scope.until, scope.environment),
-        "by_sum": by_sum,
-        "groups": groups,
-        "all_groups": len(groups) < GROUPS,
-        "environments": environments(conn, scope.until),
-    }
+    out = {"groups": groups, "all_groups": len(groups) < GROUPS}
+    if kind == "cache":
+        out["stores"] = _stores(groups if out["all_groups"] else top(
+            conn, "cache", scope.since, limit=1000, order="count", **scope.kw()))
+    return out
+
+
+def _by_sum_part(conn, kind, scope):
+    return {"by_sum": top(conn, kind, scope.since, limit=10, order="sum", **scope.kw())}
+
+
+def _environments_part(conn, scope):
+    return {"environments": environments(conn, scope.until)}
+
+
+def _n_plus_one_part(conn, scope):
+    return {"n_plus_one": rawreads.n_plus_one(conn, scope.since, scope.until, scope.environment),
+            "n_plus_one_since": rawreads.n_plus_one_since(scope.since, scope.until)}
+
+
+def kind_parts(kind, scope):
+    """The kind's series, its GROUPS slowest groups, its 10 most
+    time-consuming (no sketch merged: ``sums.by_sum``); queries add N+1
+    candidates, cache its hit ratios per store."""
+    parts = Parts([(_groups_part, (kind, scope)), (_series_part, (kind, scope)),
+                   (_by_sum_part, (kind, scope)), (_environments_part, (scope,))])
+    if kind == "query":
+        parts.append((_n_plus_one_part, (scope,)))
+    return parts
+
+
+def kind_page(conn, kind, scope):
+    return kind_parts(kind, scope).run(conn)
 
 
 def group_page(conn, kind, scope, key, target):
@@ -183,19 +219,17 @@ def group_page(conn, kind, scope, key, target):
 
 
 def queries_page(conn, scope):
-    out = kind_page(conn, "query", scope)
-    out["n_plus_one"] = rawreads.n_plus_one(conn, scope.since, scope.until, scope.environment)
-    out["n_plus_one_since"] = rawreads.n_plus_one_since(scope.since, scope.until)
-    return out
+    return kind_page(conn, "query", scope)
 
 
 def cache_page(conn, scope):
-    """Hits, misses and writes per store, from the cache rollups (group key
+    return kind_page(conn, "cache", scope)
+
+
+def _stores(rows):
+    """Hits, misses and writes per store, from the cache groups (group key
     ``store|event type``)."""
-    out = kind_page(conn, "cache", scope)
     stores = {}
-    rows = out["groups"] if out["all_groups"] else top(
-        conn, "cache", scope.since, limit=1000, order="count", **scope.kw())
     for row in rows:
         store, _, event = row["group_key"].rpartition("|")
         s = stores.setdefault(store, {"store": store, "hits": 0, "misses": 0, "writes": 0,
@@ -207,8 +241,7 @@ def cache_page(conn, scope):
             s["misses"] += row["count"]
         elif event.startswith("write"):
             s["writes"] += row["count"]
-    out["stores"] = sorted(stores.values(), key=lambda s: (-s["events"], s["store"]))[:20]
-    return out
+    return sorted(stores.values(), key=lambda s: (-s["events"], s["store"]))[:20]
 
 
 # -- issues -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import datetime
 import uuid
 from importlib import resources as package_files
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -177,9 +178,7 @@ class DashboardResource(Resource):
                               lambda d: overview.render(ctx, d, health))
         if head in kinds.KIND_PAGES and len(parts) == 1:
             kind = kinds.KIND_PAGES[head][0]
-            fetch = {"queries": data.queries_page, "cache": data.cache_page}.get(head)
-            args = (scope,) if fetch else (kind, scope)
-            return self._page(request, ctx, fetch or data.kind_page, args,
+            return self._page(request, ctx, data.kind_parts(kind, scope), (),
                               lambda d: kinds.render_kind(ctx, head, d))
         if head in kinds.KIND_PAGES and parts[1:] == ["group"]:
             key, target = arg(request, "key", 2000), arg(request, "target", 2000)
@@ -219,7 +218,10 @@ class DashboardResource(Resource):
         return self._not_found(request)
 
     def _page(self, request, ctx, fetch, args, view):
-        d = self.run(fetch, *args)
+        if isinstance(fetch, data.Parts):
+            d = self._parts(fetch)
+        else:
+            d = self.run(fetch, *args)
 
         def rendered(result):
             if result is None:
@@ -230,6 +232,21 @@ class DashboardResource(Resource):
         d.addCallback(rendered)
         d.addErrback(self._failed, request, ctx.path)
         return NOT_DONE_YET
+
+    def _parts(self, parts):
+        """Run a page's parts at once on the pool; one dict, or the first failure."""
+        def merged(results):
+            out = {}
+            for _ok, part in results:
+                out.update(part)
+            return out
+
+        def first(failure):
+            failure.trap(defer.FirstError)
+            return failure.value.subFailure
+        d = defer.DeferredList([self.run(fn, *args) for fn, args in parts],
+                               fireOnOneErrback=True, consumeErrors=True)
+        return d.addCallbacks(merged, first)
 
     # -- writing responses -------------------------------------------------------------
 

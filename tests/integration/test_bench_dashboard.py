@@ -29,7 +29,7 @@ def test_bench_dashboard_seeds_and_times_every_page():
         lines = [line.split() for line in first.stdout.splitlines()]
         timed = [parts for parts in lines if parts and parts[0] in PAGES]
         assert {parts[0] for parts in timed} == PAGES
-        assert len(timed) == 4 * (len(PAGES) - 1) + 1        # every range, one trace
+        assert len(timed) == 4 * (len(PAGES) - 1) + 2        # every range, two traces
         assert "HTTP" not in first.stdout, first.stdout
         # the rollups hold what the raw rows hold
         raw = fetch(dsn, "SELECT count(*) FROM nightowl_requests")[0][0]
