@@ -207,15 +207,24 @@ def kind_page(conn, kind, scope):
     return kind_parts(kind, scope).run(conn)
 
 
-def group_page(conn, kind, scope, key, target):
-    return {
-        "series": series(conn, kind, scope.since, group_key=key, **scope.kw()),
-        "samples": rawreads.samples(conn, kind, scope.since, scope.until, scope.environment,
-                                    key),
-        "samples_since": rawreads.samples_since(kind, scope.since, scope.until),
-        "samples_scan": rawreads.SAMPLE_SCAN,
-        "environments": environments(conn, scope.until),
-    }
+def _group_series_part(conn, kind, scope, key):
+    return {"series": series(conn, kind, scope.since, group_key=key, **scope.kw())}
+
+
+def _samples_part(conn, kind, scope, key):
+    return {"samples": rawreads.samples(conn, kind, scope.since, scope.until, scope.environment,
+                                        key),
+            "samples_since": rawreads.samples_since(kind, scope.since, scope.until),
+            "samples_scan": rawreads.SAMPLE_SCAN}
+
+
+def group_parts(kind, scope, key):
+    return Parts([(_group_series_part, (kind, scope, key)), (_samples_part, (kind, scope, key)),
+                  (_environments_part, (scope,))])
+
+
+def group_page(conn, kind, scope, key, target=None):
+    return group_parts(kind, scope, key).run(conn)
 
 
 def queries_page(conn, scope):

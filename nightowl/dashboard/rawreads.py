@@ -230,10 +230,12 @@ TRACE_ROOTS = (("nightowl_requests", "trace_id"), ("nightowl_jobs", "attempt_id"
 
 def trace_time(conn, trace_id):
     """When the request, job attempt, command or task of ``trace_id`` ran, or None."""
-    got = rows(conn, "SELECT min(at) AS at FROM (" + " UNION ALL ".join(
-        "(SELECT created_at AS at FROM {} WHERE {} = %s LIMIT 1)".format(t, c)
-        for t, c in TRACE_ROOTS) + ") AS roots", [trace_id] * len(TRACE_ROOTS))
-    return got[0]["at"]
+    for table, column in TRACE_ROOTS:       # most traces are requests: usually one statement
+        got = rows(conn, "SELECT created_at AS at FROM {} WHERE {} = %s LIMIT 1".format(
+            table, column), [trace_id])
+        if got:
+            return got[0]["at"]
+    return None
 
 
 def trace(conn, trace_id, at=None):

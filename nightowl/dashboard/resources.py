@@ -184,8 +184,8 @@ class DashboardResource(Resource):
             key, target = arg(request, "key", 2000), arg(request, "target", 2000)
             if key is None:
                 return self._not_found(request)
-            return self._page(request, ctx, data.group_page,
-                              (kinds.KIND_PAGES[head][0], scope, key, target),
+            return self._page(request, ctx, data.group_parts(kinds.KIND_PAGES[head][0], scope,
+                                                             key), (),
                               lambda d: kinds.render_group(ctx, head, target, d))
         if parts == ["issues"]:
             status = arg(request, "status")
