@@ -36,25 +36,27 @@ class Scope:
         return {"until": self.until, "environment": self.environment}
 
 
-def whole_hours(since, until):
-    """A range longer than 6 h (one drawn by the hour or the day) widened to
-    whole UTC hours, as its series is: the groups' figures then add up to
-    the series', and each group reads hour rows, not up to 118 minute rows
-    at the two edges.  (The current hour's rows are all before now.)"""
-    if until - since <= datetime.timedelta(hours=6):
+def whole_steps(since, until):
+    """The range widened to whole steps of its chart (``query.choose_step``:
+    minutes up to 6 h, hours up to 14 d, UTC days beyond), as its series
+    is: the groups' figures then add up to the series', and a 30-day top
+    reads ~31 day rows a group instead of ~77 hour and minute rows.  (The
+    current step's rows are all before now.)"""
+    width = query.STEPS[query.choose_step(since, until)]
+    if width == 60:
         return since, until
-    hour = datetime.timedelta(hours=1)
-    lo = since.replace(minute=0, second=0, microsecond=0)
-    hi = until.replace(minute=0, second=0, microsecond=0)
-    return lo, hi if hi == until else hi + hour
+    step = datetime.timedelta(seconds=width)
+    lo = since - datetime.timedelta(seconds=since.timestamp() % width)
+    hi = until - datetime.timedelta(seconds=until.timestamp() % width)
+    return lo, hi if hi == until else hi + step
 
 
 def top(conn, kind, since, until=None, order="p95", **kw):
-    """``query.top`` over ``whole_hours``, made fit to show: a percentile is a
+    """``query.top`` over ``whole_steps``, made fit to show: a percentile is a
     sketch bucket's midpoint, up to 1 % above the largest duration seen, so
     it is capped at the group's max; a cache group is named by its store and
     event type.  order='sum' merges no sketch (``sums.by_sum``)."""
-    since, until = whole_hours(since, until)
+    since, until = whole_steps(since, until)
     if order == "sum":
         rows = sums.by_sum(conn, kind, since, until, kw.get("environment"), kw.get("limit", 20))
     else:

@@ -150,12 +150,14 @@ def test_by_sum_is_query_top_by_sum_without_percentiles(db, env):
         assert [{k: r[k] for k in keys} for r in got] == [{k: r[k] for k in keys} for r in want]
 
 
-def test_long_ranges_are_read_in_whole_hours():
-    from nightowl.dashboard.data import whole_hours
-    t = datetime.datetime(2026, 12, 2, 1, 49, tzinfo=datetime.timezone.utc)
-    assert whole_hours(t - datetime.timedelta(hours=1), t) == (t - datetime.timedelta(hours=1), t)
-    assert whole_hours(t - datetime.timedelta(days=1), t) == (
-        datetime.datetime(2026, 12, 1, 1, tzinfo=datetime.timezone.utc),
-        datetime.datetime(2026, 12, 2, 2, tzinfo=datetime.timezone.utc))
-    h = t.replace(minute=0)
-    assert whole_hours(h - datetime.timedelta(days=7), h) == (h - datetime.timedelta(days=7), h)
+def test_long_ranges_are_read_in_whole_steps_of_their_chart():
+    from nightowl.dashboard.data import whole_steps
+    utc = datetime.timezone.utc
+    t = datetime.datetime(2026, 12, 2, 1, 49, 30, tzinfo=utc)
+    assert whole_steps(t - datetime.timedelta(hours=1), t) == (t - datetime.timedelta(hours=1), t)
+    assert whole_steps(t - datetime.timedelta(days=1), t) == (
+        datetime.datetime(2026, 12, 1, 1, tzinfo=utc), datetime.datetime(2026, 12, 2, 2, tzinfo=utc))
+    h = t.replace(minute=0, second=0)
+    assert whole_steps(h - datetime.timedelta(days=7), h) == (h - datetime.timedelta(days=7), h)
+    assert whole_steps(t - datetime.timedelta(days=30), t) == (
+        datetime.datetime(2026, 11, 2, tzinfo=utc), datetime.datetime(2026, 12, 3, tzinfo=utc))
