@@ -45,12 +45,15 @@ SEED = [
      "extract(epoch FROM t), 'production', 'q' || (i % 200), md5('r' || (i % {m}))::uuid, "
      "md5('r' || (i % {m}))::uuid, 'request', 'select * from table_' || (i % 200) || "
      "' where id = ?', (100 + random() ^ 4 * 200000)::bigint, 'pgsql'" + _FROM),
-    ("nightowl_queries", 300000,   # N+1: 30,000 requests run one query group 10 times
+    # N+1: 30,000 requests run one query group 10 times (the ten rows i of one
+    # request share i / 10: its trace and its group)
+    ("nightowl_queries", 300000,
      "INSERT INTO nightowl_queries (created_at, timestamp, environment, group_hash, trace_id, "
      "execution_id, execution_source, sql_query, duration, connection) SELECT t, "
-     "extract(epoch FROM t), 'production', 'nplus1-' || (i % 7), "
+     "extract(epoch FROM t), 'production', 'nplus1-' || (i / 10 % 7), "
      "md5('r' || (i / 10 * 100 % {m}))::uuid, md5('r' || (i / 10 * 100 % {m}))::uuid, 'request', "
-     "'select * from items where order_id = ? /* ' || (i % 7) || ' */', 900, 'pgsql'" + _FROM),
+     "'select * from items where order_id = ? /* ' || (i / 10 % 7) || ' */', 900, 'pgsql'"
+     + _FROM),
     ("nightowl_cache_events", 1000000,
      "INSERT INTO nightowl_cache_events (created_at, timestamp, environment, group_hash, trace_id, "
      "execution_id, event_type, key, store, duration) SELECT t, extract(epoch FROM t), "
