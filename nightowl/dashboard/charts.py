@@ -136,7 +136,9 @@ def bar_chart(title, rows, unit=""):
     bar_w = WIDE - label_w - value_w - 16
     for i, (label, value, href) in enumerate(rows):
         y0 = 4 + i * row_h
-        text = label if len(label) <= 60 else label[:59] + "\u2026"
+        # ~7.5 px a character at the chart's font: longer labels would run
+        # past the left edge of the 440 px label column
+        text = label if len(label) <= 54 else label[:53] + "\u2026"
         label_tag = _t("text", x=label_w - 8, y=y0 + 15, text__anchor="end")(
             _t("title")(label), text)
         if href:

@@ -3,24 +3,25 @@ Every read and write the dashboard makes against Postgres, one function per
 page.  Each takes a psycopg2 connection first and runs on the dashboard's
 thread pool (``pool.QueryPool.run``), never on the reactor.
 
-Figures that rollups can answer come from ``nightowl.rollups.query.top`` /
-``series`` (CONTRACTS.md); the rest (samples, N+1 candidates, traces, cache
-hit ratio, issues) read raw tables, always bounded by a time range and a
-LIMIT.  All SQL is parameterised; the only text formatted into SQL is fixed
+Every aggregate (series, top groups, cache hit ratios, the environments
+seen, an issue's occurrences over time) comes from the rollups through
+``nightowl.rollups.query.top`` / ``series`` (CONTRACTS.md).  Raw telemetry
+rows are read only by ``rawreads`` (samples, N+1 candidates, traces), each
+read bounded by an index and a LIMIT; issues come from their own tables.  All SQL is parameterised; the only text formatted into SQL is fixed
 in this module (table and column names).  Issue status changes go through
 ``nightowl.issues.lifecycle.set_status`` with actor 'dashboard'.
 """
 
 import datetime
 
+from nightowl.dashboard import rawreads, sums, totals
 from nightowl.issues.lifecycle import set_status
-from nightowl.rollups.query import series, top
+from nightowl.rollups import query
+from nightowl.rollups.query import series
 
-#: how far back the N+1 scan of raw queries looks at most
-N_PLUS_ONE_SPAN = datetime.timedelta(hours=24)
-N_PLUS_ONE_MIN = 5
-SAMPLES = 20
-TRACE_ROWS = 500
+#: the rollup kinds whose environments the filter offers
+ENV_KINDS = ["request", "job", "command", "scheduled_task", "exception"]
+ENV_SPAN = datetime.timedelta(days=31)
 
 
 class Scope:
@@ -33,6 +34,42 @@ class Scope:
 
     def kw(self):
         return {"until": self.until, "environment": self.environment}
+
+
+def whole_steps(since, until):
+    """The range widened to whole steps of its chart (``query.choose_step``:
+    minutes up to 6 h, hours up to 14 d, UTC days beyond), as its series
+    is: the groups' figures then add up to the series', and a 30-day top
+    reads ~31 day rows a group instead of ~77 hour and minute rows.  (The
+    current step's rows are all before now.)"""
+    width = query.STEPS[query.choose_step(since, until)]
+    if width == 60:
+        return since, until
+    step = datetime.timedelta(seconds=width)
+    lo = since - datetime.timedelta(seconds=since.timestamp() % width)
+    hi = until - datetime.timedelta(seconds=until.timestamp() % width)
+    return lo, hi if hi == until else hi + step
+
+
+def top(conn, kind, since, until=None, order="p95", **kw):
+    """``query.top`` over ``whole_steps``, made fit to show: a percentile is a
+    sketch bucket's midpoint, up to 1 % above the largest duration seen, so
+    it is capped at the group's max; a cache group is named by its store and
+    event type.  order='sum' merges no sketch (``sums.by_sum``)."""
+    since, until = whole_steps(since, until)
+    if order == "sum":
+        rows = sums.by_sum(conn, kind, since, until, kw.get("environment"), kw.get("limit", 20))
+    else:
+        rows = query.top(conn, kind, since, until=until, order=order, **kw)
+    for r in rows:
+        if r["max_ms"] is not None:
+            for p in ("p50_ms", "p95_ms", "p99_ms"):
+                if r[p] is not None and r[p] > r["max_ms"]:
+                    r[p] = r["max_ms"]
+        if kind == "cache":
+            store, _, event = r["group_key"].rpartition("|")
+            r["target"] = "{} {}".format(store or "(default)", event or "(none)")
+    return rows
 
 
 def _env(scope, column="environment"):
@@ -55,11 +92,12 @@ def _exists(conn, table):
 
 
 def environments(conn, until):
-    """Environments seen recently (issues, and requests of the last hour)."""
+    """Environments with issues, or with rollups of the last ENV_SPAN (day rows,
+    through the primary key: a few thousand rows at most)."""
     rows = _rows(conn, "SELECT environment FROM nightowl_issues UNION "
-                 "SELECT DISTINCT environment FROM nightowl_requests "
-                 "WHERE created_at >= %s AND created_at < %s ORDER BY 1",
-                 [until - datetime.timedelta(hours=1), until])
+                 "SELECT DISTINCT environment FROM nightowl_rollups_day WHERE kind = ANY(%s) "
+                 "AND bucket >= %s ORDER BY 1",
+                 [ENV_KINDS, until - ENV_SPAN])
     return [r["environment"] for r in rows]
 
 
@@ -100,7 +138,7 @@ def alerts_pending(conn, scope):
 
 def overview(conn, scope):
     return {
-        "series": series(conn, "request", scope.since, **scope.kw()),
+        "series": totals.series(conn, "request", scope.since, scope.until, scope.environment),
         "slowest": top(conn, "request", scope.since, limit=10, order="p95", **scope.kw()),
         "newest": _issues(conn, scope, "i.first_seen_at >= %s AND i.first_seen_at < %s",
                           "i.first_seen_at DESC", [scope.since, scope.until], 10),
@@ -112,103 +150,109 @@ def overview(conn, scope):
 
 # -- one kind of telemetry: requests, jobs, outgoing, commands, ... -------------
 
-#: kind -> (table, sample label SQL, sample status SQL, trace id SQL, key filter SQL)
-SAMPLE_SQL = {
-    "request": ("nightowl_requests", "coalesce(method, '') || ' ' || coalesce(url, route_path, '')",
-                "status_code::text", "trace_id", None),
-    "query": ("nightowl_queries", "left(sql_query, 300)", "connection",
-              "coalesce(execution_id, trace_id)", "group_hash = %s"),
-    "job": ("nightowl_jobs", "job_class", "status", "coalesce(attempt_id, trace_id)",
-            "coalesce(group_hash, job_class, '') = %s AND record_type = 'job-attempt'"),
-    "outgoing": ("nightowl_outgoing_requests", "coalesce(method, '') || ' ' || coalesce(url, '')",
-                 "status_code::text", "coalesce(execution_id, trace_id)", "host = %s"),
-    "cache": ("nightowl_cache_events", "coalesce(event_type, '') || ' ' || coalesce(key, '')",
-              "store", "coalesce(execution_id, trace_id)", "coalesce(group_hash, key, '') = %s"),
-    "command": ("nightowl_commands", "coalesce(command, name)", "exit_code::text", "trace_id",
-                "coalesce(group_hash, name, '') = %s"),
-    "scheduled_task": ("nightowl_scheduled_tasks", "command", "status", "trace_id",
-                       "coalesce(group_hash, command, '') = %s"),
-}
+#: groups listed on a kind page (by p95)
+GROUPS = 50
 
 
-def _request_filter(key, target):
-    parts = (key or "").split("|")
-    if len(parts) == 3 and parts[2].endswith("xx") and parts[2][:-2].isdigit():
-        return ("group_hash = %s AND method = %s AND status_code / 100 = %s",
-                [parts[0], parts[1], int(parts[2][:-2])])
-    return "coalesce(route_path, url) = %s", [target]
+class Parts(list):
+    """A page's reads as independent parts [(fn, args)], each fn(conn, *args)
+    -> dict: the dashboard runs them on its pool at once (its three
+    connections) and merges the dicts, so a page takes as long as its
+    slowest read, not the sum (each part has its own snapshot)."""
+
+    def run(self, conn):
+        """All parts on one connection, one after another (tools, tests)."""
+        out = {}
+        for fn, args in self:
+            out.update(fn(conn, *args))
+        return out
 
 
-def samples(conn, kind, scope, key, target, limit=SAMPLES):
-    """The slowest rows of one group in the range, from the raw table."""
-    table, label, status, trace, key_sql = SAMPLE_SQL[kind]
-    if key_sql is None:
-        key_sql, key_args = _request_filter(key, target)
-    else:
-        key_args = [key]
-    env_sql, env_args = _env(scope)
-    return _rows(conn, "SELECT created_at, {l} AS label, {s} AS status, duration, {t} AS trace "
-                 "FROM {tb} WHERE created_at >= %s AND created_at < %s AND {k}{e} "
-                 "ORDER BY duration DESC NULLS LAST LIMIT %s".format(
-                     l=label, s=status, t=trace, tb=table, k=key_sql, e=env_sql),
-                 [scope.since, scope.until] + key_args + env_args + [limit])
+def _series_part(conn, kind, scope):
+    return {"series": totals.series(conn, kind, scope.since, scope.until, scope.environment)}
+
+
+def _groups_part(conn, kind, scope):
+    groups = top(conn, kind, scope.since, limit=GROUPS, order="p95", **scope.kw())
+    out = {"groups": groups, "all_groups": len(groups) < GROUPS}
+    if kind == "cache":
+        out["stores"] = _stores(groups if out["all_groups"] else top(
+            conn, "cache", scope.since, limit=1000, order="count", **scope.kw()))
+    return out
+
+
+def _by_sum_part(conn, kind, scope):
+    return {"by_sum": top(conn, kind, scope.since, limit=10, order="sum", **scope.kw())}
+
+
+def _environments_part(conn, scope):
+    return {"environments": environments(conn, scope.until)}
+
+
+def _n_plus_one_part(conn, scope):
+    return {"n_plus_one": rawreads.n_plus_one(conn, scope.since, scope.until, scope.environment),
+            "n_plus_one_since": rawreads.n_plus_one_since(scope.since, scope.until)}
+
+
+def kind_parts(kind, scope):
+    """The kind's series, its GROUPS slowest groups, its 10 most
+    time-consuming (no sketch merged: ``sums.by_sum``); queries add N+1
+    candidates, cache its hit ratios per store."""
+    parts = Parts([(_groups_part, (kind, scope)), (_series_part, (kind, scope)),
+                   (_by_sum_part, (kind, scope)), (_environments_part, (scope,))])
+    if kind == "query":
+        parts.append((_n_plus_one_part, (scope,)))
+    return parts
 
 
 def kind_page(conn, kind, scope):
-    return {
-        "series": series(conn, kind, scope.since, **scope.kw()),
-        "by_sum": top(conn, kind, scope.since, limit=10, order="sum", **scope.kw()),
-        "groups": top(conn, kind, scope.since, limit=50, order="p95", **scope.kw()),
-        "environments": environments(conn, scope.until),
-    }
+    return kind_parts(kind, scope).run(conn)
 
 
-def group_page(conn, kind, scope, key, target):
-    return {
-        "series": series(conn, kind, scope.since, group_key=key, **scope.kw()),
-        "samples": samples(conn, kind, scope, key, target),
-        "environments": environments(conn, scope.until),
-    }
+def _group_series_part(conn, kind, scope, key):
+    return {"series": series(conn, kind, scope.since, group_key=key, **scope.kw())}
 
 
-def n_plus_one(conn, scope, minimum=N_PLUS_ONE_MIN, limit=20):
-    """
-    Query groups run many times within one execution (request, job, ...):
-    raw nightowl_queries grouped by execution and group, over at most the
-    last N_PLUS_ONE_SPAN of the range.
-    """
-    since = max(scope.since, scope.until - N_PLUS_ONE_SPAN)
-    env_sql, env_args = _env(scope)
-    return _rows(conn, "SELECT group_hash, min(sql) AS sql, count(*) AS executions, "
-                 "max(n) AS max_per_execution, sum(n)::bigint AS total, sum(d)::float8 AS sum_us, "
-                 "(array_agg(execution ORDER BY n DESC))[1] AS sample FROM ("
-                 " SELECT coalesce(execution_id, trace_id) AS execution, group_hash, "
-                 " min(left(sql_query, 300)) AS sql, count(*) AS n, sum(duration) AS d "
-                 " FROM nightowl_queries WHERE created_at >= %s AND created_at < %s"
-                 + env_sql + " AND coalesce(execution_id, trace_id) IS NOT NULL "
-                 " GROUP BY 1, 2 HAVING count(*) >= %s) per "
-                 "GROUP BY group_hash ORDER BY max(n) DESC, sum(n) DESC LIMIT %s",
-                 [since, scope.until] + env_args + [minimum, limit])
+def _samples_part(conn, kind, scope, key):
+    return {"samples": rawreads.samples(conn, kind, scope.since, scope.until, scope.environment,
+                                        key),
+            "samples_since": rawreads.samples_since(kind, scope.since, scope.until),
+            "samples_scan": rawreads.SAMPLE_SCAN}
+
+
+def group_parts(kind, scope, key):
+    return Parts([(_group_series_part, (kind, scope, key)), (_samples_part, (kind, scope, key)),
+                  (_environments_part, (scope,))])
+
+
+def group_page(conn, kind, scope, key, target=None):
+    return group_parts(kind, scope, key).run(conn)
 
 
 def queries_page(conn, scope):
-    out = kind_page(conn, "query", scope)
-    out["n_plus_one"] = n_plus_one(conn, scope)
-    out["n_plus_one_since"] = max(scope.since, scope.until - N_PLUS_ONE_SPAN)
-    return out
+    return kind_page(conn, "query", scope)
 
 
 def cache_page(conn, scope):
-    """Hit ratio over time and per store from raw cache events, plus the slowest keys."""
-    env_sql, env_args = _env(scope)
-    out = kind_page(conn, "cache", scope)
-    out["stores"] = _rows(
-        conn, "SELECT coalesce(store, '') AS store, count(*) FILTER (WHERE event_type = 'hit') "
-        "AS hits, count(*) FILTER (WHERE event_type = 'miss') AS misses, count(*) FILTER "
-        "(WHERE event_type LIKE 'write%%') AS writes, count(*) AS events "
-        "FROM nightowl_cache_events WHERE created_at >= %s AND created_at < %s" + env_sql
-        + " GROUP BY 1 ORDER BY events DESC LIMIT 20", [scope.since, scope.until] + env_args)
-    return out
+    return kind_page(conn, "cache", scope)
+
+
+def _stores(rows):
+    """Hits, misses and writes per store, from the cache groups (group key
+    ``store|event type``)."""
+    stores = {}
+    for row in rows:
+        store, _, event = row["group_key"].rpartition("|")
+        s = stores.setdefault(store, {"store": store, "hits": 0, "misses": 0, "writes": 0,
+                                      "events": 0})
+        s["events"] += row["count"]
+        if event == "hit":
+            s["hits"] += row["count"]
+        elif event == "miss":
+            s["misses"] += row["count"]
+        elif event.startswith("write"):
+            s["writes"] += row["count"]
+    return sorted(stores.values(), key=lambda s: (-s["events"], s["store"]))[:20]
 
 
 # -- issues -------------------------------------------------------------------------
@@ -261,40 +305,4 @@ def change_issue_status(conn, issue_id, status):
 
 # -- one trace ------------------------------------------------------------------------
 
-#: (kind, table, label SQL, detail SQL, extra id column or None)
-TRACE_TABLES = (
-    ("request", "nightowl_requests", "coalesce(method, '') || ' ' || coalesce(url, '')",
-     "status_code::text", None),
-    ("command", "nightowl_commands", "coalesce(command, name)", "'exit ' || exit_code", None),
-    ("scheduled task", "nightowl_scheduled_tasks", "command", "status", None),
-    ("job", "nightowl_jobs", "job_class", "record_type || ' ' || coalesce(status, '')",
-     "attempt_id"),
-    ("query", "nightowl_queries", "sql_query",
-     "coalesce(connection, '') || ' ' || coalesce(file || ':' || line, '')", "execution_id"),
-    ("cache", "nightowl_cache_events", "coalesce(event_type, '') || ' ' || coalesce(key, '')",
-     "store", "execution_id"),
-    ("outgoing", "nightowl_outgoing_requests",
-     "coalesce(method, '') || ' ' || coalesce(url, '')", "status_code::text", "execution_id"),
-    ("mail", "nightowl_mail", "coalesce(mailable, '') || ' ' || coalesce(subject, '')",
-     "mailer", "execution_id"),
-    ("notification", "nightowl_notifications", "notification", "channel", "execution_id"),
-    ("log", "nightowl_logs", "message", "level", "execution_id"),
-    ("exception", "nightowl_exceptions", "coalesce(class, '') || ': ' || coalesce(message, '')",
-     "coalesce(file || ':' || line, '')", "execution_id"),
-)
-
-
-def trace(conn, trace_id):
-    """Every row of one trace (or one execution: a job attempt), in time order."""
-    parts, args = [], []
-    for kind, table, label, detail, extra in TRACE_TABLES:
-        where = "trace_id = %s" + (" OR {} = %s".format(extra) if extra else "")
-        args += [kind, trace_id] + ([trace_id] if extra else [])
-        duration = "NULL::bigint" if kind in ("log", "exception") else "duration"
-        parts.append("(SELECT %s AS kind, created_at, timestamp, {u} AS duration, {l} AS label, "
-                     "{d} AS detail, environment, trace_id FROM {t} WHERE {w} "
-                     "ORDER BY created_at LIMIT {n})".format(
-                         u=duration, l=label, d=detail, t=table, w=where, n=TRACE_ROWS))
-    events = _rows(conn, " UNION ALL ".join(parts) + " ORDER BY timestamp NULLS LAST, created_at",
-                   args)
-    return {"events": events}
+trace = rawreads.trace

@@ -9,7 +9,7 @@ Routes (all GET unless said):
   /<kind>/group?key=&target=  one group       /outgoing, /cache, /commands,
   /issues, /issues/<id>   issues              /scheduled
   POST /issues/<id>/status   resolve / ignore / reopen (CSRF)
-  /trace/<uuid>           one trace or job execution
+  /trace/<uuid>[?at=]     one trace or job execution (at: when, Unix s)
   /login (GET, POST), POST /logout, /static/<file>
 """
 
@@ -17,6 +17,7 @@ import datetime
 import uuid
 from importlib import resources as package_files
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -177,16 +178,14 @@ class DashboardResource(Resource):
                               lambda d: overview.render(ctx, d, health))
         if head in kinds.KIND_PAGES and len(parts) == 1:
             kind = kinds.KIND_PAGES[head][0]
-            fetch = {"queries": data.queries_page, "cache": data.cache_page}.get(head)
-            args = (scope,) if fetch else (kind, scope)
-            return self._page(request, ctx, fetch or data.kind_page, args,
+            return self._page(request, ctx, data.kind_parts(kind, scope), (),
                               lambda d: kinds.render_kind(ctx, head, d))
         if head in kinds.KIND_PAGES and parts[1:] == ["group"]:
             key, target = arg(request, "key", 2000), arg(request, "target", 2000)
             if key is None:
                 return self._not_found(request)
-            return self._page(request, ctx, data.group_page,
-                              (kinds.KIND_PAGES[head][0], scope, key, target),
+            return self._page(request, ctx, data.group_parts(kinds.KIND_PAGES[head][0], scope,
+                                                             key), (),
                               lambda d: kinds.render_group(ctx, head, target, d))
         if parts == ["issues"]:
             status = arg(request, "status")
@@ -200,7 +199,7 @@ class DashboardResource(Resource):
                               lambda d: issue_views.render_issue(ctx, d))
         if head == "trace" and len(parts) == 2 and _uuid(parts[1]):
             trace_id = _uuid(parts[1])
-            return self._page(request, ctx, data.trace, (trace_id,),
+            return self._page(request, ctx, data.trace, (trace_id, _epoch(arg(request, "at"))),
                               lambda d: trace.render(ctx, trace_id, d))
         return self._not_found(request)
 
@@ -219,7 +218,10 @@ class DashboardResource(Resource):
         return self._not_found(request)
 
     def _page(self, request, ctx, fetch, args, view):
-        d = self.run(fetch, *args)
+        if isinstance(fetch, data.Parts):
+            d = self._parts(fetch)
+        else:
+            d = self.run(fetch, *args)
 
         def rendered(result):
             if result is None:
@@ -230,6 +232,21 @@ class DashboardResource(Resource):
         d.addCallback(rendered)
         d.addErrback(self._failed, request, ctx.path)
         return NOT_DONE_YET
+
+    def _parts(self, parts):
+        """Run a page's parts at once on the pool; one dict, or the first failure."""
+        def merged(results):
+            out = {}
+            for _ok, part in results:
+                out.update(part)
+            return out
+
+        def first(failure):
+            failure.trap(defer.FirstError)
+            return failure.value.subFailure
+        d = defer.DeferredList([self.run(fn, *args) for fn, args in parts],
+                               fireOnOneErrback=True, consumeErrors=True)
+        return d.addCallbacks(merged, first)
 
     # -- writing responses -------------------------------------------------------------
 
@@ -285,6 +302,13 @@ def _issue_id(text):
     if text.isdigit() and len(text) < 19:
         return int(text)
     return None
+
+
+def _epoch(text):
+    """A link's ``at`` (Unix seconds) as an aware datetime, None if absent or odd."""
+    if not text or not text.isdigit() or len(text) > 11:
+        return None
+    return datetime.datetime.fromtimestamp(int(text), datetime.timezone.utc)
 
 
 def _uuid(text):

@@ -31,7 +31,9 @@ class DashboardService(service.Service):
     log = Logger()
 
     def __init__(self, endpoint, dsn, password=None, health_status=None, reactor=None,
-                 threads=3, statement_timeout_ms=None):
+                 threads=3, statement_timeout_ms=None, clock=None):
+        """`clock`: has seconds(), the time pages show (default: the reactor;
+        the dashboard bench pins it to its seeded data)."""
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -41,7 +43,7 @@ class DashboardService(service.Service):
         self.pool = QueryPool(dsn, reactor, maxthreads=threads, **pool_kw)
         self.auth = Auth(password)
         self.resource = DashboardResource(
-            self.auth, self.pool.run, reactor, health_status=health_status,
+            self.auth, self.pool.run, clock or reactor, health_status=health_status,
             allowed_hosts=None if password else LOOPBACK_HOSTS)
         self.site = _QuietSite(self.resource)
         self.site.noisy = False

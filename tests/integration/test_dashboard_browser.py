@@ -80,7 +80,13 @@ def shot(browser, name):
     where = os.environ.get("NIGHTOWL_SCREENSHOTS")
     if where:
         os.makedirs(where, exist_ok=True)
-        browser.driver.save_screenshot(os.path.join(where, name + ".png"))
+        # the whole page, not just the first screenful
+        height = browser.js("return document.documentElement.scrollHeight")
+        browser.driver.set_window_size(1280, max(1000, int(height) + 140))
+        try:
+            browser.driver.save_screenshot(os.path.join(where, name + ".png"))
+        finally:
+            browser.driver.set_window_size(1280, 1000)
 
 
 def wait_js(browser, script, expected=None, timeout=10.0):

@@ -106,7 +106,7 @@ def render_issue(ctx, data):
         body.append(tags.pre(issue["exception_message"] or "", class_="exc-message"))
     if latest is not None and latest["trace_id"]:
         body.append(tags.p("Latest occurrence: ", trace_link(ctx, latest["trace_id"],
-                                                              "its trace")))
+                                                              "its trace", latest["created_at"])))
     if issue["type"] == "exception":
         body.append(section("Stack trace", stack(latest)))
         body.append(section("Occurrences", tags.div(class_="charts")(charts.line_chart(

@@ -20,7 +20,7 @@ KIND_PAGES = {
     "queries": ("query", "Queries", "Query"),
     "jobs": ("job", "Jobs", "Job"),
     "outgoing": ("outgoing", "Outgoing requests", "Host"),
-    "cache": ("cache", "Cache", "Key"),
+    "cache": ("cache", "Cache", "Store and event"),
     "commands": ("command", "Commands", "Command"),
     "scheduled": ("scheduled_task", "Scheduled tasks", "Task"),
 }
@@ -72,7 +72,7 @@ def cache_section(stores):
 def n_plus_one_section(ctx, data):
     rows = [[tags.span(_short(r["sql"], 200), class_="code"), num(r["executions"]),
              num(r["max_per_execution"]), num(r["total"]), ms((r["sum_us"] or 0) / 1000.0),
-             trace_link(ctx, r["sample"], "worst")] for r in data["n_plus_one"]]
+             trace_link(ctx, r["sample"], "worst", r.get("sample_at"))] for r in data["n_plus_one"]]
     return section(
         "N+1 candidates",
         tags.p("One query group run 5 or more times within one execution (request, job, "
@@ -85,11 +85,16 @@ def render_group(ctx, segment, target, data):
     kind, title, noun = KIND_PAGES[segment]
     rows = [[when(s["created_at"]), tags.span(_short(s["label"], 200), class_="code"),
              s["status"] or "\u2013", ms(None if s["duration"] is None else s["duration"] / 1000.0),
-             trace_link(ctx, s["trace"])] for s in data["samples"]]
+             trace_link(ctx, s["trace"], at=s["created_at"])] for s in data["samples"]]
     return page(
         ctx, "{}: {}".format(noun, _short(target, 80)),
         tags.p(tags.a("\u2190 all " + title.lower(), href=ctx.href("/" + segment))),
         tags.pre(target or "(none)", class_="target"),
         totals(data["series"], title),
         latency_charts(data["series"], noun),
-        section("Slowest recent", table(["When", noun, "Status", "Duration#", "Trace"], rows)))
+        section("Slowest recent",
+                tags.p("The slowest of this group's newest {:,} rows since ".format(
+                    data.get("samples_scan") or 0), when(data.get("samples_since")), ".",
+                    class_="muted"),
+                table(["When", noun, "Status", "Duration#", "Trace"], rows,
+                      empty="No row of this group in this range.")))

@@ -41,12 +41,9 @@ class Context:
 
 
 def group_label(row):
-    """A group's name: its target, with method and status class for requests."""
-    target = row.get("target") or "(none)"
-    parts = (row.get("group_key") or "").split("|")
-    if len(parts) == 3 and parts[2].endswith("xx"):
-        return "{} {} \u00b7 {}".format(parts[1], target, parts[2])
-    return target
+    """A group's name: its target (for requests and outgoing requests it
+    already carries the method and status class, e.g. 'GET /orders [2xx]')."""
+    return row.get("target") or "(none)"
 
 
 def csrf_field(ctx):
@@ -148,10 +145,14 @@ def when(value):
                      datetime=value.isoformat())
 
 
-def trace_link(ctx, trace_id, text="trace"):
+def trace_link(ctx, trace_id, text="trace", at=None):
+    """A link to a trace; ``at`` (when it ran) lets the page read only the
+    partitions around it."""
     if not trace_id:
         return "\u2013"
-    return tags.a(text, href=ctx.href("/trace/{}".format(trace_id)))
+    if isinstance(at, datetime.datetime):
+        at = int(at.timestamp())
+    return tags.a(text, href=ctx.href("/trace/{}".format(trace_id), at=at))
 
 
 def section(title, *body):
