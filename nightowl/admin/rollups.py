@@ -40,7 +40,7 @@ def run(args):
         raise CommandError("choose an action: rebuild", code=2)
     conn = connect(args, "nightowl-rollups")
     try:
-        now = query._now(conn)
+        now = query.db_now(conn)
         conn.rollback()
         try:
             since = parse_time(args.since, now)

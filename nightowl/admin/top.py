@@ -76,7 +76,7 @@ def run(args):
         raise CommandError("--limit: must be greater than 0", code=2)
     conn = connect(args, "nightowl-top")
     try:
-        now = query._now(conn)
+        now = query.db_now(conn)
         rows = query.top(conn, KINDS[args.what], now - span, now, environment=args.environment,
                          limit=args.limit, order=args.order)
     except psycopg2.Error as e:

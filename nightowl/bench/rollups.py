@@ -184,11 +184,11 @@ def time_top(conn, routes, minutes_only=False, limit=None):
     from nightowl.rollups import query
     times = []
     for _ in range(5):
-        now = query._now(conn)
+        now = query.db_now(conn)
         t = time.perf_counter()
         if minutes_only:
             real = query.segments
-            query.segments = lambda a, b: [("minute", query._floor(a, 60), query._ceil(b, 60))]
+            query.segments = lambda a, b: [("minute", query.floor_time(a, 60), query.ceil_time(b, 60))]
             try:
                 rows = query.top(conn, "request", now - timedelta(hours=24), now,
                                  limit=limit or routes)

@@ -8,12 +8,11 @@ and ``read_pending``), in one REPEATABLE READ snapshot; rows as query.top's
 with the percentiles None.
 """
 
-import json
 
 import psycopg2.extensions
 
 from nightowl.rollups import derive
-from nightowl.rollups.query import fall_back, read_pending, segments
+from nightowl.rollups.query import fall_back, read_pending, segments, target_name as _target
 from nightowl.rollups.write import TABLES
 
 
@@ -95,15 +94,3 @@ def _with_keys(args, n, keys):
         out += args[i * per:(i + 1) * per] + [keys]
     return out
 
-
-def _target(kind, label, attrs):
-    """As query.top names a group: requests and outgoing requests with their
-    status class, jobs with queue and status."""
-    if attrs and kind in ("request", "outgoing"):
-        cls = json.loads(attrs).get("status_class")
-        if cls:
-            return "{} [{}]".format(label, cls)
-    if attrs and kind == "job":
-        a = json.loads(attrs)
-        return "{} ({}, {})".format(label, a.get("queue") or "-", a.get("status") or "-")
-    return label

@@ -56,18 +56,7 @@ ON CONFLICT DO NOTHING
 """
 
 
-def _floor(t, width):
-    s = int((t - EPOCH).total_seconds())
-    return EPOCH + timedelta(seconds=s - s % width)
-
-
-def _ceil(t, width):
-    f = _floor(t, width)
-    return f if f == t else f + timedelta(seconds=width)
-
-
-def _ms(us):
-    return None if us is None else float(us) / 1000.0
+_floor, _ceil, _ms = query.floor_time, query.ceil_time, query.to_ms
 
 
 def fill(conn, tier, kind, lo, hi):

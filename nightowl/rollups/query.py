@@ -33,17 +33,17 @@ STEPS = {"minute": 60, "hour": 3600, "day": 86400}
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def _floor(t, width):
+def floor_time(t, width):
     s = int((t - EPOCH).total_seconds())
     return EPOCH + timedelta(seconds=s - s % width)
 
 
-def _ceil(t, width):
-    f = _floor(t, width)
+def ceil_time(t, width):
+    f = floor_time(t, width)
     return f if f == t else f + timedelta(seconds=width)
 
 
-def _now(conn):
+def db_now(conn):
     cur = conn.cursor()
     cur.execute("SELECT now()")
     return cur.fetchone()[0]
@@ -51,14 +51,14 @@ def _now(conn):
 
 def segments(since, until):
     """[(tier, start, end)] covering the minutes that overlap [since, until)."""
-    lo, hi = _floor(since, 60), _ceil(until, 60)
+    lo, hi = floor_time(since, 60), ceil_time(until, 60)
     if hi <= lo:
         return []
-    h_lo, h_hi = _ceil(lo, 3600), _floor(hi, 3600)
+    h_lo, h_hi = ceil_time(lo, 3600), floor_time(hi, 3600)
     if h_hi <= h_lo:
         return [("minute", lo, hi)]
     out = [("minute", lo, h_lo), ("minute", h_hi, hi)]
-    d_lo, d_hi = _ceil(h_lo, 86400), _floor(h_hi, 86400)
+    d_lo, d_hi = ceil_time(h_lo, 86400), floor_time(h_hi, 86400)
     if d_hi > d_lo:
         out += [("hour", h_lo, d_lo), ("hour", d_hi, h_hi), ("day", d_lo, d_hi)]
     else:
@@ -80,7 +80,7 @@ def fall_back(segs, oldest):
         out = []
         for tier, start, end in segs:
             if tier == fine and (horizon is None or start < horizon):
-                out.append((coarse, _floor(start, width), _ceil(end, width)))
+                out.append((coarse, floor_time(start, width), ceil_time(end, width)))
             else:
                 out.append((tier, start, end))
         segs = out
@@ -126,7 +126,7 @@ def read_pending(segs, hours):
     if not hours:
         return list(segs)
     hour, day = timedelta(hours=1), timedelta(days=1)
-    days = {_floor(h, 86400) for h in hours}
+    days = {floor_time(h, 86400) for h in hours}
     out = []
     for tier, start, end in segs:
         if tier != "day":
@@ -215,7 +215,7 @@ def _q(q):
     return "nightowl_sketch_quantile(sk, {}, min_us, max_us)".format(q)
 
 
-def _ms(us):
+def to_ms(us):
     return None if us is None else float(us) / 1000.0
 
 
@@ -233,7 +233,7 @@ def top(conn, kind, since, until=None, environment=None, limit=20, order="p95"):
 
 
 def _top(conn, kind, since, until, environment, limit, order):
-    until = until if until is not None else _now(conn)
+    until = until if until is not None else db_now(conn)
     segs = segments(since, until)
     if not segs:
         return []
@@ -266,14 +266,14 @@ def _top(conn, kind, since, until, environment, limit, order):
     cur.execute(TUNING + sql, args + [int(limit)] + label_args)
     out = []
     for (group_key, label, attrs, count, errors, sum_us, max_us, p50, p95, p99) in cur.fetchall():
-        out.append({"group_key": group_key, "target": _target(kind, label, attrs),
-                    "count": int(count), "errors": int(errors), "p50_ms": _ms(p50),
-                    "p95_ms": _ms(p95), "p99_ms": _ms(p99), "max_ms": _ms(max_us),
-                    "sum_ms": _ms(sum_us)})
+        out.append({"group_key": group_key, "target": target_name(kind, label, attrs),
+                    "count": int(count), "errors": int(errors), "p50_ms": to_ms(p50),
+                    "p95_ms": to_ms(p95), "p99_ms": to_ms(p99), "max_ms": to_ms(max_us),
+                    "sum_ms": to_ms(sum_us)})
     return out
 
 
-def _target(kind, label, attrs):
+def target_name(kind, label, attrs):
     import json
     if attrs and kind in ("request", "outgoing"):
         cls = json.loads(attrs).get("status_class")
@@ -306,12 +306,12 @@ def series(conn, kind, since, until=None, environment=None, group_key=None, step
 
 
 def _series(conn, kind, since, until, environment, group_key, step):
-    until = until if until is not None else _now(conn)
+    until = until if until is not None else db_now(conn)
     if isinstance(step, timedelta):
         step = {60: "minute", 3600: "hour", 86400: "day"}[int(step.total_seconds())]
     step = step or choose_step(since, until)
     width = STEPS[step]
-    lo, hi = _floor(since, width), _ceil(until, width)
+    lo, hi = floor_time(since, width), ceil_time(until, width)
     segs = [(step, lo, hi)]
     if step != "minute":
         segs = read_pending(segs, derive.pending(conn, lo, hi))
@@ -328,7 +328,7 @@ def _series(conn, kind, since, until, environment, group_key, step):
     t = lo
     while t < hi:
         n, e, p50, p95, p99 = got.get(t) or (0, 0, None, None, None)
-        out.append({"bucket": t, "count": int(n), "errors": int(e), "p50_ms": _ms(p50),
-                    "p95_ms": _ms(p95), "p99_ms": _ms(p99)})
+        out.append({"bucket": t, "count": int(n), "errors": int(e), "p50_ms": to_ms(p50),
+                    "p95_ms": to_ms(p95), "p99_ms": to_ms(p99)})
         t += timedelta(seconds=width)
     return out

@@ -131,7 +131,7 @@ write_tier = write.write_tier
 
 def hours(since, until):
     """The UTC hours touching [since, until)."""
-    from nightowl.rollups.query import _floor
+    from nightowl.rollups.query import floor_time as _floor
     t = _floor(since, 3600)
     out = []
     while t < until:
