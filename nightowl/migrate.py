@@ -28,6 +28,9 @@ _log = Logger(namespace="nightowl.migrate")
 
 #: any fixed 64-bit key; shared by every nightowl agent
 MIGRATION_LOCK = 0x6E696768746F776C  # "nightowl"
+#: daily partitions created ahead by a migration (nightowl.partitions makes the
+#: rest: the maintenance child and the retention sweep keep a week ahead)
+MIGRATE_DAYS_AHEAD = 1
 
 HISTORY_DDL = """CREATE TABLE IF NOT EXISTS nightowl_migrations (
     name text PRIMARY KEY,
@@ -126,7 +129,10 @@ def apply(dsn_or_conn, log=None, partitions=True):
                 log.info("applied migration {name}", name=name)
             if partitions:
                 from nightowl.partitions import ensure_partitions
-                ensure_partitions(conn, log=log)
+                # today and its neighbours only: the drain's maintenance child (or
+                # the retention sweep) creates the rest of the week ahead at start,
+                # and a row for a day without its child waits in DEFAULT until then
+                ensure_partitions(conn, days_ahead=MIGRATE_DAYS_AHEAD, log=log)
         finally:
             _unlock(conn)
     finally:
