@@ -104,7 +104,7 @@ def test_the_ci_command_blocks_are_intact(readme):
                    "/var/lib/nightowl/buffer.sqlite --dsn \"host=127.0.0.1 dbname=nightowl "
                    "user=postgres\"")
     assert test == ("    python3 -m pip install -e '.[test]' --config-settings "
-                    "editable_mode=compat && python3 -m pytest -q")
+                    "editable_mode=compat && python3 -m pytest -q -n 4")
 
 
 def test_the_schema_reference_lists_every_table_and_column(readme, fresh_pg_dsn):
