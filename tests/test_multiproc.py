@@ -116,6 +116,16 @@ def test_child_environment_carries_options_not_argv():
     assert back["buffer"].endswith(".1") and back["ingest-processes"] == 1
 
 
+def test_dashboard_none_reaches_child_0():
+    """--dashboard none parses to None; child 0 must not fall back to the default port."""
+    opts = tap.parse(["--dsn", "dbname=x", "--dashboard", "none"], environ={})
+    env0 = mp.child_environ(opts, 0, environ={})
+    assert env0["NIGHTOWL_DASHBOARD"] == "none"
+    assert tap.parse([], environ=env0)["dashboard"] is None
+    default = mp.child_environ(tap.parse(["--dsn", "dbname=x"], environ={}), 0, environ={})
+    assert tap.parse([], environ=default)["dashboard"] == tap.DEFAULT_DASHBOARD
+
+
 def test_child_rewords_its_endpoint_lines():
     line = format_event({"log_format": "nightowl health on {p}", "p": "1.2.3.4:5"})
     assert line == "ingest process health on 1.2.3.4:5\n"

@@ -83,6 +83,8 @@ def child_environ(options, index, environ=None):
     env["NIGHTOWL_BUFFER"] = buffer_path(os.path.abspath(options["buffer"]), index)
     env["NIGHTOWL_HEALTH"] = CHILD_HEALTH if options.get("health") else "none"
     if index == 0:
+        if options.get("dashboard") is None:   # --dashboard none parses to None
+            env["NIGHTOWL_DASHBOARD"] = "none"
         if options.get("dashboard-password"):
             env["NIGHTOWL_DASHBOARD_PASSWORD"] = options["dashboard-password"]
     else:
