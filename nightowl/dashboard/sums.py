@@ -12,7 +12,8 @@ with the percentiles None.
 import psycopg2.extensions
 
 from nightowl.rollups import derive
-from nightowl.rollups.query import fall_back, read_pending, segments, target_name as _target
+from nightowl.rollups.query import (
+    fall_back, oldest as _oldest, read_pending, segments, target_name as _target)
 from nightowl.rollups.write import TABLES
 
 
@@ -33,14 +34,6 @@ def _union(kind, environment, segs, columns, extra=""):
         args += [kind, start, end] + ([] if environment is None else [environment])
     return " UNION ALL ".join(parts), args
 
-
-def _oldest(conn, kind):
-    cur = conn.cursor()
-    cur.execute("SELECT (SELECT min(bucket) FROM {} WHERE kind = %s), "
-                "(SELECT min(bucket) FROM {} WHERE kind = %s)".format(
-                    TABLES["minute"], TABLES["hour"]), (kind, kind))
-    minute, hour = cur.fetchone()
-    return {"minute": minute, "hour": hour}
 
 
 def by_sum(conn, kind, since, until, environment=None, limit=10):

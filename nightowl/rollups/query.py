@@ -163,7 +163,7 @@ def _begin(conn):
     return True
 
 
-def _oldest(conn, kind):
+def oldest(conn, kind):
     """The oldest minute and hour bucket kept for ``kind`` (None: none)."""
     cur = conn.cursor()
     cur.execute("SELECT (SELECT min(bucket) FROM {} WHERE kind = %s), "
@@ -237,7 +237,7 @@ def _top(conn, kind, since, until, environment, limit, order):
     segs = segments(since, until)
     if not segs:
         return []
-    segs = fall_back(segs, _oldest(conn, kind))
+    segs = fall_back(segs, oldest(conn, kind))
     segs = read_pending(segs, derive.pending(conn, min(s[1] for s in segs),
                                              max(s[2] for s in segs)))
     rows_sql, args = _rows_sql(kind, environment, segs)
