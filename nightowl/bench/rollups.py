@@ -139,8 +139,8 @@ def heavy_tailed(dsn):
 
 def seed_routes(conn, routes):
     """routes x 26 h of minute rows (5 requests each) and hour rows (300 each), with
-    their min/max, from pools of lognormal samples; inserted oldest bucket first, as
-    the drain writes them (a table filled route by route puts every row of a
+    their min/max, from pools of lognormal samples, the current hour derived up to
+    two minutes ago and the span of the 23 whole hours before it kept; inserted oldest bucket first, as the drain writes them (a table filled route by route puts every row of a
     minute on its own page, which no agent does)."""
     from nightowl.rollups import sketch
     rnd = random.Random(2)
@@ -173,6 +173,18 @@ def seed_routes(conn, routes):
             table=table, unit=unit),
             {"tier": tier, "count": count, "lows": lows, "highs": highs, "pool": sketches,
              "routes": routes, "span": span, "width": width})
+    # as a running agent leaves the current hour: derived up to a cut-off two
+    # minutes back (the marker), and a batch since then in its live minutes
+    cur.execute("""
+        INSERT INTO nightowl_rollups_pending (environment, hour, minute, derived)
+        VALUES ('seed', date_trunc('hour', now()),
+                greatest(date_trunc('hour', now()), date_trunc('minute', now()) - interval '2 min'),
+                true),
+               ('seed', date_trunc('hour', now()), date_trunc('minute', now()), false)""")
+    # and the span of the last 23 whole hours the deriver keeps beside them
+    from nightowl.rollups import span
+    cur.execute("SELECT date_trunc('minute', now()) - interval '2 min'")
+    span.refresh(cur, cur.fetchone()[0], set())
     conn.commit()
     cur.execute("ANALYZE nightowl_rollups_minute; ANALYZE nightowl_rollups_hour")
     conn.commit()

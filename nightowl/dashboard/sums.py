@@ -3,18 +3,16 @@ A kind's most time-consuming groups (the "Most time-consuming" bars) from
 the rollups without merging a sketch: ``query.top(order='sum')`` also sums
 every group's sketches and takes percentiles the bars do not show, which
 was half of a kind page's time at 200 groups.  The same tiers, pruned
-edges and pending hours as ``query.top`` (its ``segments``, ``fall_back``
-and ``read_pending``), in one REPEATABLE READ snapshot; rows as query.top's
-with the percentiles None.
+edges and pending hours as ``query.top`` (``nightowl.rollups.plan.plan``),
+in one REPEATABLE READ snapshot; rows as query.top's with the percentiles
+None.
 """
 
 
 import psycopg2.extensions
 
-from nightowl.rollups import derive
-from nightowl.rollups.query import (
-    fall_back, oldest as _oldest, read_pending, segments, target_name as _target)
-from nightowl.rollups.write import TABLES
+from nightowl.rollups.plan import plan, where
+from nightowl.rollups.query import target_name as _target
 
 
 def _begin(conn):
@@ -28,10 +26,11 @@ def _begin(conn):
 def _union(kind, environment, segs, columns, extra=""):
     parts, args = [], []
     for tier, start, end in segs:
-        parts.append("SELECT {} FROM {} WHERE kind = %s AND bucket >= %s AND bucket < %s{}{}"
-                     .format(columns, TABLES[tier],
+        table, cond, cond_args = where(tier, start, end)
+        parts.append("SELECT {} FROM {} WHERE kind = %s AND {}{}{}"
+                     .format(columns, table, cond,
                              "" if environment is None else " AND environment = %s", extra))
-        args += [kind, start, end] + ([] if environment is None else [environment])
+        args += [kind] + cond_args + ([] if environment is None else [environment])
     return " UNION ALL ".join(parts), args
 
 
@@ -40,12 +39,9 @@ def by_sum(conn, kind, since, until, environment=None, limit=10):
     """[{'group_key','target','count','errors','sum_ms','max_ms', p*_ms: None}...]"""
     began = _begin(conn)
     try:
-        segs = segments(since, until)
+        segs = plan(conn, kind, since, until, environment)
         if not segs:
             return []
-        segs = fall_back(segs, _oldest(conn, kind))
-        segs = read_pending(segs, derive.pending(conn, min(s[1] for s in segs),
-                                                 max(s[2] for s in segs)))
         rows_sql, args = _union(kind, environment, segs,
                                 "group_key, count, errors, sum_us, max_us")
         cur = conn.cursor()

@@ -3,154 +3,45 @@ Read the rollups: ``top`` (the slowest or busiest groups of a kind over a
 range) and ``series`` (one point per minute / hour / day).  Synchronous,
 on a psycopg2 connection; the dashboard runs them on its own thread pool.
 
-A range is cut into tiers: whole UTC days from the day table, whole hours
-from the hour table, the minutes at the edges from the minute table, so a
-24-hour ``top`` merges ~23 hour rows and ~60 minute rows per group.  Where
-the minutes (hours) at an edge are already pruned by tier retention, that
-edge is read from whole hours (days) instead (``fall_back``).  The
-range is widened to whole minutes; ``until=None`` is the database's
-``now()``.  Percentiles come from merging sketches (``sum()`` of numeric)
-and ``nightowl_sketch_quantile`` in SQL.
+A range is cut into tiers (``nightowl.rollups.plan``): whole UTC days from
+the day table, whole hours from the hour table, the minutes at the edges
+from the minute table; where the minutes (hours) at an edge are already
+pruned by tier retention, that edge is read from whole hours (days) instead.
+The range is widened to whole minutes, and for ``top`` a range over 6 h to
+a whole UTC hour at its start; ``until=None`` is the database's ``now()``.
+Percentiles come from merging sketches (``sum()`` of numeric) and
+``nightowl_sketch_quantile`` in SQL.
 
 The drain writes minute rows only; the hour and day rows of an hour follow
-within a minute (``nightowl.rollups.derive``).  Until then the hour is
-pending, and ``read_pending`` reads it (and its day) from the finer tier, so
-an answer is exact and current.  A call on an idle connection runs in one
-REPEATABLE READ transaction (ended on return), so the pending hours and the
-rows read come from the same snapshot.
+within a minute (``nightowl.rollups.derive``), the current hour's from its
+settled minutes.  An hour not derived since a batch wrote into it is read
+(with its day) from the finer tier, and the current hour as its hour row
+plus the minutes after the deriver's cut-off, so an answer is exact and
+current.  A call on an idle connection runs in one REPEATABLE READ
+transaction (ended on return), so the hours' states and the rows read come
+from the same snapshot.  A 24 h ``top`` merges ~25 hour rows and 2-4 minute
+rows per group.
 """
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import psycopg2.extensions
 
 from nightowl.rollups import derive
+from nightowl.rollups.plan import (  # noqa: F401 (public here too)
+    COARSER, EPOCH, ceil_time, fall_back, floor_time, plan, read_partial, read_pending, segments,
+    use_span, where)
 from nightowl.rollups.write import TABLES
 
 ORDERS = {"p95": "p95_us", "p99": "p99_us", "count": "count", "sum": "sum_us",
           "errors": "errors"}
 STEPS = {"minute": 60, "hour": 3600, "day": 86400}
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def floor_time(t, width):
-    s = int((t - EPOCH).total_seconds())
-    return EPOCH + timedelta(seconds=s - s % width)
-
-
-def ceil_time(t, width):
-    f = floor_time(t, width)
-    return f if f == t else f + timedelta(seconds=width)
 
 
 def db_now(conn):
     cur = conn.cursor()
     cur.execute("SELECT now()")
     return cur.fetchone()[0]
-
-
-def segments(since, until):
-    """[(tier, start, end)] covering the minutes that overlap [since, until)."""
-    lo, hi = floor_time(since, 60), ceil_time(until, 60)
-    if hi <= lo:
-        return []
-    h_lo, h_hi = ceil_time(lo, 3600), floor_time(hi, 3600)
-    if h_hi <= h_lo:
-        return [("minute", lo, hi)]
-    out = [("minute", lo, h_lo), ("minute", h_hi, hi)]
-    d_lo, d_hi = ceil_time(h_lo, 86400), floor_time(h_hi, 86400)
-    if d_hi > d_lo:
-        out += [("hour", h_lo, d_lo), ("hour", d_hi, h_hi), ("day", d_lo, d_hi)]
-    else:
-        out.append(("hour", h_lo, h_hi))
-    return [s for s in out if s[2] > s[1]]
-
-
-COARSER = (("minute", "hour", 3600), ("hour", "day", 86400))
-
-
-def fall_back(segs, oldest):
-    """``segs`` with every minute (hour) segment that starts before the oldest
-    minute (hour) row still kept, ``oldest[tier]``, read from the whole hours
-    (days) around it instead: the range widens at that edge, but nothing pruned
-    is missed and nothing is counted twice (overlaps are merged per tier)."""
-    segs = list(segs)
-    for fine, coarse, width in COARSER:
-        horizon = oldest.get(fine)
-        out = []
-        for tier, start, end in segs:
-            if tier == fine and (horizon is None or start < horizon):
-                out.append((coarse, floor_time(start, width), ceil_time(end, width)))
-            else:
-                out.append((tier, start, end))
-        segs = out
-    merged = []
-    for tier, start, end in sorted(segs, key=lambda s: (s[0], s[1])):
-        if merged and merged[-1][0] == tier and start <= merged[-1][2]:
-            merged[-1] = (tier, merged[-1][1], max(end, merged[-1][2]))
-        else:
-            merged.append((tier, start, end))
-    return _clip_finer(merged)
-
-
-def _clip_finer(segs):
-    """Cut out of every segment the parts a coarser tier's segment already
-    covers: a minute edge widened into a whole day must not be read again
-    from the minutes or hours inside that day."""
-    rank = {"minute": 0, "hour": 1, "day": 2}
-    out = []
-    for tier, start, end in segs:
-        pieces = [(start, end)]
-        for other, o_start, o_end in segs:
-            if rank[other] <= rank[tier]:
-                continue
-            cut = []
-            for p_start, p_end in pieces:
-                if o_end <= p_start or o_start >= p_end:
-                    cut.append((p_start, p_end))
-                    continue
-                if p_start < o_start:
-                    cut.append((p_start, o_start))
-                if o_end < p_end:
-                    cut.append((o_end, p_end))
-            pieces = cut
-        out.extend((tier, p_start, p_end) for p_start, p_end in pieces)
-    return out
-
-
-def read_pending(segs, hours):
-    """``segs`` with every pending hour (``hours``, aware datetimes) read from
-    its minutes: a day segment holding one becomes that day's hour segment,
-    and a pending hour inside an hour segment becomes a minute segment."""
-    hours = sorted(set(hours))
-    if not hours:
-        return list(segs)
-    hour, day = timedelta(hours=1), timedelta(days=1)
-    days = {floor_time(h, 86400) for h in hours}
-    out = []
-    for tier, start, end in segs:
-        if tier != "day":
-            out.append((tier, start, end))
-            continue
-        t = start
-        while t < end:
-            if t in days:
-                out.append(("hour", t, t + day))
-            else:
-                out.append(("day", t, t + day))
-            t += day
-    segs, out = out, []
-    for tier, start, end in segs:
-        inside = [h for h in hours if start <= h < end] if tier == "hour" else []
-        t = start
-        for h in inside:
-            if h > t:
-                out.append(("hour", t, h))
-            out.append(("minute", h, h + hour))
-            t = h + hour
-        if t < end:
-            out.append((tier, t, end))
-    return out
 
 
 def _begin(conn):
@@ -189,9 +80,9 @@ def _rows_sql(kind, environment, segs, group_key=None,
         if width is not None and STEPS[tier] < width:
             cols = ("date_bin('{} seconds', bucket, timestamptz '1970-01-01 00:00:00+00') "
                     "AS bucket".format(int(width)) + columns[len("bucket"):])
-        sql = ("SELECT {} FROM {} WHERE kind = %s AND bucket >= %s AND bucket < %s".format(
-            cols, TABLES[tier]))
-        args += [kind, start, end]
+        table, cond, cond_args = where(tier, start, end)
+        sql = "SELECT {} FROM {} WHERE kind = %s AND {}".format(cols, table, cond)
+        args += [kind] + cond_args
         if environment is not None:
             sql += " AND environment = %s"
             args.append(environment)
@@ -234,12 +125,9 @@ def top(conn, kind, since, until=None, environment=None, limit=20, order="p95"):
 
 def _top(conn, kind, since, until, environment, limit, order):
     until = until if until is not None else db_now(conn)
-    segs = segments(since, until)
+    segs = plan(conn, kind, since, until, environment)
     if not segs:
         return []
-    segs = fall_back(segs, oldest(conn, kind))
-    segs = read_pending(segs, derive.pending(conn, min(s[1] for s in segs),
-                                             max(s[2] for s in segs)))
     rows_sql, args = _rows_sql(kind, environment, segs)
     # the label of the kept groups only, from their latest row (index lookups):
     # min(label) over every row cost more than merging the sketches

@@ -15,7 +15,7 @@ than their retention, by the DATABASE clock (``now()``), never the host's.
 from datetime import timedelta
 
 from nightowl import records
-from nightowl.rollups import aggregate, write
+from nightowl.rollups import aggregate, span, write
 
 HOUR = timedelta(hours=1)
 
@@ -102,6 +102,10 @@ def rebuild_hour(conn, hour):
         cur.execute("DELETE FROM nightowl_rollups_minute WHERE bucket >= %s AND bucket < %s",
                     (hour, end))
         cur.execute("DELETE FROM nightowl_rollups_hour WHERE bucket = %s", (hour,))
+        # the hour rows written below are whole: a deriver's cut-off marker
+        # (schema 0022) would make readers add its later minutes twice
+        cur.execute("DELETE FROM " + write.PENDING + " WHERE hour = %s AND derived", (hour,))
+        span.drop_around(cur, hour)
         for env in envs:
             minutes = fold_raw(conn, env, hour, end)
             tiers = aggregate.tiers(minutes)

@@ -3,7 +3,8 @@ Upsert rollup folds inside the caller's transaction (the drain's batch
 transaction, or a rebuild's).
 
 The drain writes only the minute tier (``upsert``) and records the UTC hours
-it touched in ``nightowl_rollups_pending``; ``nightowl.rollups.derive``
+it touched in ``nightowl_rollups_pending`` (with the earliest minute written
+in each); ``nightowl.rollups.derive``
 replaces those hours' hour and day rows from the minutes later (schema 0021).
 One statement per tier table, rows in primary-key order (ORDER BY in the
 statement itself, so every writer locks keys in the same order: no 40P01
@@ -40,8 +41,8 @@ ON CONFLICT (kind, bucket, environment, group_key) DO UPDATE SET
     sketch = nightowl_sketch_add(r.sketch, EXCLUDED.sketch)
 """
 
-MARK = ("INSERT INTO " + PENDING + " (environment, hour) "
-        "SELECT %s, to_timestamp(h) FROM unnest(%s::bigint[]) AS h")
+MARK = ("INSERT INTO " + PENDING + " (environment, hour, minute) "
+        "SELECT %s, to_timestamp(h), to_timestamp(m) FROM unnest(%s::bigint[], %s::bigint[]) AS u (h, m)")
 
 
 def array_text(values):
@@ -72,10 +73,16 @@ def write_tier(cur, tier, environment, fold):
 
 
 def mark(cur, environment, minutes):
-    """Record the UTC hours of the minute fold ``minutes`` as pending derivation."""
-    hours = sorted({bucket - bucket % 3600 for bucket, _, _ in minutes})
-    if hours:
-        cur.execute(MARK, (environment, hours))
+    """Record the UTC hours of the minute fold ``minutes`` as pending derivation,
+    each with the earliest minute written in it (schema 0022)."""
+    first = {}
+    for bucket, _, _ in minutes:
+        hour = bucket - bucket % 3600
+        if bucket < first.get(hour, bucket + 1):
+            first[hour] = bucket
+    if first:
+        hours = sorted(first)
+        cur.execute(MARK, (environment, hours, [first[h] for h in hours]))
 
 
 def upsert(cur, environment, minutes, lock=True):

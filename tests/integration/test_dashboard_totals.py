@@ -122,7 +122,7 @@ def test_a_busy_deriver_means_nothing_is_kept_but_the_answer_is_right(db, pg_dsn
         other.close()
 
 
-def test_truncating_a_tier_forgets_its_totals(pg_dsn):
+def test_truncating_a_tier_forgets_its_totals(db, pg_dsn):
     conn = psycopg2.connect(pg_dsn)
     try:
         cur = conn.cursor()
