@@ -215,13 +215,28 @@ def fold_hours(dsn, hours, minute_from):
     return rows
 
 
+def _derive_at(conn, anchor):
+    """Leave the tiers as a running agent's deriver leaves them at ``anchor``:
+    the current hour derived up to two minutes back (its marker, schema 0022)
+    and the span of the 23 whole hours before it."""
+    from nightowl.rollups import derive
+    hour = anchor.replace(minute=0, second=0, microsecond=0)
+    cur = conn.cursor()
+    cur.execute("INSERT INTO nightowl_rollups_pending (environment, hour, minute) "
+                "SELECT DISTINCT environment, %s::timestamptz, %s::timestamptz "
+                "FROM nightowl_rollups_minute WHERE bucket >= %s", (hour, hour, hour))
+    conn.commit()
+    derive.run(conn, cutoff=anchor.replace(second=0, microsecond=0) - derive.SETTLE)
+
+
 def _seed_rollups(conn, dsn, anchor, span, jobs, out):
     from nightowl.rollups import rebuild
     started = time.monotonic()
     hours = hours_of(anchor, span)
     minute_from = anchor - datetime.timedelta(days=MINUTE_DAYS)
     cur = conn.cursor()
-    for table in ("nightowl_rollups_minute", "nightowl_rollups_hour", "nightowl_rollups_day"):
+    for table in ("nightowl_rollups_minute", "nightowl_rollups_hour", "nightowl_rollups_day",
+                  "nightowl_rollups_pending", "nightowl_rollups_span"):
         cur.execute("DELETE FROM " + table)     # an interrupted earlier attempt
     conn.commit()
     shares = [hours[i::jobs] for i in range(jobs)]
@@ -235,6 +250,7 @@ def _seed_rollups(conn, dsn, anchor, span, jobs, out):
     for day in days:
         for env in rebuild._hour_envs(cur, day):
             cur.execute(rebuild.DAY_FROM_HOURS, {"day": day, "env": env})
+    _derive_at(conn, anchor)
     _done(cur, "rollups", anchor, 0, time.monotonic() - started)
     conn.commit()
     conn.autocommit = True
