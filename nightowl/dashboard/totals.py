@@ -6,7 +6,7 @@ for the same arguments (tests/integration/test_dashboard_totals.py checks).
 
 ``series`` first fills the buckets of the range that are not in the table
 (``fill``), then reads, in one REPEATABLE READ snapshot: a pending hour
-(day) from the finer tier as query.series does (``read_pending``), a filled
+(day) from the finer tier as query.series does (``read_partial``), a filled
 bucket from the table, and a bucket still missing (the locks were busy)
 from the tier itself.  A one-group series, and a minute step, go to
 query.series unchanged: they read few rows.
@@ -107,7 +107,7 @@ def series(conn, kind, since, until, environment=None, group_key=None, step=None
 
 
 def _read(conn, kind, step, width, lo, hi, environment):
-    segs = query.read_pending([(step, lo, hi)], derive.pending(conn, lo, hi))
+    segs = query.read_partial([(step, lo, hi)], *derive.hour_states(conn, lo, hi, environment))
     cur = conn.cursor()
     env_sql = " AND all_envs" if environment is None else " AND NOT all_envs AND environment = %s"
     env_args = [] if environment is None else [environment]

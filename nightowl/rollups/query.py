@@ -202,7 +202,7 @@ def _series(conn, kind, since, until, environment, group_key, step):
     lo, hi = floor_time(since, width), ceil_time(until, width)
     segs = [(step, lo, hi)]
     if step != "minute":
-        segs = read_pending(segs, derive.pending(conn, lo, hi))
+        segs = read_partial(segs, *derive.hour_states(conn, lo, hi, environment))
     rows_sql, args = _rows_sql(kind, environment, segs, group_key, width=width)
     cur = conn.cursor()
     cur.execute(TUNING + """

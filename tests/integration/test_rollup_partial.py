@@ -12,6 +12,7 @@ import psycopg2
 import pytest
 
 from nightowl import migrate
+from nightowl.dashboard import totals
 from nightowl.pgwrite import BatchWriter
 from nightowl.rollups import derive, plan, query, rebuild, span
 from tests.conftest import fetch
@@ -88,6 +89,13 @@ def test_a_partial_hour_plus_its_live_minutes_is_exact_through_late_batches(db):
     got, segs = top_and_plan(db, since, until)
     assert segs == [("hour", H, H + HOUR), ("minute", H + 30 * MIN, H + 41 * MIN)]
     assert got == minutes_only(db, since, until) and got[TARGET][0] == 40
+    # an hourly and a daily series add the live minutes to the hour row too
+    conn = psycopg2.connect(db)
+    for step in ("hour", "day"):
+        points = query.series(conn, "request", since, until, step=step)
+        assert sum(p["count"] for p in points) == 40, step
+        assert totals.series(conn, "request", since, until, step=step) == points, step
+    conn.close()
     # a batch into a live minute: still hour row + minutes
     write(db, [H + 35 * MIN])
     got, segs = top_and_plan(db, since, until)
