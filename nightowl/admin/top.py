@@ -27,7 +27,9 @@ def parse_duration(text):
 
 def configure(parser):
     parser.add_argument("what", choices=sorted(KINDS), help="which groups")
-    parser.add_argument("--since", default="1h", help="how far back (15m, 1h, 7d...; default 1h)")
+    parser.add_argument("--since", default="1h",
+                        help="how far back (15m, 1h, 7d...; default 1h; over 6h: from the whole "
+                             "UTC hour)")
     parser.add_argument("--environment", default=None, help="only this environment")
     parser.add_argument("--limit", type=int, default=20, help="rows (default 20)")
     parser.add_argument("--order", default="p95", choices=("p95", "p99", "count", "sum", "errors"),

@@ -247,7 +247,7 @@ def run(args):
         conn = psycopg2.connect(dsn)
         from nightowl.rollups import derive
         t = time.perf_counter()
-        derived = derive.run(conn)
+        derived = derive.run(conn, whole=True)
         derive_s = time.perf_counter() - t
         say("derived the hour and day rows of {} pending hours in {:.2f} s".format(
             derived, derive_s))
@@ -256,7 +256,7 @@ def run(args):
         heavy_dsn = scratch()
         heavy_tailed(heavy_dsn)
         conn = psycopg2.connect(heavy_dsn)
-        derive.run(conn)
+        derive.run(conn, whole=True)
         worst_heavy, n2 = accuracy(conn, "query", "nightowl_queries", "group_hash")
         conn.close()
         say("accuracy vs percentile_disc (p50/p95/p99, minute/hour/day merges): worst {:.2%} on "

@@ -79,13 +79,14 @@ def _replace(cur, tier, finer, width, pairs, until="infinity"):
         "kinds": list(KINDS), "width": width, "until": until})
 
 
-def run(conn, cutoff=None):
+def run(conn, cutoff=None, whole=False):
     """Derive every pending hour (and its day); returns the number of
     (environment, hour) pairs derived, or None when another deriver holds
     the lock or the schema predates 0021.  ``cutoff`` (tests): the minute the
     current hour is derived up to, instead of the database's now() - SETTLE.
-    Commits; raises psycopg2.Error (a serialisation failure against a
-    concurrent rebuild: try again later)."""
+    ``whole`` (oracles, benchmarks): every pending hour up to its end, the
+    current one too, no markers.  Commits; raises psycopg2.Error (a
+    serialisation failure against a concurrent rebuild: try again later)."""
     cur = conn.cursor()
     cur.execute("SELECT to_regclass(%s) IS NOT NULL AND pg_try_advisory_lock(%s)",
                 (PENDING, DERIVE_LOCK))
@@ -104,24 +105,25 @@ def run(conn, cutoff=None):
             conn.rollback()
             return 0
         cutoff = cutoff if cutoff is not None else rows[0][5]
+        until = "infinity" if whole else cutoff
         work = {}
         for i, env, hour, derived, minute, _ in rows:
-            if hour < cutoff:               # an hour with settled minutes
+            if whole or hour < cutoff:      # an hour with settled minutes
                 ids, done = work.setdefault((env, hour), ([], True))
                 ids.append(i)
                 # a marker alone, already at this run's cut-off: nothing new
-                work[(env, hour)] = (ids, done and derived and minute >= cutoff)
+                work[(env, hour)] = (ids, done and derived and minute >= cutoff and not whole)
         work = {pair: ids for pair, (ids, done) in work.items() if not done}
         if not work:
             conn.rollback()
             return 0
-        _replace(cur, "hour", "minute", "1 hour", work, until=cutoff)
+        _replace(cur, "hour", "minute", "1 hour", work, until=until)
         days = {(e, h.replace(hour=0, minute=0, second=0, microsecond=0)) for e, h in work}
         _replace(cur, "day", "hour", "1 day", days)
         cur.execute("DELETE FROM " + PENDING + " WHERE id = ANY(%s)",
                     ([i for ids in work.values() for i in ids],))
         span.refresh(cur, cutoff, {h for _, h in work})
-        partial = sorted((e, h) for e, h in work if h + HOUR > cutoff)
+        partial = [] if whole else sorted((e, h) for e, h in work if h + HOUR > cutoff)
         if partial:
             cur.execute("INSERT INTO " + PENDING + " (environment, hour, minute, derived) "
                         "SELECT e, h, %s, true FROM unnest(%s::text[], %s::timestamptz[]) "

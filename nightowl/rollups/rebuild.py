@@ -164,11 +164,16 @@ def prune(conn, minute_days, hour_days, day_days):
 def verify(conn, since, until, tiers=("minute", "hour")):
     """The fault oracle: differences between the stored rollups of ``tiers`` in
     [since, until) and a fold of the raw rows ([] when exact).  First derives
-    the pending hours (as the agent does every minute: ``derive.run``), then
-    reads only.  Pass "day" only for a range of whole UTC days (a cut day
+    the pending hours (as the agent does every minute: ``derive.run``), the
+    current one whole, then reads only.  Pass "day" only for a range of whole UTC days (a cut day
     cannot match)."""
+    import time
+
     from nightowl.rollups import derive
-    derive.run(conn)
+    for _ in range(100):            # an agent's deriver may hold the lock for a moment
+        if derive.run(conn, whole=True) is not None:
+            break
+        time.sleep(0.1)
     cur = conn.cursor()
     cur.execute("SET TimeZone = 'UTC'")
     diffs = []
