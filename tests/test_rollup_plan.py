@@ -56,20 +56,26 @@ def test_a_partial_hour_inside_a_day_reads_that_day_from_hours():
 def test_the_span_replaces_its_hours_once_and_only_when_usable():
     segs = [("hour", D, D + 30 * H)]
     window = (D + 5 * H, D + 28 * H)
-    got = plan.use_span(segs, window, set())
+    got = plan.use_span(segs, [window], set())
     assert got == [("hour", D, D + 5 * H), ("span", D + 5 * H, D + 28 * H),
                    ("hour", D + 28 * H, D + 30 * H)]
     assert sorted(covered(got)) == covered(segs)
-    assert plan.use_span(segs, window, {D + 7 * H}) == segs          # a stale hour inside
-    assert plan.use_span(segs, window, {D + 29 * H}) == got          # outside: no matter
-    assert plan.use_span(segs, None, set()) == segs
-    assert plan.use_span([("hour", D + 6 * H, D + 30 * H)], window, set()) == [
+    assert plan.use_span(segs, [window], {D + 7 * H}) == segs        # a stale hour inside
+    assert plan.use_span(segs, [window], {D + 29 * H}) == got        # outside: no matter
+    assert plan.use_span(segs, [], set()) == segs
+    assert plan.use_span([("hour", D + 6 * H, D + 30 * H)], [window], set()) == [
         ("hour", D + 6 * H, D + 30 * H)]                              # not held whole
+    # the longest window that fits wins; a shorter one where the longer does not fit
+    longer = (D + 4 * H, D + 28 * H)
+    assert plan.use_span(segs, [longer, window], set())[1] == ("span", D + 4 * H, D + 28 * H)
+    assert plan.use_span([("hour", D + 5 * H, D + 30 * H)], [longer, window], set())[0] == (
+        "span", D + 5 * H, D + 28 * H)
 
 
-def test_the_span_window_follows_the_cut_off():
-    assert span.target(D + 10 * H + 12 * M) == (D + 10 * H - 23 * H, D + 10 * H)
-    assert span.target(D + 10 * H) == (D - 13 * H, D + 10 * H)
+def test_the_span_windows_follow_the_cut_off():
+    assert span.targets(D + 10 * H + 12 * M) == [(D - 14 * H, D + 10 * H),
+                                                 (D - 13 * H, D + 10 * H)]
+    assert span.targets(D + 10 * H) == span.targets(D + 10 * H + 59 * M)
 
 
 def test_where_reads_a_span_by_its_exact_window():

@@ -199,13 +199,14 @@ def time_top(conn, routes, minutes_only=False, limit=None):
         now = query.db_now(conn)
         t = time.perf_counter()
         if minutes_only:
-            real = query.segments
-            query.segments = lambda a, b: [("minute", query.floor_time(a, 60), query.ceil_time(b, 60))]
+            real = query.plan
+            query.plan = lambda c, k, a, b, e=None: [
+                ("minute", query.floor_time(a, 60), query.ceil_time(b, 60))]
             try:
                 rows = query.top(conn, "request", now - timedelta(hours=24), now,
                                  limit=limit or routes)
             finally:
-                query.segments = real
+                query.plan = real
         else:
             rows = query.top(conn, "request", now - timedelta(hours=24), now,
                              limit=limit or routes)

@@ -12,7 +12,7 @@ None.
 import psycopg2.extensions
 
 from nightowl.rollups.plan import plan, where
-from nightowl.rollups.query import target_name as _target
+from nightowl.rollups.query import TUNING, target_name as _target
 
 
 def _begin(conn):
@@ -45,7 +45,7 @@ def by_sum(conn, kind, since, until, environment=None, limit=10):
         rows_sql, args = _union(kind, environment, segs,
                                 "group_key, count, errors, sum_us, max_us")
         cur = conn.cursor()
-        cur.execute("SET LOCAL jit = off; SELECT group_key, sum(count)::bigint, "
+        cur.execute(TUNING + "SELECT group_key, sum(count)::bigint, "
                     "sum(errors)::bigint, sum(sum_us), max(max_us) FROM ({}) AS r "
                     "GROUP BY group_key ORDER BY 4 DESC NULLS LAST, group_key LIMIT %s".format(
                         rows_sql), args + [int(limit)])

@@ -27,7 +27,7 @@ from nightowl.rollups.write import PENDING, ROLLUP_LOCK, TABLES
 
 TABLE = "nightowl_dashboard_totals"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-TUNING = "SET LOCAL jit = off; SET LOCAL work_mem = '64MB'; "
+TUNING = query.TUNING
 QUANTILE = "nightowl_sketch_quantile(sk, {}, min_us, max_us)"
 
 FILL = """

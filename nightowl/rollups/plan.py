@@ -16,10 +16,10 @@ is its hour row plus the few live minutes after the deriver's cut-off, as
 long as no batch has written one of its minutes before that cut-off since
 (``derive.hour_states`` says which hours are still stale).  ``plan`` puts
 it together for ``top``: a range longer than ``WHOLE_HOURS_OVER`` starts at
-a whole UTC hour, as its series steps by the hour, and the last 23 whole
-hours come from one span row per group (``use_span``, ``nightowl.rollups.span``),
-so a 24 h read is one span row, ~2 hour rows and a few live minutes per
-group instead of 23 hours and ~60 minutes.
+a whole UTC hour, as its series steps by the hour, and the last 24 (or 23)
+whole hours come from one span row per group (``use_span``,
+``nightowl.rollups.span``), so a 24 h read is one span row, one or two hour
+rows and a few live minutes per group instead of 23 hours and ~60 minutes.
 """
 
 from datetime import datetime, timedelta, timezone
@@ -166,24 +166,20 @@ def read_partial(segs, stale, partial):
     return out
 
 
-def use_span(segs, window, unusable):
-    """``segs`` with the hours of the span ``window`` ((start, until) or None)
-    read as one ``span`` segment, when one hour segment holds the whole window
-    and no hour in it is ``unusable`` (stale or partial)."""
-    if window is None:
-        return list(segs)
-    start, until = window
-    if any(start <= h < until for h in unusable):
-        return list(segs)
-    out, used = [], False
-    for tier, s, e in segs:
-        if not used and tier == "hour" and s <= start and until <= e:
-            out += [seg for seg in (("hour", s, start), ("span", start, until), ("hour", until, e))
-                    if seg[2] > seg[1]]
-            used = True
-        else:
-            out.append((tier, s, e))
-    return out
+def use_span(segs, windows, unusable):
+    """``segs`` with the hours of one span window (the first of ``windows``,
+    [(start, until)], that fits) read as one ``span`` segment: one hour
+    segment holds the whole window and no hour in it is ``unusable`` (stale
+    or partial)."""
+    for start, until in windows:
+        if any(start <= h < until for h in unusable):
+            continue
+        for i, (tier, s, e) in enumerate(segs):
+            if tier == "hour" and s <= start and until <= e:
+                cut = [seg for seg in (("hour", s, start), ("span", start, until),
+                                       ("hour", until, e)) if seg[2] > seg[1]]
+                return list(segs[:i]) + cut + list(segs[i + 1:])
+    return list(segs)
 
 
 def where(tier, start, end):
@@ -210,4 +206,4 @@ def plan(conn, kind, since, until, environment=None):
     lo, hi = min(s[1] for s in segs), max(s[2] for s in segs)
     stale, partial = derive.hour_states(conn, lo, hi, environment)
     segs = read_partial(segs, stale, partial)
-    return use_span(segs, span.window(conn.cursor()), stale | set(partial))
+    return use_span(segs, span.windows(conn.cursor(), kind), stale | set(partial))

@@ -97,8 +97,12 @@ def _rows_sql(kind, environment, segs, group_key=None,
 
 #: in the statement's own (implicit or caller's) transaction: JIT compiles these
 #: aggregations for ~200 ms and saves nothing; merged sketches are ~2 KB each,
-#: so the default 4 MB work_mem spills 1,000 groups to disk
-TUNING = "SET LOCAL jit = off; SET LOCAL work_mem = '64MB'; "
+#: so the default 4 MB work_mem spills 1,000 groups to disk; a parallel plan
+#: ships every partial sketch sum between processes and combines them again
+#: (a 24 h top of 1,000 routes: 123 ms parallel, 76 ms serial, on a loaded
+#: 2-core box), and its workers take the core the agent ingests on
+TUNING = ("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'; "
+          "SET LOCAL max_parallel_workers_per_gather = 0; ")
 
 
 def _q(q):

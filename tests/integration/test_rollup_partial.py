@@ -146,19 +146,25 @@ def test_several_environments_share_one_cut_off(db):
     assert top_and_plan(db, since, until)[0] == minutes_only(db, since, until)
 
 
-def test_the_span_holds_the_last_23_whole_hours_and_is_dropped_when_stale(db):
+def test_the_span_holds_the_last_24_and_23_whole_hours_and_is_dropped_when_stale(db):
     start = H - 30 * HOUR
     write(db, [start + k * 17 * MIN for k in range(int(31 * 60 / 17))])
+    # the first minutes of hour H: the hour before it is not whole yet, the
+    # 23-hour window serves beside that hour's partial row
+    run_derive(db, H - MIN)
+    got, segs = top_and_plan(db, H + MIN - 24 * HOUR, H + MIN)
+    assert segs[:3] == [("span", H - 24 * HOUR, H - HOUR), ("hour", H - HOUR, H),
+                        ("minute", H - MIN, H)]
+    assert got == minutes_only(db, H - 24 * HOUR, H + MIN)
     cutoff = H + 12 * MIN
     run_derive(db, cutoff)
     conn = psycopg2.connect(db)
-    assert span.window(conn.cursor()) == (H - 23 * HOUR, H)
+    assert span.windows(conn.cursor(), "request") == [(H - 24 * HOUR, H), (H - 23 * HOUR, H)]
     conn.close()
     since, until = H + 13 * MIN - 24 * HOUR, H + 13 * MIN
     got, segs = top_and_plan(db, since, until)
-    # a range over 6 h starts at a whole hour
-    assert segs[:3] == [("hour", H - 24 * HOUR, H - 23 * HOUR), ("span", H - 23 * HOUR, H),
-                        ("hour", H, H + HOUR)]
+    # a range over 6 h starts at a whole hour: the 24-hour window, the current hour
+    assert segs[:2] == [("span", H - 24 * HOUR, H), ("hour", H, H + HOUR)]
     assert got == minutes_only(db, H - 24 * HOUR, until)
     # a late batch into an hour inside the span: not used until derived again
     write(db, [H - 5 * HOUR + 7 * MIN] * 3)
@@ -169,16 +175,19 @@ def test_the_span_holds_the_last_23_whole_hours_and_is_dropped_when_stale(db):
     got, segs = top_and_plan(db, since, until)
     assert "span" in [s[0] for s in segs]
     assert got == minutes_only(db, H - 24 * HOUR, until)
-    assert fetch(db, "SELECT sum(count) FROM nightowl_rollups_span")[0][0] == fetch(
-        db, "SELECT sum(count) FROM nightowl_rollups_minute WHERE bucket >= %s AND bucket < %s",
-        H - 23 * HOUR, H)[0][0]
+    for hours in (23, 24):
+        assert fetch(db, "SELECT sum(count) FROM nightowl_rollups_span WHERE bucket = %s",
+                     H - hours * HOUR)[0][0] == fetch(
+            db, "SELECT sum(count) FROM nightowl_rollups_minute WHERE bucket >= %s "
+            "AND bucket < %s", H - hours * HOUR, H)[0][0]
     # the next hour: the window moves with the deriver's cut-off
     run_derive(db, H + HOUR + 2 * MIN)
     conn = psycopg2.connect(db)
-    assert span.window(conn.cursor()) == (H - 22 * HOUR, H + HOUR)
+    assert span.windows(conn.cursor(), "request") == [(H - 23 * HOUR, H + HOUR),
+                                                      (H - 22 * HOUR, H + HOUR)]
     # a rebuild of an hour inside it forgets the span (and the hour's marker)
     rebuild.rebuild_hour(conn, H - 3 * HOUR)
-    assert span.window(conn.cursor()) is None
+    assert span.windows(conn.cursor(), "request") == []
     conn.close()
     got, segs = top_and_plan(db, since, until)
     assert "span" not in [s[0] for s in segs]
