@@ -16,7 +16,8 @@ The rollup figures of issue 11, in one run:
    prints the worst relative error (target <= 2 %);
 3. read speed: rollup tables seeded directly with ``--routes`` routes x 26 h
    of minute rows plus their hour rows; ``nightowl.rollups.query.top`` for the
-   last 24 h (hour tier + edge minutes), median of 5 (target <= 100 ms): with
+   last 24 h (the span, the current hour's row and its live minutes, as the
+   deriver leaves them), median of 5 (target <= 100 ms): with
    p50/p95/p99 of every route, with the default limit 20 (p95 of every route,
    p50/p99 of the top 20), and from minute rows only, for comparison.
 
@@ -275,8 +276,8 @@ def run(args):
         flat = time_top(conn, args.routes, minutes_only=True)
         conn.close()
         say("p95 per route over 24 h, {} routes: {:.0f} ms for p50/p95/p99 of every route, "
-            "{:.0f} ms for p95 of every route + p50/p99 of the top 20 (hour tier + edge "
-            "minutes), {:.0f} ms from minutes only (target <= 100 ms)".format(
+            "{:.0f} ms for p95 of every route + p50/p99 of the top 20 (span, current "
+            "hour, live minutes), {:.0f} ms from minutes only (target <= 100 ms)".format(
                 args.routes, tiered, top20, flat))
         say(json.dumps({"drain_rows_per_s_on": round(on), "drain_rows_per_s_off": round(off),
                         "drain_ratio": round(ratio, 3), "derive_s": round(derive_s, 3), "worst_rel_error_bench": round(worst_bench, 4),
