@@ -158,6 +158,10 @@ def _top(conn, kind, since, until, environment, limit, order):
     cur.execute(TUNING + sql, args + [int(limit)] + label_args)
     out = []
     for (group_key, label, attrs, count, errors, sum_us, max_us, p50, p95, p99) in cur.fetchall():
+        # a percentile is its sketch bucket's midpoint, up to 1 % above the
+        # largest duration seen: never show one above the max
+        p50, p95, p99 = (p if p is None or max_us is None else min(p, float(max_us))
+                         for p in (p50, p95, p99))
         out.append({"group_key": group_key, "target": target_name(kind, label, attrs),
                     "count": int(count), "errors": int(errors), "p50_ms": to_ms(p50),
                     "p95_ms": to_ms(p95), "p99_ms": to_ms(p99), "max_ms": to_ms(max_us),

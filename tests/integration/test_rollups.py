@@ -431,6 +431,13 @@ def test_top_json_keys(db):
                                                 "p99_ms", "max_ms"])]
     assert got[0]["count"] == 1 and got[0]["target"] == "api.example.com [2xx]"
     assert math.isclose(got[0]["max_ms"], 12.0)
+    # a bucket's midpoint above every duration seen (494.0 ms for 489.5 ms) is capped
+    rec.update(host="slow.example.com", duration=489500)
+    BatchWriter(db, "production", str(uuid.uuid4())).write([(2, orjson.dumps([rec]))])
+    out = subprocess.run([sys.executable, "-m", "nightowl.cli", "top", "outgoing", "--format",
+                          "json", "--dsn", db], capture_output=True, text=True)
+    slow = [g for g in json.loads(out.stdout) if g["target"] == "slow.example.com [2xx]"][0]
+    assert slow["p50_ms"] == slow["p95_ms"] == slow["p99_ms"] == slow["max_ms"] == 489.5
 
 
 def test_retention_per_tier_uses_the_database_clock(db):
