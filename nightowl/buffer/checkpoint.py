@@ -134,6 +134,7 @@ class Checkpointer:
             return
         try:
             every = CHECKPOINT_EVERY
+            synced = None  # frames checkpointed when the file was last synced
             while not self._stop.wait(every):
                 mode = "TRUNCATE" if wal_size(self.path) > WAL_TRUNCATE_BYTES else "PASSIVE"
                 try:
@@ -155,12 +156,15 @@ class Checkpointer:
                 # one (~2.5 s of them at 1,000 payloads/s: 11-38 ms with
                 # acks waiting).  Synced here first, beside the writer, that
                 # one syncs a few pages.  (Only when a rewind is near: a
-                # page rewritten by every checkpoint is written out once.)
-                try:
-                    _sync(db_fd)
-                except OSError as e:
-                    self.error = str(e)
-                    continue
+                # page rewritten by every checkpoint is written out once; and
+                # not again while a reader pins the WAL and nothing moved.)
+                if done != synced:
+                    try:
+                        _sync(db_fd)
+                    except OSError as e:
+                        self.error = str(e)
+                        continue
+                    synced = done
                 if not busy and done == frames:
                     self._caught_up = time.monotonic()
         finally:
