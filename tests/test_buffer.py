@@ -6,6 +6,7 @@ claim state machine, failure -> errback, startup checks.
 import os
 import sqlite3
 import stat
+import time
 
 import pytest
 
@@ -377,8 +378,10 @@ def test_layout_1_buffer_is_migrated_with_its_rows(tmp_path):
 def test_wal_rewinds_under_steady_writes(tmp_path, monkeypatch):
     # Without the writer's own checkpoint the WAL only rewinds when the
     # background checkpointer happens to catch up, which it never does under
-    # steady writes (here it is kept out of the way entirely): 11 MB.
-    monkeypatch.setattr(checkpoint, "WAL_LIMIT_BYTES", 256 * 1024)
+    # steady writes (here it is kept out of the way entirely, so this is the
+    # fallback past WAL_FORCE_BYTES): 11 MB.
+    monkeypatch.setattr(checkpoint, "WAL_LIMIT_BYTES", 128 * 1024)
+    monkeypatch.setattr(checkpoint, "WAL_FORCE_BYTES", 256 * 1024)
     monkeypatch.setattr(checkpoint, "REWIND_EVERY", 0.0)
     monkeypatch.setattr(checkpoint, "CHECKPOINT_EVERY", 3600.0)
     reactor = ThreadReactor()
@@ -390,6 +393,43 @@ def test_wal_rewinds_under_steady_writes(tmp_path, monkeypatch):
     assert w.rewinds > 0
     # bounded: the limit plus what a few groups add, nowhere near 400 x 4 KB
     assert w.wal_size() < 1024 * 1024
+
+
+def test_wal_stays_bounded_by_rewinds_after_the_checkpointer_caught_up(tmp_path, monkeypatch):
+    # The fallback is out of reach: only the cheap rewind, just after a
+    # checkpoint that copied every frame, keeps the WAL near its limit.
+    monkeypatch.setattr(checkpoint, "WAL_LIMIT_BYTES", 256 * 1024)
+    monkeypatch.setattr(checkpoint, "WAL_FORCE_BYTES", 1024 * 1024 * 1024)
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_EVERY", 0.01)
+    monkeypatch.setattr(checkpoint, "CATCH_UP_EVERY", 0.01)
+    reactor = ThreadReactor()
+    w = BufferWriter(str(tmp_path / "b.sqlite"), reactor=reactor)
+    w.open()
+    body = b"[" + b"1," * 2000 + b"1]"
+    for i in range(400):
+        reactor.wait(w.append(body))
+        time.sleep(0.002)  # leave the checkpointer thread its turns
+    assert w.checkpoints > 0
+    assert w.wal_size() < 1024 * 1024
+    reactor.wait(w.close())
+
+
+def test_the_writer_rewinds_only_on_a_fresh_catch_up_cue(tmp_path):
+    path = str(tmp_path / "b.sqlite")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    cp = checkpoint.Checkpointer(path)
+    cp.rewind(conn)
+    assert cp.rewinds == 0  # no cue, WAL far below WAL_FORCE_BYTES
+    cp._caught_up = checkpoint.time.monotonic() - 10 * checkpoint.CAUGHT_UP_FRESH
+    cp.rewind(conn)
+    assert (cp.rewinds, cp._caught_up) == (0, None)  # stale: taken, not acted on
+    cp._caught_up = checkpoint.time.monotonic()
+    cp.rewind(conn)
+    assert (cp.rewinds, cp._caught_up) == (1, None)
+    conn.close()
 
 
 def test_a_bug_in_the_writer_fails_the_group_and_the_thread_lives(writer, monkeypatch):
