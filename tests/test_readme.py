@@ -84,7 +84,7 @@ def test_every_metric_name_is_documented(readme):
 def test_every_status_rule_is_documented(readme):
     source = open(rules.__file__, encoding="utf-8").read()
     codes = set(re.findall(r'add\("([a-z-]+)", "(critical|warning|info)"', source))
-    assert len(codes) == 11   # 9 + clock-skew and worker-frozen (issue 14)
+    assert len(codes) == 12   # 9 + clock-skew, worker-frozen (issue 14), forward-down
     for code, level in codes:
         assert re.search(r"``{}``\s+{}\s".format(re.escape(code), level), readme), code
     # the drain's blocking reasons (nightowl/drain/conditions.py) too

@@ -12,6 +12,7 @@ STALL_AFTER = 30.0          # writer has not answered a probe for this long: cri
 WRITE_ERROR_WINDOW = 60.0   # a buffer write error this recent: critical
 CRASH_LOOP_WINDOW = 600.0   # restarts counted over this window ...
 CRASH_LOOP_RESTARTS = 3     # ... this many or more: a crash loop (degraded)
+FORWARD_DOWN_AFTER = 60.0   # the --forward upstream unreachable this long: degraded
 
 LEVELS = ("critical", "warning", "info")
 
@@ -90,6 +91,14 @@ def evaluate(snapshot, now):
         add("clock-skew", "warning",
             "this host's clock is {:+.0f} s off the database's: retention drops nothing "
             "until they agree (fix NTP)".format(skew))
+    fwd = snapshot.get("forward") or {}
+    down = fwd.get("down_seconds") or 0
+    if fwd.get("upstream_up") is False and down >= FORWARD_DOWN_AFTER:
+        add("forward-down", "warning",
+            "the --forward upstream {} has been unreachable for {:.0f} s ({}): {} payloads "
+            "wait for it (bound {} rows), {} dropped; the Postgres copy is not affected".format(
+                fwd.get("target") or "?", down, fwd.get("last_error") or "no answer",
+                fwd.get("backlog_rows", 0), fwd.get("max_rows"), fwd.get("dropped", 0)))
     if (buf.get("quarantined") or 0) > 0:
         add("quarantined", "warning",
             "{} payloads are quarantined (Postgres refused them); see `nightowl buffer "
