@@ -410,7 +410,11 @@ def test_wal_stays_bounded_by_rewinds_after_the_checkpointer_caught_up(tmp_path,
         reactor.wait(w.append(body))
         time.sleep(0.002)  # leave the checkpointer thread its turns
     assert w.checkpoints > 0
-    assert w.wal_size() < 1024 * 1024
+    assert w.rewinds > 0
+    # bounded: the file keeps its largest size, the limit plus what the groups
+    # added while the checkpointer waited for its turn (~1 MB alone, 1.15 MB
+    # seen under a loaded suite); without a rewind the same appends leave 2.35 MB
+    assert w.wal_size() < 2 * 1024 * 1024
     reactor.wait(w.close())
 
 

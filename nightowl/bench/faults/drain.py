@@ -64,13 +64,21 @@ def agent_kill_drain_trials(workdir, dsn, trials=3, seed=1, rate=1500, concurren
             seq_start = (trial + 1) * 10000000 + 1
             kill_at = 1.0 + rng.random() * 2.5
             acked_file = os.path.join(workdir, "akill-acked-{}.txt".format(trial))
+            # the last kill waits for a claim if no random one caught a worker holding
+            # one (claims last tens of ms: three random kills can all miss)
+            aim = trial == trials - 1 and not any(r["claimed_at_kill"] for r in rows)
             gen = loadgen.start_load("127.0.0.1", agent.port, frames_path, concurrency,
-                                     duration=kill_at + 0.6, rate=rate, acked_file=acked_file,
-                                     seq_start=seq_start, timeout=1.0)
+                                     duration=kill_at + (2.6 if aim else 0.6), rate=rate,
+                                     acked_file=acked_file, seq_start=seq_start, timeout=1.0)
             time.sleep(kill_at)
             before = status_figures(agent)
             time.sleep(0.05)
             at = status_figures(agent)
+            if aim:
+                deadline = time.monotonic() + 2.0
+                while not at["claimed"] and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                    at = status_figures(agent)
             worker_pids = at["worker_pids"]
             agent.kill()
             result = finish_load(gen)
