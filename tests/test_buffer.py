@@ -375,6 +375,19 @@ def test_layout_1_buffer_is_migrated_with_its_rows(tmp_path):
                                                           (3, 0, b"[3]")]
 
 
+def _append_4kb_rows(tmp_path, n=400, pause=0.0):
+    """A writer on a fresh buffer after ``n`` appends of a ~4 KB body."""
+    reactor = ThreadReactor()
+    w = BufferWriter(str(tmp_path / "b.sqlite"), reactor=reactor)
+    w.open()
+    body = b"[" + b"1," * 2000 + b"1]"
+    for _ in range(n):
+        reactor.wait(w.append(body))
+        if pause:
+            time.sleep(pause)
+    return reactor, w
+
+
 def test_wal_rewinds_under_steady_writes(tmp_path, monkeypatch):
     # Without the writer's own checkpoint the WAL only rewinds when the
     # background checkpointer happens to catch up, which it never does under
@@ -384,12 +397,7 @@ def test_wal_rewinds_under_steady_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "WAL_FORCE_BYTES", 256 * 1024)
     monkeypatch.setattr(checkpoint, "REWIND_EVERY", 0.0)
     monkeypatch.setattr(checkpoint, "CHECKPOINT_EVERY", 3600.0)
-    reactor = ThreadReactor()
-    w = BufferWriter(str(tmp_path / "b.sqlite"), reactor=reactor)
-    w.open()
-    body = b"[" + b"1," * 2000 + b"1]"
-    for i in range(400):
-        reactor.wait(w.append(body))
+    reactor, w = _append_4kb_rows(tmp_path)
     assert w.rewinds > 0
     # bounded: the limit plus what a few groups add, nowhere near 400 x 4 KB
     assert w.wal_size() < 1024 * 1024
@@ -402,13 +410,7 @@ def test_wal_stays_bounded_by_rewinds_after_the_checkpointer_caught_up(tmp_path,
     monkeypatch.setattr(checkpoint, "WAL_FORCE_BYTES", 1024 * 1024 * 1024)
     monkeypatch.setattr(checkpoint, "CHECKPOINT_EVERY", 0.01)
     monkeypatch.setattr(checkpoint, "CATCH_UP_EVERY", 0.01)
-    reactor = ThreadReactor()
-    w = BufferWriter(str(tmp_path / "b.sqlite"), reactor=reactor)
-    w.open()
-    body = b"[" + b"1," * 2000 + b"1]"
-    for i in range(400):
-        reactor.wait(w.append(body))
-        time.sleep(0.002)  # leave the checkpointer thread its turns
+    reactor, w = _append_4kb_rows(tmp_path, pause=0.002)  # the checkpointer gets its turns
     assert w.checkpoints > 0
     assert w.rewinds > 0
     # bounded: the file keeps its largest size, the limit plus what the groups

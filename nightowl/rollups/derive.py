@@ -34,9 +34,8 @@ than the minute retention) is derived from the minutes left.
 from datetime import timedelta
 
 from nightowl.rollups import span
+from nightowl.rollups.plan import HOUR
 from nightowl.rollups.write import PENDING, TABLES
-
-HOUR = timedelta(hours=1)
 
 #: the minutes a batch may still write: the deriver stops this far before
 #: now() in the current hour (a batch later than that makes the hour stale,
@@ -106,14 +105,14 @@ def run(conn, cutoff=None, whole=False):
             return 0
         cutoff = cutoff if cutoff is not None else rows[0][5]
         until = "infinity" if whole else cutoff
-        work = {}
+        ids, news = {}, set()
         for i, env, hour, derived, minute, _ in rows:
             if whole or hour < cutoff:      # an hour with settled minutes
-                ids, done = work.setdefault((env, hour), ([], True))
-                ids.append(i)
-                # a marker alone, already at this run's cut-off: nothing new
-                work[(env, hour)] = (ids, done and derived and minute >= cutoff and not whole)
-        work = {pair: ids for pair, (ids, done) in work.items() if not done}
+                ids.setdefault((env, hour), []).append(i)
+                # a marker alone, already at this run's cut-off, is nothing new
+                if whole or not derived or minute < cutoff:
+                    news.add((env, hour))
+        work = {pair: ids[pair] for pair in news}
         if not work:
             conn.rollback()
             return 0

@@ -18,13 +18,11 @@ hours is stale or partial, and ``rebuild`` drops the span when it replaces
 an hour inside it.
 """
 
-from datetime import timedelta
-
+from nightowl.rollups.plan import HOUR, floor_time
 from nightowl.rollups.write import TABLES
 
 TABLE = "nightowl_rollups_span"
 SPAN_HOURS = (24, 23)
-HOUR = timedelta(hours=1)
 
 MERGE = """
 INSERT INTO {span} (bucket, until, kind, environment, group_key, label, attrs, count, errors,
@@ -61,7 +59,6 @@ def windows(cur, kind):
 def targets(cutoff):
     """The windows a deriver with this cut-off keeps: the SPAN_HOURS whole
     hours before the hour holding ``cutoff``."""
-    from nightowl.rollups.plan import floor_time
     until = floor_time(cutoff, 3600)
     return [(until - n * HOUR, until) for n in SPAN_HOURS]
 
