@@ -51,12 +51,56 @@ CASES = [
     b'[{"a":' * 257 + b"1" + b"}]" * 257,
     b"[" * 5000 + b"]" * 5000,
     b'["\xc3\x28"]', b"\xff\xfe[]",
+    # where simdjson and orjson differ: simdjson refuses integers past 64
+    # bits (orjson takes them) and takes a leading BOM (orjson refuses it)
+    b"[123456789012345678901234567890]", b"[18446744073709551616]", b"[-9223372036854775809]",
+    b"\xef\xbb\xbf[1]", b'["\\ud800"]', b'["\\ud800\\udc00"]', b'["\xed\xa0\x80"]',
+    nested(1100), b"[1]\x00", b'["a\x00b"]', b"[1e999]", b"[1e-400]",
 ]
 
 
+@pytest.fixture(params=["simdjson", "orjson only"])
+def engines(request, monkeypatch):
+    if request.param == "orjson only":
+        monkeypatch.setattr(jsoncheck, "simdjson", None)
+    return request.param
+
+
 @pytest.mark.parametrize("payload", CASES)
-def test_small_payloads_match_the_reference(payload):
+def test_small_payloads_match_the_reference(payload, engines):
     assert verdict(payload) == reference(payload)
+
+
+def test_simdjson_is_installed_and_decides_valid_arrays(monkeypatch):
+    # the fast path is the one that runs: orjson is not asked about a valid array
+    assert jsoncheck.simdjson is not None
+
+    def refuse(_data):
+        raise AssertionError("orjson was asked")
+    monkeypatch.setattr(jsoncheck.orjson, "loads", refuse)
+    with open(os.path.join(FIXTURES, "nightwatch", "request.jsonl"), "rb") as f:
+        record = f.readline().strip()
+    jsoncheck.check_json_array(b"[" + record + b"," + record + b"]")
+
+
+def test_mutated_fixture_records_get_the_reference_verdict():
+    # simdjson must never accept what orjson refuses: mutate real records
+    rng = random.Random(14)
+    records = []
+    for path in sorted(glob.glob(os.path.join(FIXTURES, "nightwatch", "*.jsonl"))):
+        with open(path, "rb") as f:
+            records.extend(b"[" + line.strip() + b"]" for line in f if line.strip())
+    alphabet = b'[]{}",:\\0123456789eE+-.tfnu \t\r\n\x00\x7f\x80\xbf\xc0\xed\xef\xf4\xff'
+    for _ in range(20000):
+        data = bytearray(rng.choice(records))
+        for _edit in range(rng.randint(1, 3)):
+            i = rng.randrange(len(data))
+            if rng.random() < 0.5:
+                data[i] = rng.choice(alphabet)
+            else:
+                data.insert(i, rng.choice(alphabet))
+        data = bytes(data)
+        assert verdict(data) == reference(data), data[:200]
 
 
 def random_json(rng, depth=0):
