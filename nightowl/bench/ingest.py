@@ -11,8 +11,12 @@ nothing.
 3. The agent at a fixed rate (10,000/s): p99 ack latency.
 4. The agent's RSS (VmRSS, VmHWM), then the buffer's row count against the
    number of ``2:OK`` replies.
+5. ``--processes``: the agent with several ingest processes (ingest_procs).
 
-The last line on stdout is one JSON object with the figures.
+All of it ``--rounds`` times (default 3), each round on fresh buffers, and
+then the median of each ratio across the rounds (ingest_rounds).  The last
+line on stdout is one JSON object with the figures (``rounds`` and
+``medians`` when there are several).
 """
 
 import json
@@ -25,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from nightowl.bench import ingest_procs, loadgen, payloads, procfs
+from nightowl.bench import ingest_procs, ingest_rounds, loadgen, payloads, procfs
 from nightowl.bench.agent import Agent, agent_env
 from nightowl.errors import CommandError
 
@@ -63,6 +67,9 @@ def configure(parser):
     parser.add_argument("--processes", default="2",
                         help="also run the agent with --ingest-processes N for each N listed "
                              "(comma-separated; default 2; 'none' skips)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="run the whole sequence this many times and report the median "
+                             "of each ratio (default 3; see nightowl.bench.ingest_rounds)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (buffer, logs)")
 
@@ -186,13 +193,34 @@ def _verdict(ok):
 
 
 def run(args):
-    if args.duration <= 0 or args.concurrency <= 0 or args.rate_for_latency <= 0:
-        raise CommandError("--duration, --concurrency and --rate-for-latency must be > 0")
+    if (args.duration <= 0 or args.concurrency <= 0 or args.rate_for_latency <= 0
+            or args.rounds <= 0):
+        raise CommandError("--duration, --concurrency, --rate-for-latency and --rounds must be > 0")
     ingest_procs.parse_counts(args.processes)   # a bad list stops before anything starts
     loadgen.binary()  # compile first: a compiler problem stops before anything starts
     tmp = tempfile.mkdtemp(prefix="nightowl-bench-ingest-")
     try:
-        return _run(args, tmp)
+        summaries, code = [], 0
+        for n in range(args.rounds):
+            if args.rounds > 1:
+                print("\nround {} of {}".format(n + 1, args.rounds), flush=True)
+            workdir = os.path.join(tmp, "round-{}".format(n + 1))
+            os.makedirs(workdir)
+            summary, round_code = _run(args, workdir)
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)  # a round's buffers: ~0.5 GB
+            summaries.append(summary)
+            code = code or round_code
+            if round_code and summary.get("agent_error"):
+                break  # the agent cannot run: another round would say the same
+        if len(summaries) == 1:
+            final = summaries[0]
+        else:
+            found = ingest_rounds.medians(summaries)
+            ingest_rounds.say_medians(found, len(summaries), print)
+            final = {"rounds": summaries, "medians": found}
+        print(json.dumps(final, sort_keys=True), flush=True)
+        return code
     finally:
         if args.keep:
             print("kept {}".format(tmp))
@@ -263,15 +291,15 @@ def _run(args, tmp):
             say("agent: not measured: {}".format(agent_error))
 
     _table(summary, bare, say)
-    print(json.dumps(summary, sort_keys=True), flush=True)
     if agent_error:
-        return 1
+        summary["agent_error"] = agent_error
+        return summary, 1
     if summary["buffered"] is not None and summary["buffered"] < summary["acked"]:
-        return 1
+        return summary, 1
     if any(r["buffered"] < r["acked"] for r in
            (summary.get("scaling") or {}).get("by_processes", {}).values()):
-        return 1
-    return 0
+        return summary, 1
+    return summary, 0
 
 
 def _agent_runs(args, tmp, frames_path, bare, say):
