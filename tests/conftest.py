@@ -112,3 +112,19 @@ def fresh_pg_dsn():
 @pytest.fixture
 def fixtures():
     return fixtures_dir()
+
+
+@pytest.fixture
+def writer(tmp_path):
+    """
+    An open BufferWriter on a fresh file and its ThreadReactor, for the
+    tests/test_buffer_*.py modules; closed afterwards if the test left it open.
+    """
+    from nightowl.buffer.writer import BufferWriter
+    from tests.fakes import ThreadReactor
+    reactor = ThreadReactor()
+    w = BufferWriter(str(tmp_path / "b.sqlite"), reactor=reactor, max_pending=100)
+    w.open()
+    yield w, reactor
+    if w.is_open():
+        reactor.wait(w.close())
