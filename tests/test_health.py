@@ -218,7 +218,7 @@ class ToyStats:
 class FakeDrain:
     """
     The DrainSupervisor as health sees it: per-worker statistics (carried
-    across restarts by the supervisor: tests/test_supervisor.py) and its flags.
+    across restarts by the supervisor: tests/test_supervisor_ipc.py) and its flags.
     """
 
     def __init__(self, metrics):
