@@ -128,3 +128,14 @@ def writer(tmp_path):
     yield w, reactor
     if w.is_open():
         reactor.wait(w.close())
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """
+    No NIGHTOWL_* defaults from the caller's environment: the tests/test_admin_*.py
+    modules use it for every test (``pytestmark = pytest.mark.usefixtures("clean_env")``).
+    """
+    for var in ("NIGHTOWL_LISTEN", "NIGHTOWL_HEALTH", "NIGHTOWL_TOKEN", "NIGHTWATCH_TOKEN",
+                "NIGHTOWL_BUFFER", "NIGHTOWL_DSN", "NIGHTOWL_RETENTION_DAYS"):
+        monkeypatch.delenv(var, raising=False)
