@@ -112,3 +112,30 @@ def fresh_pg_dsn():
 @pytest.fixture
 def fixtures():
     return fixtures_dir()
+
+
+@pytest.fixture
+def writer(tmp_path):
+    """
+    An open BufferWriter on a fresh file and its ThreadReactor, for the
+    tests/test_buffer_*.py modules; closed afterwards if the test left it open.
+    """
+    from nightowl.buffer.writer import BufferWriter
+    from tests.fakes import ThreadReactor
+    reactor = ThreadReactor()
+    w = BufferWriter(str(tmp_path / "b.sqlite"), reactor=reactor, max_pending=100)
+    w.open()
+    yield w, reactor
+    if w.is_open():
+        reactor.wait(w.close())
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """
+    No NIGHTOWL_* defaults from the caller's environment: the tests/test_admin_*.py
+    modules use it for every test (``pytestmark = pytest.mark.usefixtures("clean_env")``).
+    """
+    for var in ("NIGHTOWL_LISTEN", "NIGHTOWL_HEALTH", "NIGHTOWL_TOKEN", "NIGHTWATCH_TOKEN",
+                "NIGHTOWL_BUFFER", "NIGHTOWL_DSN", "NIGHTOWL_RETENTION_DAYS"):
+        monkeypatch.delenv(var, raising=False)

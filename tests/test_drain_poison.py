@@ -14,7 +14,7 @@ from nightowl.buffer.writer import BufferWriter
 from nightowl.drain.supervisor import WATCH_EVERY, DrainSupervisor
 from nightowl.metrics import Metrics
 from tests.fakes import ThreadReactor
-from tests.test_supervisor import FakeBufferWriter, SpawningReactor, settings
+from tests.supervisor_support import FakeBufferWriter, SpawningReactor, settings
 
 
 def test_claims_are_bounded_in_bytes_and_take_at_least_one(tmp_path):

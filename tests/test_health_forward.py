@@ -2,7 +2,7 @@
 minute degrades /status (the Postgres copy goes on; the backlog is named)."""
 
 from nightowl import health
-from tests.test_health import NOW, codes, healthy_snapshot
+from tests.health_support import NOW, codes, healthy_snapshot
 
 
 def forwarding(**figures):

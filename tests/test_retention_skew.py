@@ -9,7 +9,7 @@ from twisted.logger import globalLogPublisher
 
 from nightowl import retention
 from nightowl.health import rules
-from tests.test_health import NOW, codes, healthy_snapshot
+from tests.health_support import NOW, codes, healthy_snapshot
 from tests.test_retention import _InlinePool
 
 

@@ -1,0 +1,132 @@
+"""
+The real BufferWriter's group commit: appends acknowledged only after their
+commit, back-pressure, and a failure that errbacks its own payloads only.
+"""
+
+import sqlite3
+
+import pytest
+
+from nightowl.buffer.writer import BufferWriter
+from tests.buffer_support import rows
+from tests.fakes import ThreadReactor
+
+
+def test_append_fires_after_commit_and_is_visible(writer):
+    w, reactor = writer
+    ds = [w.append(b'[{"n":%d}]' % i) for i in range(50)]
+    for d in ds:
+        reactor.wait(d)
+        # Visible to another connection the moment the Deferred fired.
+    assert [r[3] for r in rows(w.path)] == [b'[{"n":%d}]' % i for i in range(50)]
+    assert w.pending == 50
+    assert w.commits < 50  # grouped
+
+
+def test_payload_bytes_kept_exactly(writer):
+    w, reactor = writer
+    odd = b'[{"m":"\\u0000 \xc3\xa9 \\t"},  1.50, "\\/"]'
+    reactor.wait(w.append(odd))
+    assert rows(w.path)[0][3] == odd
+
+
+def test_back_pressure_on_pending(writer):
+    w, reactor = writer
+    assert w.refusal() is None
+    for i in range(101):
+        reactor.wait(w.append(b"[]"))
+    assert w.refusal() == "back-pressure"
+    ids = reactor.wait(w.claim(0, 50))
+    reactor.wait(w.mark_drained(ids))
+    assert w.refusal() is None
+
+
+def test_failed_operation_fails_alone(writer):
+    w, reactor = writer
+    def boom(conn):
+        raise sqlite3.OperationalError("disk I/O error")
+    bad = w.run(boom)
+    good = w.append(b"[1]")
+    with pytest.raises(sqlite3.OperationalError):
+        reactor.wait(bad)
+    assert reactor.wait(good) is None
+    assert [r[3] for r in rows(w.path)] == [b"[1]"]
+    assert w.write_errors == 1
+
+
+def test_close_commits_what_is_queued(tmp_path):
+    reactor = ThreadReactor()
+    w = BufferWriter(str(tmp_path / "b.sqlite"), reactor=reactor)
+    w.open()
+    ds = [w.append(b"[%d]" % i) for i in range(200)]
+    closed = w.close()
+    reactor.wait(closed)
+    for d in ds:
+        reactor.wait(d)
+    assert len(rows(w.path)) == 200
+
+
+def test_recount_grouped_with_appends_does_not_double_count(writer):
+    w, reactor = writer
+    ds = [w.append(b"[]") for _ in range(5)]
+    w._flush()  # hand the appends over before the recount, same group
+    r = w.recount()
+    ds += [w.append(b"[]") for _ in range(3)]
+    for d in ds:
+        reactor.wait(d)
+    reactor.wait(r)
+    assert w.pending == 8
+    assert reactor.wait(w.recount())["pending"] == 8
+
+
+def test_failed_append_errbacks_every_payload_and_releases_inflight(writer):
+    w, reactor = writer
+    import sqlite3 as _sqlite3
+
+    def fill_disk(conn):
+        # Cap the file at its current size: the next growth fails like a full disk.
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute("PRAGMA max_page_count = {}".format(pages)).fetchall()
+    reactor.wait(w.run(fill_disk))
+    ds = [w.append(b"[" + b"1," * 3000 + b"1]") for _ in range(3)]
+    failures = []
+    for d in ds:
+        try:
+            reactor.wait(d)
+        except _sqlite3.DatabaseError as e:
+            failures.append(str(e))
+    assert len(failures) == 3 and "full" in failures[0]
+    assert w.inflight == 0
+    assert w.write_errors >= 1
+
+
+def test_invalid_payload_refused_alone_in_its_group(writer):
+    w, reactor = writer
+    from nightowl import wire
+    ds = [w.append(b"[1]"), w.append(b'{"not":"array"}'), w.append(b"[2"), w.append(b"[3]")]
+    assert reactor.wait(ds[0]) is None and reactor.wait(ds[3]) is None
+    for d, reason in ((ds[1], "not-array"), (ds[2], "bad-json")):
+        with pytest.raises(wire.FrameError) as e:
+            reactor.wait(d)
+        assert e.value.reason == reason
+    assert [r[3] for r in rows(w.path)] == [b"[1]", b"[3]"]
+    assert w.inflight == 0 and w.pending == 2 and w.appended == 2
+
+
+def test_a_bug_in_the_writer_fails_the_group_and_the_thread_lives(writer, monkeypatch):
+    w, reactor = writer
+    from twisted.logger import globalLogPublisher
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    original = w._commit_group
+    monkeypatch.setattr(w, "_commit_group", lambda ops: 1 / 0)
+    try:
+        d = w.append(b"[1]")
+        with pytest.raises(ZeroDivisionError):
+            reactor.wait(d)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any(e.get("log_failure") for e in events)
+    monkeypatch.setattr(w, "_commit_group", original)
+    assert reactor.wait(w.append(b"[2]")) is None
+    assert w.alive() and w.inflight == 0
