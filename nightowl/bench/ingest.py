@@ -31,14 +31,9 @@ import time
 
 from nightowl.bench import ingest_procs, ingest_rounds, loadgen, payloads, procfs
 from nightowl.bench.agent import Agent, agent_env
+from nightowl.bench.ingest_report import box_text, failure_text, failures, fmt_rate, table
 from nightowl.errors import CommandError
 
-TARGET_RATE = 20000
-TARGET_RATIO = 0.7
-TARGET_P99_MS = 20.0
-TARGET_RSS_MB = 150.0
-# the agent's CPU per acknowledged payload / the bare server's CPU per connection
-TARGET_CPU_RATIO = 1.8
 
 def configure(parser):
     parser.add_argument("--duration", type=float, default=10.0,
@@ -114,17 +109,19 @@ def start_bare_server():
 def measure(port, frames_path, server_pid, concurrency, duration, split, rate=None,
             cpu=procfs.cpu_seconds):
     """One generator run; adds the server's CPU share (``cpu(pid)``) and the generator's."""
-    cpu0, t0 = cpu(server_pid), time.monotonic()
+    cpu0, t0, box0 = cpu(server_pid), time.monotonic(), procfs.box_ticks()
     proc = loadgen.start_load("127.0.0.1", port, frames_path, concurrency,
                               duration=duration, rate=rate, split=split)
     out, err = proc.communicate()
     elapsed = time.monotonic() - t0
     cpu1 = cpu(server_pid)
+    box = procfs.box_share(box0, procfs.box_ticks())
     if proc.returncode != 0:
         raise CommandError("the load generator failed: {}".format(
             (err.strip().splitlines() or ["exit {}".format(proc.returncode)])[-1]))
     result = loadgen.parse_result(out, err)
     result["generator_cpu_pct"] = 100.0 * (result["cpu_user_s"] + result["cpu_sys_s"]) / elapsed
+    result["box"] = box
     if cpu0 is not None and cpu1 is not None:
         result["server_cpu_pct"] = 100.0 * (cpu1 - cpu0) / elapsed
         result["server_cpu_us"] = cpu_per_reply_us(cpu1 - cpu0, result["ok"])
@@ -156,7 +153,7 @@ def measure_parallel(port, frames_path, server_pid, concurrency, duration, split
     cpu1 = procfs.cpu_seconds(server_pid)
     return {
         "payloads_per_s": sum(r["payloads_per_s"] for r in results),
-        "failures": sum(_failures(r) for r in results),
+        "failures": sum(failures(r) for r in results),
         "p99_ms": max(r["p99_ms"] for r in results),
         "server_cpu_pct": 100.0 * (cpu1 - cpu0) / elapsed if cpu0 is not None and cpu1 else 0,
         "generator_cpu_pct": sum(100.0 * (r["cpu_user_s"] + r["cpu_sys_s"]) / elapsed
@@ -170,26 +167,6 @@ def count_rows(buffer_path):
         return conn.execute("SELECT count(*) FROM payloads").fetchone()[0]
     finally:
         conn.close()
-
-
-def _failures(result):
-    return result["errors"] + result["timeouts"] + result["connect_failures"]
-
-
-def _failure_text(result):
-    if not _failures(result):
-        return "0"
-    return "{} (bad reply {}, reset/EOF {}, reply timeout {}, connect {} of which timed out {})".format(
-        _failures(result), result["bad_reply"], result["reset_or_eof"], result["timeouts"],
-        result["connect_failures"], result.get("connect_timeouts", 0))
-
-
-def _fmt_rate(value):
-    return "{:,.0f}/s".format(value) if value is not None else "n/a"
-
-
-def _verdict(ok):
-    return "" if ok is None else ("ok" if ok else "MISS")
 
 
 def run(args):
@@ -256,14 +233,15 @@ def _run(args, tmp):
     finally:
         _stop(bare_proc)
     say("bare server   {:>10}  p50 {:.2f} ms  p99 {:.2f} ms  failures {}  "
-        "server CPU {:.0f}% ({} us per connection)  generator CPU {:.0f}%".format(
-            _fmt_rate(bare["payloads_per_s"]), bare["p50_ms"], bare["p99_ms"], _failure_text(bare),
-            bare.get("server_cpu_pct", 0), bare.get("server_cpu_us"), bare["generator_cpu_pct"]))
+        "server CPU {:.0f}% ({} us per connection)  generator CPU {:.0f}%{}".format(
+            fmt_rate(bare["payloads_per_s"]), bare["p50_ms"], bare["p99_ms"], failure_text(bare),
+            bare.get("server_cpu_pct", 0), bare.get("server_cpu_us"), bare["generator_cpu_pct"],
+            box_text(bare)))
 
     if two:
         say("bare, 2 gens  {:>10}  p99 {:.2f} ms  failures {}  server CPU {:.0f}%  "
             "generators CPU {:.0f}% together".format(
-                _fmt_rate(two["payloads_per_s"]), two["p99_ms"], two["failures"],
+                fmt_rate(two["payloads_per_s"]), two["p99_ms"], two["failures"],
                 two["server_cpu_pct"], two["generator_cpu_pct"]))
 
     summary = {
@@ -274,7 +252,7 @@ def _run(args, tmp):
         "concurrency": args.concurrency, "duration_s": args.duration, "split": args.split,
         "bare_p99_ms": bare["p99_ms"], "bare_server_cpu_pct": round(bare.get("server_cpu_pct", 0), 1),
         "generator_cpu_pct_vs_bare": round(bare["generator_cpu_pct"], 1),
-        "bare_cpu_us_per_connection": bare.get("server_cpu_us"),
+        "bare_cpu_us_per_connection": bare.get("server_cpu_us"), "box_vs_bare": bare.get("box"),
         "agent_cpu_us_per_payload": None, "cpu_ratio": None,
     }
     if two:
@@ -290,7 +268,7 @@ def _run(args, tmp):
             agent_error = str(e)
             say("agent: not measured: {}".format(agent_error))
 
-    _table(summary, bare, say)
+    table(summary, say)
     if agent_error:
         summary["agent_error"] = agent_error
         return summary, 1
@@ -314,18 +292,18 @@ def _agent_runs(args, tmp, frames_path, bare, say):
         full = measure(port, frames_path, pid, args.concurrency, args.duration, args.split)
         runs.append(full)
         say("agent         {:>10}  p50 {:.2f} ms  p99 {:.2f} ms  failures {}  "
-            "agent CPU {:.0f}% ({} us per payload)  generator CPU {:.0f}%".format(
-                _fmt_rate(full["payloads_per_s"]), full["p50_ms"], full["p99_ms"],
-                _failure_text(full), full.get("server_cpu_pct", 0), full.get("server_cpu_us"),
-                full["generator_cpu_pct"]))
+            "agent CPU {:.0f}% ({} us per payload)  generator CPU {:.0f}%{}".format(
+                fmt_rate(full["payloads_per_s"]), full["p50_ms"], full["p99_ms"],
+                failure_text(full), full.get("server_cpu_pct", 0), full.get("server_cpu_us"),
+                full["generator_cpu_pct"], box_text(full)))
         time.sleep(1.0)  # let the writer catch up before the latency run
         fixed = measure(port, frames_path, pid, args.latency_concurrency, args.duration,
                         args.split, rate=args.rate_for_latency)
         runs.append(fixed)
         say("agent @{:>6}/s {:>9}  p50 {:.2f} ms  p99 {:.2f} ms  max {:.1f} ms  failures {}  "
-            "late starts {}".format(args.rate_for_latency, _fmt_rate(fixed["payloads_per_s"]),
+            "late starts {}".format(args.rate_for_latency, fmt_rate(fixed["payloads_per_s"]),
                                     fixed["p50_ms"], fixed["p99_ms"], fixed["max_ms"],
-                                    _failure_text(fixed), fixed["late"]))
+                                    failure_text(fixed), fixed["late"]))
         memory = procfs.memory_kb(pid)
         rss, hwm = [memory[k] / 1024.0 if k in memory else None for k in ("VmRSS", "VmHWM")]
         for r in runs:
@@ -356,52 +334,7 @@ def _agent_runs(args, tmp, frames_path, bare, say):
         "agent_cpu_us_per_payload": full.get("server_cpu_us"),
         "cpu_ratio": cpu_ratio(full.get("server_cpu_us"), bare.get("server_cpu_us")),
         "generator_cpu_pct_vs_agent": round(full["generator_cpu_pct"], 1),
+        "box_vs_agent": full.get("box"),
         "acked": acked, "frames_sent": started, "buffered": buffered,
-        "failures": sum(_failures(r) for r in runs),
+        "failures": sum(failures(r) for r in runs),
     }
-
-
-def _bound(server_cpu, generator_cpu):
-    if server_cpu >= 85:
-        return "server-bound (its one core is saturated)"
-    if generator_cpu >= 85:
-        return "CHECK: generator-bound"
-    return "CPU contended: neither saturated, rerun on a quiet machine"
-
-
-def _table(s, bare, say):
-    rows = [("", "measured", "target", "")]
-    rate = s["payloads_per_s"]
-    rows.append(("bare Twisted server", _fmt_rate(s["bare_payloads_per_s"]), "", ""))
-    rows.append(("agent, full speed", _fmt_rate(rate), ">= {:,}/s".format(TARGET_RATE),
-                 _verdict(None if rate is None else rate >= TARGET_RATE)))
-    ratio = s["ratio"]
-    rows.append(("agent / bare", "n/a" if ratio is None else "{:.2f}".format(ratio),
-                 ">= {:.1f}".format(TARGET_RATIO),
-                 _verdict(None if ratio is None else ratio >= TARGET_RATIO)))
-    cpu = s.get("cpu_ratio")
-    rows.append(("agent CPU/payload / bare", "n/a" if cpu is None else "{:.2f} ({} / {} us)".format(
-        cpu, s["agent_cpu_us_per_payload"], s["bare_cpu_us_per_connection"]),
-        "<= {:.1f}".format(TARGET_CPU_RATIO), _verdict(None if cpu is None else cpu <= TARGET_CPU_RATIO)))
-    if s["p50_ms"] is not None:
-        rows.append(("ack p50 / p99, full speed", "{:.2f} / {:.2f} ms".format(
-            s["p50_ms"], s["p99_ms"]), "", ""))
-    p99 = s["p99_ms_at_fixed_rate"]
-    rows.append(("ack p99 at {:,}/s".format(s["fixed_rate"]),
-                 "n/a" if p99 is None else "{:.2f} ms".format(p99),
-                 "<= {:.0f} ms".format(TARGET_P99_MS),
-                 _verdict(None if p99 is None else p99 <= TARGET_P99_MS)))
-    rss, peak = s["agent_rss_mb"], s["agent_peak_rss_mb"]
-    rows.append(("agent RSS now / peak",
-                 "n/a" if peak is None else "{:.0f} / {:.0f} MB".format(rss or 0, peak),
-                 "<= {:.0f} MB".format(TARGET_RSS_MB),
-                 _verdict(None if peak is None else peak <= TARGET_RSS_MB)))
-    if s["acked"] is not None:
-        rows.append(("buffer rows / acked", "{:,} / {:,}".format(s["buffered"], s["acked"]),
-                     "rows >= acked", _verdict(s["buffered"] >= s["acked"])))
-    rows.append(("generator CPU vs bare", "{:.0f}% of a core".format(
-        s["generator_cpu_pct_vs_bare"]), "server {:.0f}%".format(s["bare_server_cpu_pct"]),
-        _bound(s["bare_server_cpu_pct"], s["generator_cpu_pct_vs_bare"])))
-    say("")
-    for name, measured, target, verdict in rows:
-        say("{:<28} {:>20}  {:<14} {}".format(name, measured, target, verdict).rstrip())

@@ -11,7 +11,7 @@ from /proc; buffer rows over every child's buffer file.
 import os
 import sqlite3
 
-from nightowl.bench import ingest as bench, procfs
+from nightowl.bench import ingest as bench, ingest_report as report, procfs
 from nightowl.bench.agent import Agent
 from nightowl.errors import CommandError
 
@@ -86,16 +86,16 @@ def run_processes(args, tmp, frames_path, n, say):
     except sqlite3.Error as e:
         raise CommandError("cannot count the buffers' rows: {}".format(e))
     say("agent x{:<2}     {:>10}  p50 {:.2f} ms  p99 {:.2f} ms  failures {}  agent CPU {:.0f}% "
-        "(all processes)  generator CPU {:.0f}%  rows per buffer {}".format(
-            n, bench._fmt_rate(full["payloads_per_s"]), full["p50_ms"], full["p99_ms"],
-            bench._failure_text(full), full.get("server_cpu_pct", 0),
-            full["generator_cpu_pct"], per_buffer))
+        "(all processes)  generator CPU {:.0f}%  rows per buffer {}{}".format(
+            n, report.fmt_rate(full["payloads_per_s"]), full["p50_ms"], full["p99_ms"],
+            report.failure_text(full), full.get("server_cpu_pct", 0),
+            full["generator_cpu_pct"], per_buffer, report.box_text(full)))
     return {"processes": n, "payloads_per_s": round(full["payloads_per_s"], 1),
             "p50_ms": full["p50_ms"], "p99_ms": full["p99_ms"],
             "agent_cpu_pct": round(full.get("server_cpu_pct", 0), 1),
             "agent_cpu_us_per_payload": full.get("server_cpu_us"),
-            "generator_cpu_pct": round(full["generator_cpu_pct"], 1),
-            "failures": bench._failures(full), "acked": acked,
+            "generator_cpu_pct": round(full["generator_cpu_pct"], 1), "box": full.get("box"),
+            "failures": report.failures(full), "acked": acked,
             "buffered": sum(per_buffer), "rows_per_buffer": per_buffer}
 
 
@@ -110,10 +110,10 @@ def scaling(summary, runs, say):
         out["one_vs_bare"] = round(one / bare, 3)
         rows.append(("1 process / bare", "{:.2f}".format(out["one_vs_bare"]),
                      ">= {:.1f}".format(TARGET_ONE_VS_BARE),
-                     bench._verdict(out["one_vs_bare"] >= TARGET_ONE_VS_BARE)))
+                     report.verdict(out["one_vs_bare"] >= TARGET_ONE_VS_BARE)))
     for n, r in sorted(by_n.items()):
         rows.append(("{} processes: rows / acked".format(n), "{:,} / {:,}".format(
-            r["buffered"], r["acked"]), "rows >= acked", bench._verdict(r["buffered"] >= r["acked"])))
+            r["buffered"], r["acked"]), "rows >= acked", report.verdict(r["buffered"] >= r["acked"])))
         if n == 1 or not one:
             continue
         ratio = round(r["payloads_per_s"] / one, 3)
@@ -122,7 +122,7 @@ def scaling(summary, runs, say):
         target = TARGET_SCALING if n == 2 else None
         rows.append(("{} processes / 1 process".format(n), "{:.2f}".format(ratio),
                      ">= {:.1f}".format(target) if target else "",
-                     bench._verdict(None if target is None else ratio >= target)))
+                     report.verdict(None if target is None else ratio >= target)))
         rows.append(("{} processes / bare".format(n), "{:.2f}".format(out["x{}_vs_bare".format(n)]),
                      "", ""))
         ratio = bench.cpu_ratio(r.get("agent_cpu_us_per_payload"),
@@ -130,8 +130,8 @@ def scaling(summary, runs, say):
         if ratio is not None:
             out["x{}_cpu_ratio".format(n)] = ratio
             rows.append(("{} processes: CPU/payload / bare".format(n), "{:.2f}".format(ratio),
-                         "<= {:.1f}".format(bench.TARGET_CPU_RATIO),
-                         bench._verdict(ratio <= bench.TARGET_CPU_RATIO)))
+                         "<= {:.1f}".format(report.TARGET_CPU_RATIO),
+                         report.verdict(ratio <= report.TARGET_CPU_RATIO)))
     for name, measured, target, verdict in rows:
         say("{:<28} {:>20}  {:<14} {}".format(name, measured, target, verdict).rstrip())
     return out

@@ -100,3 +100,35 @@ class RssSampler:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+BOX_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def box_ticks(path="/proc/stat"):
+    """The whole machine's CPU ticks by kind (the ``cpu`` line of /proc/stat), or None."""
+    try:
+        with open(path) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    return dict(zip(BOX_FIELDS, (int(v) for v in fields[1:1 + len(BOX_FIELDS)])))
+
+
+def box_share(before, after, cpus=None):
+    """
+    Percent of the whole machine (``cpus`` x 100 %) by kind between two
+    L{box_ticks}: what no process is charged for shows here, the kernel's
+    network work (softirq, for loopback TCP) and the time the host took
+    (steal).  None if either reading is missing.
+    """
+    if before is None or after is None:
+        return None
+    delta = dict((k, after[k] - before[k]) for k in BOX_FIELDS)
+    total = sum(delta.values())
+    if total <= 0:
+        return None
+    cpus = cpus or os.cpu_count() or 1
+    return dict((k, round(100.0 * cpus * v / total, 1)) for k, v in delta.items())

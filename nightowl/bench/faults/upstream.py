@@ -11,7 +11,6 @@ from a trial; ``read_frames`` parses the record.
 """
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
