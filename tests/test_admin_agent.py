@@ -13,7 +13,8 @@ import pytest
 from nightowl.buffer import schema as nbuffer
 from nightowl import cli
 from nightowl.admin import ping, send
-from tests.admin_support import free_port, one_line
+from nightowl.bench.agent import free_port
+from tests.admin_support import one_line
 from tests.integration.agent import AgentProcess
 
 pytestmark = pytest.mark.usefixtures("clean_env")

@@ -10,7 +10,8 @@ import psycopg2
 import pytest
 
 from nightowl import cli, migrate, partitions
-from tests.admin_support import free_port, one_line
+from nightowl.bench.agent import free_port
+from tests.admin_support import one_line
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 

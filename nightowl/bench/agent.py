@@ -50,6 +50,14 @@ TRACEBACK = "Traceback (most recent call last)"
 LOOPBACK_PORT_0 = "tcp:0:interface=127.0.0.1"
 
 
+def free_port():
+    """A port free right now on 127.0.0.1 (for a fixed --listen: port 0 cannot be
+    shared by several ingest processes, nor known before a process starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def agent_env(extra=None):
     """
     The agent's environment: ours without NIGHTOWL_* and NIGHTWATCH_TOKEN (a

@@ -12,7 +12,7 @@ import os
 import sqlite3
 
 from nightowl.bench import ingest as bench, ingest_report as report, procfs
-from nightowl.bench.agent import Agent
+from nightowl.bench.agent import Agent, free_port
 from nightowl.errors import CommandError
 
 TARGET_SCALING = 1.4      # N processes / 1 process, for N = 2
@@ -59,7 +59,7 @@ def parse_counts(text):
 
 def run_processes(args, tmp, frames_path, n, say):
     """The agent with ``n`` ingest processes, at full speed: a figures dict."""
-    port = _free_port()
+    port = free_port()
     workdir = os.path.join(tmp, "procs-{}".format(n))
     os.makedirs(workdir)
     buffer_path = os.path.join(workdir, "buffer.sqlite")
@@ -136,9 +136,3 @@ def scaling(summary, runs, say):
         say("{:<28} {:>20}  {:<14} {}".format(name, measured, target, verdict).rstrip())
     return out
 
-
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -19,18 +19,13 @@ directory is handed to that user.
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 
+from nightowl.bench.agent import free_port
+
 BIN = os.environ.get("NIGHTOWL_PG_BIN", "/usr/lib/postgresql/15/bin")
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PgCluster:

@@ -6,22 +6,13 @@ upstream down then up, the backlog bound, SIGKILL with a backlog.
 
 import gzip
 import os
-import socket
 
 import pytest
 
 from nightowl import wire
-from nightowl.bench.agent import wait_for
+from nightowl.bench.agent import free_port, wait_for
 from nightowl.bench.faults.upstream import Upstream
 from tests.integration.agent import AgentProcess, send_frame
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture

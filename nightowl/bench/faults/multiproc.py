@@ -11,26 +11,15 @@ connections), and SIGTERM to the parent stopped every child.
 
 import os
 import signal
-import socket
 import time
 
 from nightowl.bench import agent as launcher, loadgen, procfs
 from nightowl.bench.faults import draining, oracle as fault_oracle
 
 
-def free_port():
-    """A port free right now on 127.0.0.1 (port 0 cannot be shared by N processes)."""
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
-
-
 def multi_agent(buffer_path, processes=2, args=(), port=None):
     """A L{launcher.Agent} running ``processes`` ingest processes on a fixed free port."""
-    port = port or free_port()
+    port = port or launcher.free_port()
     return launcher.Agent(buffer_path, ["--ingest-processes", str(processes),
                                       "--listen", "tcp:{}:interface=127.0.0.1".format(port),
                                       "--dashboard", "none"]
