@@ -139,6 +139,15 @@ def settings(dsn="host=db user=u password=secret dbname=n", workers=2, batch_siz
                 buffer_path=buffer_path)
 
 
+def capture_log(case):
+    """Every log event published until ``case`` ends, in a list (the list)."""
+    from twisted.logger import globalLogPublisher
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    case.addCleanup(globalLogPublisher.removeObserver, seen.append)
+    return seen
+
+
 class SupervisorCase(SynchronousTestCase):
     """A supervisor over 250 fake payloads and a SpawningReactor; start() starts it."""
 

@@ -5,7 +5,7 @@ IPC and log lines.
 """
 
 from nightowl.drain import ipc
-from tests.supervisor_support import SupervisorCase
+from tests.supervisor_support import SupervisorCase, capture_log
 
 
 class SupervisorIPCTests(SupervisorCase):
@@ -71,10 +71,7 @@ class SupervisorIPCTests(SupervisorCase):
         self.flushLoggedErrors()
 
     def test_over_long_log_line_is_cut(self):
-        from twisted.logger import globalLogPublisher
-        seen = []
-        globalLogPublisher.addObserver(seen.append)
-        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        seen = capture_log(self)
         self.start()
         w0 = self.reactor.workers()[0]["transport"]
         w0.proto.errReceived(b"warn " + b"y" * (ipc.MAX_LINE + 10))
@@ -110,10 +107,7 @@ class SupervisorIPCTests(SupervisorCase):
         self.flushLoggedErrors()
 
     def test_worker_log_lines_are_passed_through(self):
-        from twisted.logger import globalLogPublisher
-        seen = []
-        globalLogPublisher.addObserver(seen.append)
-        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        seen = capture_log(self)
         self.start()
         w1 = self.reactor.workers()[1]["transport"]
         w1.proto.errReceived(b"error postgres unavailable (attempt 1)\ninfo hal")

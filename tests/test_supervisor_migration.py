@@ -9,7 +9,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from nightowl.drain import ipc
 from nightowl.drain.supervisor import DrainSupervisor
 from nightowl.metrics import Metrics
-from tests.supervisor_support import FakeBufferWriter, SpawningReactor, SupervisorCase, settings
+from tests.supervisor_support import (
+    FakeBufferWriter, SpawningReactor, SupervisorCase, capture_log, settings)
 
 
 class SupervisorMigrationTests(SupervisorCase):
@@ -61,10 +62,8 @@ class MigrationRetryTests(SynchronousTestCase):
         self.metrics = Metrics(self.reactor)
 
     def test_failed_migration_is_retried_with_backoff_and_its_cause_logged(self):
-        from twisted.logger import globalLogPublisher, formatEvent
-        seen = []
-        globalLogPublisher.addObserver(seen.append)
-        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        from twisted.logger import formatEvent
+        seen = capture_log(self)
         sup = DrainSupervisor(self.buffer, self.metrics, reactor=self.reactor, **settings())
         sup.migrate_backoff = lambda attempt: [2.0, 4.0, 8.0][attempt]
         sup.startService()
