@@ -104,7 +104,7 @@ def _simd_array(payload):
     records it never accepted what orjson refuses, except a leading BOM,
     which orjson refuses and is sent to it here.
     """
-    if simdjson is None or payload[:3] == _BOM:
+    if simdjson is None or payload.startswith(_BOM):
         return False
     parser = getattr(_parsers, "parser", None)
     if parser is None:
