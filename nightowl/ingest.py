@@ -25,12 +25,18 @@ class IngestProtocol(Protocol):
     _finished = False
     _held = 0
     _sized = False
+    # bytes read at accept time by nightowl.fastaccept.IngestPort, or None
+    early = None
 
     def connectionMade(self):
         factory = self.factory
         factory.metrics.connections_open += 1
         self._parser = wire.FrameParser(factory.max_frame_bytes)
         factory.watch(self)
+        early = self.early
+        if early is not None:
+            self.early = None
+            self.dataReceived(early)
 
     def dataReceived(self, data):
         if self._finished:

@@ -14,8 +14,9 @@ import re
 import socket
 import sys
 
-from twisted.application import service
-from twisted.internet import tcp
+
+
+from nightowl.fastaccept import IngestPort, IngestPortService
 
 
 def unavailable(platform=None):
@@ -55,11 +56,11 @@ def parse_tcp(description):
     return port, interface, backlog
 
 
-class ReusePort(tcp.Port):
+class ReusePort(IngestPort):
     """A listening TCP port that other processes of this user may bind as well."""
 
     def createInternetSocket(self):
-        skt = tcp.Port.createInternetSocket(self)
+        skt = IngestPort.createInternetSocket(self)
         skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         return skt
 
@@ -81,42 +82,7 @@ def probe(description):
         s.close()
 
 
-class ReusePortService(service.Service):
-    """
-    Like ``strports.service(description, factory)``, but the port is a
-    L{ReusePort}.  Binds in ``privilegedStartService`` so that a port that
-    cannot be bound stops startup (``CannotListenError``).
-    """
+class ReusePortService(IngestPortService):
+    """L{IngestPortService} whose port is a L{ReusePort}: one of several ingest processes."""
 
-    name = "ingest"
-
-    def __init__(self, description, factory, reactor=None):
-        if reactor is None:
-            from twisted.internet import reactor
-        self.reactor = reactor
-        self.port_number, self.interface, self.backlog = parse_tcp(description)
-        self.factory = factory
-        self._listening = None
-
-    def privilegedStartService(self):
-        if self._listening is None:
-            port = ReusePort(self.port_number, self.factory, self.backlog, self.interface,
-                             reactor=self.reactor)
-            port.startListening()
-            self._listening = port
-        service.Service.privilegedStartService(self)
-
-    def startService(self):
-        self.privilegedStartService()
-        service.Service.startService(self)
-
-    def stopService(self):
-        service.Service.stopService(self)
-        port, self._listening = self._listening, None
-        if port is not None:
-            return port.stopListening()
-        return None
-
-    def port(self):
-        """The bound IListeningPort, or None (as L{nightowl.listen.ListenerService})."""
-        return self._listening
+    port_class = ReusePort

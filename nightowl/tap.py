@@ -261,6 +261,10 @@ def makeService(options, reactor=None):
     if options.get("reuse-port"):   # one of several ingest processes shares the port
         from nightowl.reuseport import ReusePortService
         ingest = ReusePortService(with_backlog(options["listen"]), factory, reactor=reactor)
+    elif options["listen"].split(":", 1)[0].lower() in ("tcp", "tcp6"):
+        # TCP: served at accept time where the frame is whole (nightowl.fastaccept)
+        from nightowl.fastaccept import IngestPortService
+        ingest = IngestPortService(with_backlog(options["listen"]), factory, reactor=reactor)
     else:
         ingest = ListenerService(with_backlog(options["listen"]), factory, reactor, name="ingest")
     supervisor = DrainSupervisor(

@@ -80,14 +80,17 @@ def test_plugin_file_ships_in_the_package_data():
 def test_make_service_binds_listener(tmp_path):
     from tests.fakes import MemoryThreadReactor
     reactor = MemoryThreadReactor()
-    opts = tap.parse(["--listen", "tcp:2407:interface=127.0.0.1", "--buffer",
+    from nightowl.fastaccept import IngestPort
+    opts = tap.parse(["--listen", "tcp:0:interface=127.0.0.1", "--buffer",
                       str(tmp_path / "b.sqlite"), "--health", "none"], environ={})
     svc = tap.makeService(opts, reactor=reactor)
     svc.privilegedStartService()
     svc.startService()
     try:
-        ports = [(p[0], p[3]) for p in reactor.tcpServers]
-        assert (2407, "127.0.0.1") in ports
+        # a tcp: listener is the ingest port (nightowl.fastaccept), really bound
+        port = svc.ingest.port()
+        assert isinstance(port, IngestPort)
+        assert port.getHost().host == "127.0.0.1" and port.getHost().port > 0
     finally:
         reactor.wait(svc.stopService())
 
