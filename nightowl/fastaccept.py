@@ -27,23 +27,13 @@ from twisted.application import service
 from twisted.internet import address, main, tcp
 from twisted.python.failure import Failure
 
+from nightowl.wire import frame_decided
+
 # Read at accept time: a frame up to this size is served without the reactor.
 FIRST_READ = 65536
 # Seconds the kernel may hold a connection that has sent nothing (Linux).
 DEFER_ACCEPT = 1
 _DONE = Failure(main.CONNECTION_DONE)
-
-
-def frame_complete(data):
-    """True when ``data`` holds a whole ``<len>:`` frame (or cannot be one)."""
-    colon = data.find(b":", 0, 12)
-    if colon < 0:
-        return len(data) >= 12  # no length prefix: the parser refuses it now
-    try:
-        need = int(data[:colon])
-    except ValueError:
-        return True  # refused by the parser at once
-    return len(data) - colon - 1 >= need
 
 
 class DirectTransport:
@@ -134,13 +124,14 @@ class IngestPort(tcp.Port):
             data = None
         except OSError:
             data = b""
-        if data and frame_complete(data):
+        if data and frame_decided(data):
             self.direct += 1
             transport = DirectTransport(skt, protocol, addr, port)
         else:
             self.through_reactor += 1
             transport = tcp.Server(skt, protocol, addr, port, sessionno, reactor)
-        protocol.early = data or None
+        if data:
+            protocol.early = data
         return transport
 
 

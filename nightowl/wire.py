@@ -109,6 +109,22 @@ def split_body(body):
     return Frame(version, body[first + 1:second], body[second + 1:])
 
 
+def frame_decided(data):
+    """
+    True when a fresh L{FrameParser} fed ``data`` would return a frame or
+    raise, never wait for more (the ingest port serves such a connection
+    without the reactor).  The same prefix rules as the parser; where this
+    says False the parser may still decide, which only costs the reactor.
+    """
+    colon = data.find(b":")
+    if colon < 0:
+        return len(data) > MAX_PREFIX_DIGITS or not data.isdigit()
+    prefix = data[:colon]
+    if not prefix.isdigit():
+        return True
+    return len(data) - colon - 1 >= int(prefix)
+
+
 class FrameParser:
     """
     Incremental frame parser: feed it bytes in any segmentation, it returns
