@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nightowl import wire
+from nightowl.fastaccept import DirectTransport
 
 # Bytes held by all connections at once before new data is refused.
 MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
@@ -32,11 +33,12 @@ class IngestProtocol(Protocol):
         factory = self.factory
         factory.metrics.connections_open += 1
         self._parser = wire.FrameParser(factory.max_frame_bytes)
-        factory.watch(self)
         early = self.early
         if early is not None:
             self.early = None
             self.dataReceived(early)
+        if not self._finished:
+            factory.watch(self)  # a frame whole at accept time is never watched
 
     def dataReceived(self, data):
         if self._finished:
@@ -163,13 +165,27 @@ class _Stored:
     delivery loop, which acks the rest of the group after it.
     """
 
-    __slots__ = ("proto", "size", "called", "forward")
+    __slots__ = ("proto", "size", "called", "forward", "direct")
     log = Logger()
 
     def __init__(self, proto, size):
         self.proto = proto
         self.size = size
         self.called = False
+        transport = proto.transport
+        # a connection no reactor holds is acked by the writer thread itself
+        self.direct = transport if type(transport) is DirectTransport else None
+
+    def committed(self):
+        """
+        Called on the buffer's writer thread once the payload's transaction
+        has committed: a direct connection gets its ``2:OK`` there and then,
+        without waiting for the reactor; ``callback`` follows on the reactor
+        for the bookkeeping.
+        """
+        direct = self.direct
+        if direct is not None:
+            direct.ack_from_thread(wire.OK)
 
     def callback(self, _ignored):
         self.called = True

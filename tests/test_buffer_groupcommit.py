@@ -130,3 +130,32 @@ def test_a_bug_in_the_writer_fails_the_group_and_the_thread_lives(writer, monkey
     monkeypatch.setattr(w, "_commit_group", original)
     assert reactor.wait(w.append(b"[2]")) is None
     assert w.alive() and w.inflight == 0
+
+
+def test_groups_committed_while_the_reactor_is_busy_wake_it_once(writer):
+    import time
+    w, reactor = writer
+
+    def committed(n):
+        deadline = time.time() + 5
+        while w.appended < n and time.time() < deadline:
+            time.sleep(0.001)
+        return w.appended == n
+
+    first = w.append(b"[1]")
+    f, args, kwargs = reactor.calls.get(timeout=5)   # the flush: hand the batch over
+    f(*args, **kwargs)
+    assert committed(1)
+    second = w.append(b"[2]")
+    back = reactor.calls.get(timeout=5)              # the first group's results, waiting
+    f, args, kwargs = reactor.calls.get(timeout=5)   # the second batch's flush
+    f(*args, **kwargs)
+    assert committed(2) and w.commits == 2
+    time.sleep(0.05)
+    # the second group's results joined the first's: no second wake-up
+    assert reactor.calls.qsize() == 0
+    assert not first.called and not second.called
+    f, args, kwargs = back
+    f(*args, **kwargs)
+    assert first.called and second.called
+    assert w.inflight == 0

@@ -200,3 +200,60 @@ def test_a_protocol_without_early_gets_a_plain_server_and_its_bytes_unread():
 def test_listening_socket_defers_accept_until_data(served):
     value = served.port.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT)
     assert value > 0
+
+
+class WriterServed(Served):
+    """Served, on the real BufferWriter: its writer thread commits and acks."""
+
+    def __init__(self, path):
+        from nightowl.buffer.writer import BufferWriter
+        from tests.fakes import ThreadReactor
+        self.threads = ThreadReactor()
+        self.writer = BufferWriter(path, reactor=self.threads)
+        self.writer.open()
+        clock = Clock()
+        metrics = Metrics(clock)
+        Served.__init__(self, IngestFactory(self.writer, metrics, reactor=clock))
+        self.metrics = metrics
+
+    def run_reactor_call(self):
+        """One call the writer (or append's flush) left for the reactor thread."""
+        f, args, kwargs = self.threads.calls.get(timeout=10)
+        f(*args, **kwargs)
+
+    def close(self):
+        Served.close(self)
+        self.threads.wait(self.writer.close())
+
+
+def test_direct_connection_is_acked_by_the_writer_thread_before_the_reactor_runs(tmp_path):
+    s = WriterServed(str(tmp_path / "b.sqlite"))
+    try:
+        client = s.connect(wire.encode_frame(PAYLOAD))
+        s.accept()
+        assert s.port.direct == 1
+        assert nothing_yet(client)
+        s.run_reactor_call()            # the flush: the batch goes to the writer thread
+        # committed, and answered from the writer thread, with the reactor idle
+        assert reply(client) == b"2:OK"
+        assert s.writer.appended == 1
+        assert s.metrics.accepted == 0 and s.metrics.connections_open == 1
+        s.run_reactor_call()            # the bookkeeping, on the reactor
+        assert s.metrics.accepted == 1 and s.metrics.connections_open == 0
+        assert s.writer.inflight == 0
+    finally:
+        s.close()
+
+
+def test_payload_the_writer_refuses_is_answered_error_by_the_reactor(tmp_path):
+    s = WriterServed(str(tmp_path / "b.sqlite"))
+    try:
+        client = s.connect(wire.encode_frame(b'[{"a": nope}]'))
+        s.accept()
+        s.run_reactor_call()            # the flush
+        s.run_reactor_call()            # the refusal, delivered to the reactor
+        assert reply(client) == b"5:ERROR"
+        assert s.writer.appended == 0
+        assert s.metrics.accepted == 0 and s.metrics.connections_open == 0
+    finally:
+        s.close()

@@ -28,6 +28,21 @@ DELETE_CHUNK = 100
 MAX_GROUP = 4096  # operations per transaction at most
 
 
+def _committed(batch):
+    """
+    Tell each waiter of a committed batch that has a ``committed`` hook
+    (nightowl.ingest's acks, which answer direct connections from here), on
+    the writer thread, before the results go back to the reactor.
+    """
+    for _payload, waiter in batch:
+        hook = getattr(waiter, "committed", None)
+        if hook is not None:
+            try:
+                hook()
+            except Exception:
+                pass  # the ack still follows on the reactor
+
+
 class WriterThread:
     """
     Mixed into BufferWriter, whose attributes it uses: ``path``, ``sync``,
@@ -87,7 +102,7 @@ class WriterThread:
                     # A bug, not a database error (those are handled inside):
                     # never let the writer thread die with callers waiting.
                     self.write_errors += 1
-                    self.reactor.callFromThread(self._failUnfired, work, Failure())
+                    self._hand_back(self._failUnfired, (work, Failure()))
             if closing:
                 # Anything queued behind the close still gets committed.
                 try:
@@ -105,8 +120,7 @@ class WriterThread:
                     pass
                 self._conn.close()
                 self._lock.release()
-                self.reactor.callFromThread(
-                    self._deliver, [(d, None) for (_op, _arg, d) in closing])
+                self._hand_back(self._deliver, ([(d, None) for (_op, _arg, d) in closing],))
                 return
 
     def _commit_group(self, ops):
@@ -171,7 +185,7 @@ class WriterThread:
             op, arg, d = ops[0]
             # An append op carries its batch of (payload, Deferred) in arg.
             target = arg if op == "append" else d
-            self.reactor.callFromThread(self._deliver, [(target, failure)])
+            self._hand_back(self._deliver, ([(target, failure)],))
             return
         for key, n in deltas:
             if key[0] == "=":  # an absolute count (recount), in operation order
@@ -183,7 +197,36 @@ class WriterThread:
         self.appended += sum(len(valid[id(op[1])]) for op in ops if op[0] == "append")
         self.commits += 1
         self.last_commit_at = now
-        self.reactor.callFromThread(self._deliver, results)
+        for op, batch, _checked in ops:
+            if op == "append":
+                _committed(valid[id(batch)])
+        self._hand_back(self._deliver, (results,))
+
+    def _hand_back(self, f, args):
+        """
+        Run ``f(*args)`` on the reactor thread, after everything handed back
+        before it.  While an earlier hand-back still waits for the reactor,
+        this one joins it instead of waking the reactor again (a pipe write
+        per group, and the reactor wakes for new connections anyway when it
+        is busy).
+        """
+        with self._back_lock:
+            self._back.append((f, args))
+            if self._back_scheduled:
+                return
+            self._back_scheduled = True
+        self.reactor.callFromThread(self._run_handed_back)
+
+    def _run_handed_back(self):
+        """The reactor thread's side of L{_hand_back}."""
+        with self._back_lock:
+            calls, self._back = self._back, []
+            self._back_scheduled = False
+        for f, args in calls:
+            try:
+                f(*args)
+            except Exception:
+                self.log.failure("buffer writer: delivering results")
 
     # -- operations: (value, counter deltas), inside the group's transaction --
 

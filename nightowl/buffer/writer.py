@@ -67,6 +67,10 @@ class BufferWriter(groupcommit.WriterThread, service.Service):
         self.buffer_id = None
         self.moved_aside = None
         self._queue = queue.SimpleQueue()
+        # results waiting for the reactor thread (groupcommit._hand_back)
+        self._back = []
+        self._back_lock = threading.Lock()
+        self._back_scheduled = False
         self._batch = []
         self._checked = []  # appends already checked (nightowl.checker): not validated again
         self._flush_scheduled = False
