@@ -73,3 +73,11 @@ def test_issue12_figures_with_and_without_the_drain():
     assert len(lines) == 4 and sum(line.endswith("MISS") for line in lines) == 3
     nothing = e2e_ratios.figures(None, None, only)
     assert nothing["cpu_ratio"] is None and not any(nothing["met"].values())
+
+
+def test_confirmation_falls_back_to_the_lower_rates_that_passed():
+    tried = [(4000, True), (6000, False), (5000, True)]
+    assert e2e.confirmation_rates(5000, tried) == [5000, 4000]
+    tried = [(2000, True), (4000, True), (6000, True), (8000, False), (7000, True)]
+    assert e2e.confirmation_rates(7000, tried) == [7000, 6000, 4000]
+    assert e2e.confirmation_rates(None, [(4000, False)]) == []

@@ -11,7 +11,8 @@ The question is the sustainable rate: the highest rate at which ingest and
 drain keep pace, i.e. the buffer stays flat.  A rate search steps up from
 ``--start-rate`` by ``--rate-step`` in ``--step-seconds`` steps until a step
 is not flat, bisects once between the last flat and the first unflat rate,
-then confirms the best rate for ``--duration``.
+then confirms the best rate for ``--duration`` (falling back to the lower
+rates that passed the search, highest first, when it does not hold).
 
 A step is **flat** when the backlog (pending + claimed rows, from /status)
 at the end of the step is no more than ``bound`` above the backlog at its
@@ -37,6 +38,8 @@ import threading
 import time
 
 from nightowl.bench import e2e_ratios, procfs, pyspy, scratch
+from nightowl.bench.e2e_search import (
+    confirmation_rates, flat_bound, is_flat, is_sustained, rate_search)
 from nightowl.bench.agent import Agent, wait_for
 
 TARGET = {"rate": 8000, "p99_ms": 20.0, "rss_mb": 150.0}
@@ -71,53 +74,6 @@ def configure(parser):
     parser.add_argument("--no-ingest-only", action="store_true",
                         help="skip the half-rate step and the ingest-only agent (the three "
                              "issue 12 figures: CPU with/without drain, rate, p99 at half)")
-
-
-# -- pure rules (tests/test_bench_e2e.py) ------------------------------------------
-
-def flat_bound(rate, batch_size):
-    """How far the backlog may rise over a step and still count as flat."""
-    return max(2 * batch_size, int(rate))
-
-
-def is_flat(backlog_start, backlog_end, rate, batch_size):
-    """The buffer kept pace: the backlog rose by no more than L{flat_bound}."""
-    return backlog_end - backlog_start <= flat_bound(rate, batch_size)
-
-
-def is_sustained(target_rate, achieved_rate, ok, started):
-    """The generator really sent at the rate and every frame was acked."""
-    return achieved_rate >= 0.95 * target_rate and started > 0 and ok == started
-
-
-def rate_search(probe, start, step, max_rate):
-    """
-    Step up from ``start`` by ``step`` while ``probe(rate)`` is true (and
-    the rate is at most ``max_rate``); after the first failure bisect once
-    between the last good and the failing rate.  Returns ``(best, tried)``:
-    best is the highest rate that passed (None if none did) and tried the
-    ``[(rate, passed)]`` in order.
-    """
-    tried = []
-    best = None
-    rate = start
-    while rate <= max_rate:
-        ok = bool(probe(rate))
-        tried.append((rate, ok))
-        if not ok:
-            low = best if best is not None else 0
-            mid = (low + rate) // 2
-            # one bisection, rounded to 100/s, only when it lands strictly inside
-            mid = mid - mid % 100
-            if mid > low and mid < rate:
-                ok_mid = bool(probe(mid))
-                tried.append((mid, ok_mid))
-                if ok_mid:
-                    best = mid
-            break
-        best = rate
-        rate += step
-    return best, tried
 
 
 def cpu_pct(ticks_before, ticks_after, seconds, clk_tck=100):
@@ -319,13 +275,17 @@ def run(args):
         summary["steps"] = steps
         summary["best_flat_rate"] = best
         confirm = None
-        if best:
-            say("confirmation at {}/s for {} s".format(best, args.duration))
+        for rate in confirmation_rates(best, [(s["rate"], s["passed"]) for s in steps]):
+            say("confirmation at {}/s for {} s".format(rate, args.duration))
             say(HEADER)
-            confirm = step(agent, frames_path, best, args.duration, args.concurrency,
+            confirm = step(agent, frames_path, rate, args.duration, args.concurrency,
                            args.batch_size, args.admin_dsn, name)
             say(_row(confirm))
+            best = rate
+            if confirm["passed"]:
+                break
         summary["confirmation"] = confirm
+        summary["confirmed_rate"] = best if confirm is not None and confirm["passed"] else None
         held = confirm is not None and confirm["passed"]
         met = {
             "rate": bool(held and confirm["rate"] >= TARGET["rate"]),
