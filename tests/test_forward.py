@@ -36,7 +36,9 @@ class MemoryForwardBuffer:
     def run(self, fn):
         if self.failing:
             return defer.fail(IOError("disk gone"))
-        return defer.succeed(fn(self.conn))
+        value = fn(self.conn)
+        self.queue.committed()   # as the writer thread does after each commit
+        return defer.succeed(value)
 
     def stored(self):
         return [bytes(r[0]) for r in self.conn.execute("SELECT payload FROM forwards ORDER BY id")]

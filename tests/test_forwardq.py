@@ -172,3 +172,27 @@ def test_frame_size_matches_frame():
     for n in (0, 1, 9, 10, 95, 96, 1000, 99990):
         payload = b"x" * n
         assert forwardq.frame_size(b"abc1234", payload) == len(forwardq.frame(b"abc1234", payload))
+
+
+def test_delete_in_a_group_that_rolls_back_is_counted_once(fwd):
+    import threading
+    w, q, reactor = fwd
+    for i in range(4):
+        reactor.wait(append_frame(w, frame_of(b"[%d]" % i)))
+    rows = reactor.wait(take_all(w, q))
+    hold = threading.Event()
+    held = w.run(lambda conn: hold.wait(5))     # keeps the writer busy meanwhile
+
+    def boom(conn):
+        raise sqlite3.OperationalError("disk I/O error")
+    # one group: the delete, then an operation that fails it; the writer
+    # rolls back and retries them one by one
+    deleted = w.run(lambda conn: q.delete(conn, [rows[0][0], rows[1][0]]))
+    bad = w.run(boom)
+    hold.set()
+    reactor.wait(held)
+    assert reactor.wait(deleted) == 2
+    with pytest.raises(sqlite3.OperationalError):
+        reactor.wait(bad)
+    assert (q.rows, q.bytes) == forwardq.counts(sqlite3.connect(w.path))[:2]
+    assert q.rows == 2

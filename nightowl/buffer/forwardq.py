@@ -69,6 +69,7 @@ class ForwardQueue:
         self.dropped_bytes = 0
         self.inserted = 0
         self.trimmed_below = 0   # every id below this was dropped or delivered
+        self._deleted = [0, 0]   # rows, bytes deleted in the open transaction
 
     def opened(self, conn):
         """Read the counters of the file (writer thread, at open)."""
@@ -142,7 +143,21 @@ class ForwardQueue:
         self.dropped_bytes += dropped_bytes
 
     def rolled_back(self):
-        """After a rollback: nothing to apply (the ids are reused)."""
+        """
+        After a rollback: forget the deletes counted in the transaction (the
+        writer retries its operations one by one, and a delete counted twice
+        made the backlog drift below the table).  Insert changes need nothing:
+        they are applied only after the commit.
+        """
+        self._deleted = [0, 0]
+
+    def committed(self):
+        """After a commit: the deletes of the transaction leave the backlog."""
+        n, size = self._deleted
+        if n:
+            self.rows -= n
+            self.bytes -= size
+            self._deleted = [0, 0]
 
     # -- the forwarder's operations (BufferWriter.run: writer thread) ---------
 
@@ -164,10 +179,9 @@ class ForwardQueue:
     def delete(self, conn, ids):
         """Forget delivered (or given up) rows; their count and bytes leave the backlog."""
         n, size = delete(conn, ids)
-        # writer thread, inside the transaction: counted now (a rollback of
-        # a run() op fails the whole op and the forwarder retries it)
-        self.rows -= n
-        self.bytes -= size
+        # writer thread, inside the transaction: counted once it commits
+        self._deleted[0] += n
+        self._deleted[1] += size
         return n
 
 

@@ -171,6 +171,8 @@ class WriterThread:
         except Exception:
             failure = Failure()
             self._next_id = None  # re-read after a rollback
+            if self.forward_queue is not None:
+                self.forward_queue.rolled_back()
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
@@ -192,8 +194,9 @@ class WriterThread:
                 setattr(self, key[1:], n)
             else:
                 setattr(self, key, getattr(self, key) + n)
-        if forwarded is not None:
+        if self.forward_queue is not None:
             self.forward_queue.applied(forwarded)
+            self.forward_queue.committed()
         self.appended += sum(len(valid[id(op[1])]) for op in ops if op[0] == "append")
         self.commits += 1
         self.last_commit_at = now
