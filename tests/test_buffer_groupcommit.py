@@ -159,3 +159,51 @@ def test_groups_committed_while_the_reactor_is_busy_wake_it_once(writer):
     f(*args, **kwargs)
     assert first.called and second.called
     assert w.inflight == 0
+
+
+def test_appends_beside_bookkeeping_are_committed_and_acked_first(writer):
+    import threading
+    w, reactor = writer
+    hold = threading.Event()
+    held = w.run(lambda conn: hold.wait(5))     # the writer is busy: the next ops group up
+    seen = {}
+
+    class Waiter:
+        called = False
+
+        def __init__(self):
+            self.acked = threading.Event()
+
+        def committed(self):                     # writer thread, after the commit
+            self.acked.set()
+
+        def callback(self, _):
+            self.called = True
+
+        def errback(self, _):
+            self.called = True
+
+    waiter = Waiter()
+
+    def bookkeeping(conn):                       # queued before the append
+        seen["acked"] = waiter.acked.is_set()
+        other = sqlite3.connect(w.path)
+        seen["visible"] = other.execute("SELECT count(*) FROM payloads").fetchone()[0]
+        other.close()
+    booked = w.run(bookkeeping)
+    w.append(b"[1]", waiter=waiter)
+    f, args, kwargs = [c for c in iter_calls(reactor) if c[0] == w._flush][0]
+    f(*args, **kwargs)                           # hand the append over behind the run
+    hold.set()
+    reactor.wait(held)
+    reactor.wait(booked)
+    # the append was committed, and its ack sent, before the bookkeeping ran
+    assert seen == {"acked": True, "visible": 1}
+
+
+def iter_calls(reactor):
+    """Every call queued for the reactor so far (taken off the queue)."""
+    calls = []
+    while not reactor.calls.empty():
+        calls.append(reactor.calls.get())
+    return calls

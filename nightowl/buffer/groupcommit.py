@@ -124,6 +124,21 @@ class WriterThread:
                 return
 
     def _commit_group(self, ops):
+        """
+        Commit ``ops`` in one transaction, except that the appends of a
+        group that also holds the drain's bookkeeping (claims, marks,
+        deletes, forward runs) are committed, and so acknowledged, first in
+        a transaction of their own: an ack never waits for a claim or a mark
+        of thousands of rows queued beside it.
+        """
+        appends = [op for op in ops if op[0] == "append"]
+        if appends and len(appends) < len(ops):
+            self._commit_ops(appends)
+            self._commit_ops([op for op in ops if op[0] != "append"])
+        else:
+            self._commit_ops(ops)
+
+    def _commit_ops(self, ops):
         conn = self._conn
         now = self.clock()
         results = []
