@@ -14,7 +14,6 @@ a gzip stream of either.
 import hmac
 import zlib
 
-import orjson
 import xxhash
 
 OK = b"2:OK"

@@ -82,7 +82,7 @@ def test_low_water_is_the_smallest_unfinished_id(writer):
     w, reactor = writer
     for i in range(6):
         reactor.wait(w.append(b"[]"))
-    ids = reactor.wait(w.claim(0, 2))          # 1, 2 claimed
+    assert reactor.wait(w.claim(0, 2)) == [1, 2]
     reactor.wait(w.mark_drained([1]))
     assert reactor.wait(w.housekeep(safety=3600))["low_water"] == 2
     reactor.wait(w.mark_drained([2]))

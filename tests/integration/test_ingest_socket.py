@@ -95,7 +95,6 @@ def test_sigterm_finishes_and_closes(tmp_path):
 
 def test_bad_option_is_one_line_no_traceback(tmp_path):
     import subprocess
-    import sys
     out = subprocess.run(TWISTD + ["-n", "--pidfile=", "nightowl",
                           "--max-pending", "many", "--buffer", str(tmp_path / "b")],
                          capture_output=True, text=True)
@@ -107,7 +106,6 @@ def test_bad_option_is_one_line_no_traceback(tmp_path):
 def test_failed_bind_stops_startup(tmp_path):
     import socket
     import subprocess
-    import sys
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen(1)
@@ -127,7 +125,6 @@ def test_failed_bind_stops_startup(tmp_path):
 
 def test_unwritable_buffer_stops_startup(tmp_path):
     import subprocess
-    import sys
     target = tmp_path / "dir"
     target.write_text("a file where a directory should be")
     out = subprocess.run(TWISTD + ["-n", "--pidfile=", "nightowl",

@@ -3,7 +3,6 @@
 import threading
 
 import psycopg2
-import pytest
 
 from tests.conftest import fetch
 from nightowl import cli, migrate
