@@ -81,3 +81,18 @@ def test_confirmation_falls_back_to_the_lower_rates_that_passed():
     tried = [(2000, True), (4000, True), (6000, True), (8000, False), (7000, True)]
     assert e2e.confirmation_rates(7000, tried) == [7000, 6000, 4000]
     assert e2e.confirmation_rates(None, [(4000, False)]) == []
+
+
+def test_settled_needs_the_backlog_and_the_drained_rows_down():
+    class Agent:
+        def __init__(self, **buffer):
+            self.buffer = buffer
+
+        def status(self):
+            return {"buffer": self.buffer} if self.buffer else None
+
+    assert e2e._settled(Agent(pending=40, claimed=50, drained_kept=100), 100)
+    assert not e2e._settled(Agent(pending=40, claimed=70, drained_kept=0), 100)
+    # the workers caught up, the housekeeping has not yet deleted what they drained
+    assert not e2e._settled(Agent(pending=0, claimed=0, drained_kept=25000), 100)
+    assert not e2e._settled(Agent(), 100)          # no /status answer

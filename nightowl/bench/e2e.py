@@ -139,6 +139,15 @@ def _backlog(agent):
     return s["buffer"]["pending"] + s["buffer"]["claimed"]
 
 
+def _settled(agent, limit):
+    """Backlog and drained rows kept both at most ``limit``."""
+    s = agent.status()
+    if not s:
+        return False
+    b = s["buffer"]
+    return b["pending"] + b["claimed"] <= limit and b.get("drained_kept", 0) <= limit
+
+
 def _workers(agent):
     s = agent.status() or {}
     return [w["pid"] for w in s.get("workers") or () if w.get("alive") and w.get("pid")]
@@ -152,11 +161,18 @@ def _profile_targets(agent):
 def step(agent, frames_path, rate, seconds, concurrency, batch_size, admin_dsn, dbname,
          settle=120.0, start_backlog=None):
     """One fixed-rate step; the figures, with ``flat``, ``sustained`` and ``passed``.
-    It starts once the backlog is at most ``start_backlog`` (default: one batch)."""
+    It starts once the backlog is at most ``start_backlog`` (default: one batch;
+    given, the drained rows kept must be down to it too)."""
     from nightowl.bench import loadgen
     # start from a drained buffer, so a step does not inherit the last one's backlog
     limit = batch_size if start_backlog is None else start_backlog
-    wait_for(lambda: (_backlog(agent) or 0) <= limit, settle, every=0.5)
+    if start_backlog is None:
+        wait_for(lambda: (_backlog(agent) or 0) <= limit, settle, every=0.5)
+    else:
+        # steady state: the drained rows of the last step deleted too (the
+        # housekeeping's deletes of a big backlog are writer work no steady
+        # rate has)
+        wait_for(lambda: _settled(agent, limit), settle, every=0.5)
     backends, background = _pg_pids(admin_dsn, dbname)
     workers = _workers(agent)
     t_agent, t_workers = procfs.ticks_of([agent.pid]), procfs.ticks_of(workers)
@@ -324,7 +340,8 @@ def run(args):
                 say("half the sustained rate, with the drain: {}/s".format(best // 2))
                 say(HEADER)
                 # steady state: not while the workers still catch up on the
-                # backlog the search or the profile left (up to a batch)
+                # backlog the search or the profile left (up to a batch), nor
+                # while the housekeeping still deletes what they drained
                 half = step(agent, frames_path, best // 2, args.step_seconds, args.concurrency,
                             args.batch_size, args.admin_dsn, name, start_backlog=100)
                 say(_row(half))
