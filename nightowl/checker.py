@@ -19,6 +19,7 @@ checker always takes one frame, whatever its size.
 
 import queue
 import threading
+import time
 
 from twisted.application import service
 from twisted.internet import defer
@@ -29,6 +30,41 @@ from nightowl import wire
 
 # deflate's largest possible ratio is about 1032:1
 DEFLATE_RATIO = 1032
+# Between the pieces of a big payload the checker sleeps as long as the
+# piece took (times SHARE, at most MAX_PAUSE s).  orjson holds the GIL for
+# a whole piece and CPython hands a waiting thread the GIL only after its
+# 5 ms switch interval: a checker busy on gzip bombs back to back kept the
+# reactor and the writer waiting ~5 ms at every system call, and an
+# ordinary payload beside them took up to 3.3 s to be acked (bench faults,
+# big-frames).  Paced, the checker takes about half the GIL at most.
+SHARE = 1.0
+MAX_PAUSE = 0.01
+
+
+class Pacer:
+    """The checker thread's pause between pieces (nightowl.jsoncheck)."""
+
+    def __init__(self, share=SHARE, max_pause=MAX_PAUSE, clock=time.perf_counter,
+                 sleep=time.sleep):
+        self.share = share
+        self.max_pause = max_pause
+        self.clock = clock
+        self.sleep = sleep
+        self.mark = None
+        self.paused = 0.0  # seconds slept in all
+
+    def start(self):
+        """A new payload: its first piece starts now."""
+        self.mark = self.clock()
+
+    def __call__(self):
+        now = self.clock()
+        if self.mark is not None:
+            pause = min((now - self.mark) * self.share, self.max_pause)
+            if pause > 0:
+                self.sleep(pause)
+                self.paused += pause
+        self.mark = self.clock()
 
 
 class FrameChecker(service.Service):
@@ -51,6 +87,7 @@ class FrameChecker(service.Service):
         self.refused = 0
         self._queue = queue.SimpleQueue()
         self._thread = None
+        self.pacer = None  # the checker thread's Pacer, once it runs
 
     def wants(self, frame):
         """True if ``frame`` should be opened and checked here."""
@@ -117,12 +154,16 @@ class FrameChecker(service.Service):
         return d
 
     def _run(self):
+        from nightowl.jsoncheck import pace_this_thread
         call = self.reactor.callFromThread
+        pacer = self.pacer = Pacer()
+        pace_this_thread(pacer)
         while True:
             frame, d = self._queue.get()
             if frame is None:
                 call(d.callback, None)
                 return
+            pacer.start()
             try:
                 payload = self._decode(frame, self.token_hash, self.max_inflated_bytes)
             except Exception:

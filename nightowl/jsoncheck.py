@@ -90,7 +90,8 @@ def _loads(data):
 
 
 _BOM = b"\xef\xbb\xbf"
-_parsers = threading.local()  # a simdjson.Parser is reusable, not shareable
+# per thread: a simdjson.Parser (reusable, not shareable) and the pause hook
+_parsers = threading.local()
 
 
 def _simd_array(payload):
@@ -190,7 +191,17 @@ def _cuts(payload, start):
         target = pos + CHUNK
 
 
+def pace_this_thread(pause):
+    """
+    Have L{check_json_array} call ``pause()`` between the pieces of every
+    large payload it checks on the calling thread (the frame checker's
+    pacing: nightowl.checker); None stops it.
+    """
+    _parsers.pause = pause
+
+
 def _check_large(payload):
+    pause = getattr(_parsers, "pause", None)
     start = 0
     while start < len(payload) and payload[start] in _WS:
         start += 1
@@ -204,6 +215,8 @@ def _check_large(payload):
             piece = b"[" + payload[previous + 1:comma] + b"]"
         _check_piece(piece)
         previous = comma
+        if pause is not None:
+            pause()
     if previous is None:
         _check_piece(payload[start:])
     else:
