@@ -151,6 +151,19 @@ class AlertDispatcher(service.MultiService):
             except Exception:
                 pass
             raise
+        except Exception:
+            # Any other error (a table not migrated yet, a bad row) left the
+            # transaction aborted: without a rollback every later round on
+            # this connection failed with InFailedSqlTransaction, for good.
+            try:
+                conn.rollback()
+            except Exception:
+                self._local.conn = None
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+            raise
 
     # -- one round -----------------------------------------------------------------
 
@@ -197,7 +210,13 @@ class AlertDispatcher(service.MultiService):
     def _round_failed(self, failure):
         error = _one_line(failure)
         if error != self.figures["last_error"]:
-            self.log.error("alert round failed (will retry): {error}", error=error)
+            if self.channels_read_at is None and _schema_missing(failure):
+                # a fresh database: the drain's boot migration creates the
+                # alert tables in the same seconds; not an operator's problem
+                self.log.info("alerts wait for the schema (the drain migrates it): {error}",
+                              error=error)
+            else:
+                self.log.error("alert round failed (will retry): {error}", error=error)
         self.figures["last_error"] = error
 
     def notice_for(self, job):
@@ -274,6 +293,11 @@ class AlertDispatcher(service.MultiService):
 
 def channel_label(channel):
     return "{} ({})".format(channel.name, channel.type)
+
+
+def _schema_missing(failure):
+    """The round failed on a table that does not exist (yet): SQLSTATE 42P01."""
+    return getattr(failure.value, "pgcode", None) == "42P01"
 
 
 def _one_line(failure):
