@@ -64,15 +64,8 @@ class DirectTransport:
         ``write`` and ``loseConnection`` later (on the reactor) then only do
         the bookkeeping.
         """
-        skt = self.socket
-        try:
-            skt.send(message, _DONTWAIT)
-        except OSError:
-            pass  # the client gave up: nothing to tell it
-        try:
-            skt.close()
-        except OSError:
-            pass
+        self.write(message)
+        self._close()
         self.acked = True
 
     def write(self, data):
@@ -92,14 +85,17 @@ class DirectTransport:
         self.disconnecting = True
         self.connected = False
         if not self.acked:
-            try:
-                self.socket.close()
-            except OSError:
-                pass
+            self._close()
         protocol, self.protocol = self.protocol, None
         protocol.connectionLost(_DONE)
 
     abortConnection = loseConnection
+
+    def _close(self):
+        try:
+            self.socket.close()
+        except OSError:
+            pass
 
     def getPeer(self):
         return address.IPv4Address("TCP", *self._peer[:2]) if len(self._peer) == 2 else \

@@ -142,14 +142,7 @@ class AlertDispatcher(service.MultiService):
         try:
             return fn(conn, *args, **kwargs)
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
-            self._local.conn = None
-            with self._lock:
-                if conn in self._conns:
-                    self._conns.remove(conn)
-            try:
-                conn.close()
-            except Exception:
-                pass
+            self._discard(conn)
             raise
         except Exception:
             # Any other error (a table not migrated yet, a bad row) left the
@@ -158,12 +151,19 @@ class AlertDispatcher(service.MultiService):
             try:
                 conn.rollback()
             except Exception:
-                self._local.conn = None
-                try:
-                    conn.close()
-                except Exception:
-                    pass
+                self._discard(conn)
             raise
+
+    def _discard(self, conn):
+        """Forget and close this thread's connection (a new one is made next time)."""
+        self._local.conn = None
+        with self._lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+        try:
+            conn.close()
+        except Exception:
+            pass
 
     # -- one round -----------------------------------------------------------------
 

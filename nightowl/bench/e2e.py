@@ -139,13 +139,14 @@ def _backlog(agent):
     return s["buffer"]["pending"] + s["buffer"]["claimed"]
 
 
-def _settled(agent, limit):
-    """Backlog and drained rows kept both at most ``limit``."""
+def _settled(agent, limit, drained=True):
+    """The backlog at most ``limit``, and (``drained``) the drained rows kept too."""
     s = agent.status()
     if not s:
         return False
     b = s["buffer"]
-    return b["pending"] + b["claimed"] <= limit and b.get("drained_kept", 0) <= limit
+    return b["pending"] + b["claimed"] <= limit and (
+        not drained or b.get("drained_kept", 0) <= limit)
 
 
 def _workers(agent):
@@ -165,14 +166,12 @@ def step(agent, frames_path, rate, seconds, concurrency, batch_size, admin_dsn, 
     given, the drained rows kept must be down to it too)."""
     from nightowl.bench import loadgen
     # start from a drained buffer, so a step does not inherit the last one's backlog
+    # given start_backlog (steady state), the drained rows of the last step
+    # deleted too: the housekeeping's deletes of a big backlog are writer
+    # work no steady rate has
     limit = batch_size if start_backlog is None else start_backlog
-    if start_backlog is None:
-        wait_for(lambda: (_backlog(agent) or 0) <= limit, settle, every=0.5)
-    else:
-        # steady state: the drained rows of the last step deleted too (the
-        # housekeeping's deletes of a big backlog are writer work no steady
-        # rate has)
-        wait_for(lambda: _settled(agent, limit), settle, every=0.5)
+    wait_for(lambda: _settled(agent, limit, drained=start_backlog is not None), settle,
+             every=0.5)
     backends, background = _pg_pids(admin_dsn, dbname)
     workers = _workers(agent)
     t_agent, t_workers = procfs.ticks_of([agent.pid]), procfs.ticks_of(workers)
