@@ -9,13 +9,15 @@ write them, and recompute the hour's day row from the hour tier.  Replacing,
 never adding: running it twice gives the same rows.
 
 ``prune(conn, minute_days, hour_days, day_days)``: delete tier rows older
-than their retention, by the DATABASE clock (``now()``), never the host's.
+than their retention, by the DATABASE clock (``now()``), never the host's;
+the hour and day rows under ``DERIVE_LOCK``, which a dashboard totals fill
+holds (see ``prune``).
 """
 
 from datetime import timedelta
 
 from nightowl import records
-from nightowl.rollups import aggregate, span, write
+from nightowl.rollups import aggregate, derive, span, write
 
 HOUR = timedelta(hours=1)
 
@@ -152,13 +154,24 @@ def prune(conn, minute_days, hour_days, day_days):
     if not cur.fetchone()[0]:
         conn.rollback()
         return out      # a database from before the rollups migration
-    for table, days in ((write.TABLES["minute"], minute_days), (write.TABLES["hour"], hour_days),
-                        (write.TABLES["day"], day_days)):
-        cur.execute("DELETE FROM {} WHERE bucket < now() - make_interval(days => %s)".format(table),
-                    (int(days),))
-        out[table] = cur.rowcount
+    _delete_expired(cur, out, write.TABLES["minute"], minute_days)
+    conn.commit()
+    # The hour and day rows feed the dashboard's kept totals, which a fill
+    # merges holding DERIVE_LOCK (nightowl.dashboard.totals.fill).  Deleted
+    # under a fill in flight, their triggers would miss its uncommitted
+    # total, and it would then commit a total of rows gone: wait for it
+    # (derivers and fills only try this lock, so they skip a round instead).
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (derive.DERIVE_LOCK,))
+    _delete_expired(cur, out, write.TABLES["hour"], hour_days)
+    _delete_expired(cur, out, write.TABLES["day"], day_days)
     conn.commit()
     return out
+
+
+def _delete_expired(cur, out, table, days):
+    cur.execute("DELETE FROM {} WHERE bucket < now() - make_interval(days => %s)".format(table),
+                (int(days),))
+    out[table] = cur.rowcount
 
 
 def verify(conn, since, until, tiers=("minute", "hour")):
@@ -169,7 +182,6 @@ def verify(conn, since, until, tiers=("minute", "hour")):
     cannot match)."""
     import time
 
-    from nightowl.rollups import derive
     for _ in range(100):            # an agent's deriver may hold the lock for a moment
         if derive.run(conn, whole=True) is not None:
             break

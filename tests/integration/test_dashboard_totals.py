@@ -3,7 +3,8 @@ nightowl.dashboard.totals on real Postgres: a kind's series from the kept
 per-bucket totals (schema 0031) equals nightowl.rollups.query.series, before
 and after the table is filled, per environment, after a rebuild changes a
 kept hour (the triggers forget it), with a pending hour, and while a deriver
-holds its lock (nothing kept, the answer still right).
+holds its lock (nothing kept, the answer still right), and when tier
+retention prunes an hour under a fill in flight (no stale total stays).
 """
 
 import datetime
@@ -161,3 +162,47 @@ def test_long_ranges_are_read_in_whole_steps_of_their_chart():
     assert whole_steps(h - datetime.timedelta(days=7), h) == (h - datetime.timedelta(days=7), h)
     assert whole_steps(t - datetime.timedelta(days=30), t) == (
         datetime.datetime(2026, 11, 2, tzinfo=utc), datetime.datetime(2026, 12, 3, tzinfo=utc))
+
+
+def test_a_prune_under_a_fill_in_flight_leaves_no_stale_total(fresh_pg_dsn):
+    """A fill reads an old hour's rows and has not committed its total when
+    tier retention deletes that hour: the prune waits for the fill's lock,
+    so the triggers see the total and forget it (it used to stay)."""
+    import threading
+
+    migrate.apply(fresh_pg_dsn)
+    conn = psycopg2.connect(fresh_pg_dsn, options="-c TimeZone=UTC")
+    filler = psycopg2.connect(fresh_pg_dsn, options="-c TimeZone=UTC")
+    pruner = psycopg2.connect(fresh_pg_dsn)
+    try:
+        cur = conn.cursor()
+        at = _insert(cur, 400, "production", "g1", 200, 1234)  # ~17 days ago
+        conn.commit()
+        hour = at.replace(minute=0)
+        rebuild.rebuild_hour(conn, hour)
+        # a fill in flight, as totals.fill runs it: the lock, the merge, no commit yet
+        f = filler.cursor()
+        f.execute("SELECT pg_try_advisory_lock(%s)", (derive.DERIVE_LOCK,))
+        assert f.fetchone()[0]
+        filler.commit()
+        f.execute(totals.TUNING + totals.FILL.format(
+            totals=totals.TABLE, pending=write.PENDING, tier_table=write.TABLES["hour"]),
+            {"lo": hour, "hi": hour + datetime.timedelta(hours=1), "w": "3600 seconds",
+             "tier": "hour", "kind": "request"})
+        assert f.rowcount == 2  # the bucket's all-environments total and production's
+        done = []
+        pruning = threading.Thread(target=lambda: done.append(rebuild.prune(pruner, 30, 10, 400)))
+        pruning.start()
+        pruning.join(0.5)
+        assert not done, "the prune did not wait for the fill in flight"
+        filler.commit()
+        f.execute("SELECT pg_advisory_unlock(%s)", (derive.DERIVE_LOCK,))
+        filler.commit()
+        pruning.join(10)
+        assert done and done[0]["nightowl_rollups_hour"] == 1
+        cur.execute("SELECT count(*) FROM nightowl_dashboard_totals WHERE bucket = %s", (hour,))
+        assert cur.fetchone()[0] == 0
+        conn.rollback()
+    finally:
+        for c in (conn, filler, pruner):
+            c.close()
