@@ -5,6 +5,7 @@ DummyChannel; the loopback rule of the tap; SVG charts flattened with
 hostile labels.
 """
 
+import datetime
 import pytest
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
@@ -247,7 +248,6 @@ def _flat(tag):
 
 
 def test_svg_charts_escape_hostile_labels():
-    import datetime
     hostile = '</svg><script>window.__pwned=1</script>"><img src=x onerror=alert(1)>'
     t = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
     html = _flat(charts.line_chart(hostile, [t, t + datetime.timedelta(minutes=1)],
@@ -257,3 +257,26 @@ def test_svg_charts_escape_hostile_labels():
     assert "<script" not in html and "<img" not in html and "</svg><script" not in html
     assert "&lt;/svg&gt;&lt;script&gt;" in html
     assert html.count("<svg") == html.count("</svg>") == 3
+
+
+def test_the_rate_of_the_bucket_still_running_is_over_its_elapsed_minutes():
+    from nightowl.dashboard.views.overview import per_minute
+    hour = datetime.timedelta(hours=1)
+    t0 = datetime.datetime(2026, 12, 3, 10, tzinfo=datetime.timezone.utc)
+    series = [{"bucket": t0 + k * hour, "count": 6000} for k in range(3)]
+    series[2]["count"] = 1500       # 15 minutes into the current hour, at the same pace
+    rates, minutes = per_minute(series, until=t0 + 2 * hour + datetime.timedelta(minutes=15))
+    assert minutes == 60 and rates == [100.0, 100.0, 100.0]
+    # without the range's end the last bucket reads as a dip (the old chart)
+    assert per_minute(series)[0][2] == 25.0
+    # its first seconds say too little to draw
+    assert per_minute(series, until=t0 + 2 * hour + datetime.timedelta(seconds=5))[0][2] is None
+
+
+def test_overview_chart_labels_the_partial_bucket():
+    from nightowl.dashboard.views.overview import latency_charts
+    t0 = datetime.datetime(2026, 12, 3, 10, tzinfo=datetime.timezone.utc)
+    series = [{"bucket": t0 + datetime.timedelta(hours=k), "count": 60, "errors": 0,
+               "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0} for k in range(2)]
+    html = _flat(latency_charts(series, "Requests", t0 + datetime.timedelta(minutes=90)))
+    assert "the last one so far" in html

@@ -166,7 +166,7 @@ class DashboardResource(Resource):
         until = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
         scope = data.Scope(until - dict(RANGES)[range_name], until, arg(request, "env", 200))
         ctx = Context("/" + "/".join(parts), range_name, scope.environment, session.csrf,
-                      logout=self.auth.required)
+                      logout=self.auth.required, until=until)
         return ctx, scope
 
     def _get(self, request, parts, session, now):

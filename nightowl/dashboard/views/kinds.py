@@ -46,7 +46,7 @@ def render_kind(ctx, segment, data):
     kind, title, noun = KIND_PAGES[segment]
     bars = [(group_label(r), r["sum_ms"], group_href(ctx, segment, r))
             for r in data["by_sum"]]
-    body = [totals(data["series"], title), latency_charts(data["series"], title)]
+    body = [totals(data["series"], title), latency_charts(data["series"], title, ctx.until)]
     if segment == "cache":
         body.append(cache_section(data["stores"]))
     body.append(section("Most time-consuming", charts.bar_chart(
@@ -91,7 +91,7 @@ def render_group(ctx, segment, target, data):
         tags.p(tags.a("\u2190 all " + title.lower(), href=ctx.href("/" + segment))),
         tags.pre(target or "(none)", class_="target"),
         totals(data["series"], title),
-        latency_charts(data["series"], noun),
+        latency_charts(data["series"], noun, ctx.until),
         section("Slowest recent",
                 tags.p("The slowest of this group's newest {:,} rows since ".format(
                     data.get("samples_scan") or 0), when(data.get("samples_since")), ".",

@@ -22,8 +22,9 @@ NAV = (("/", "Overview"), ("/requests", "Requests"), ("/queries", "Queries"),
 class Context:
     """What the frame needs to know about this request."""
 
-    def __init__(self, path, range_name, environment, csrf, logout, refresh=60):
+    def __init__(self, path, range_name, environment, csrf, logout, refresh=60, until=None):
         self.path = path
+        self.until = until            # the range's end (now): the last bucket is partial
         self.range_name = range_name
         self.environment = environment
         self.environments = []

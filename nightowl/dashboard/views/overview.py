@@ -10,24 +10,35 @@ from nightowl.dashboard import charts
 from nightowl.dashboard.views.layout import (
     card, group_label, ms, num, page, pct, section, table, when)
 
-
-def per_minute(series):
-    """Requests per minute in each bucket."""
-    if len(series) < 2:
-        minutes = 1.0
-    else:
-        minutes = (series[1]["bucket"] - series[0]["bucket"]).total_seconds() / 60.0
-    return [s["count"] / minutes for s in series], minutes
+PARTIAL_MIN_SECONDS = 15
 
 
-def latency_charts(series, title):
+def per_minute(series, until=None):
+    """
+    Per minute in each bucket, and the bucket's width in minutes.  The
+    bucket holding ``until`` (now) has only its elapsed part behind it: it
+    is divided by its elapsed minutes (None in its first 15 s, too few to
+    say), so the rate does not dip at the chart's end as a count would.
+    """
+    width = 60.0 if len(series) < 2 else (
+        series[1]["bucket"] - series[0]["bucket"]).total_seconds()
+    rates = []
+    for s in series:
+        seconds = width
+        if until is not None:
+            seconds = min(width, (until - s["bucket"]).total_seconds())
+        rates.append(s["count"] * 60.0 / seconds if seconds >= PARTIAL_MIN_SECONDS else None)
+    return rates, width / 60.0
+
+
+def latency_charts(series, title, until=None):
     buckets = [s["bucket"] for s in series]
-    rate, minutes = per_minute(series)
+    rate, minutes = per_minute(series, until)
     errors = [(100.0 * s["errors"] / s["count"]) if s["count"] else None for s in series]
+    label = "per minute (averaged over {:g} min buckets{})".format(
+        minutes, "; the last one so far" if minutes > 1 and until is not None else "")
     return tags.div(class_="charts")(
-        charts.line_chart(title + ": per minute", buckets,
-                          [("per minute (averaged over {:g} min buckets)".format(minutes),
-                            "s-count", rate)], area=True),
+        charts.line_chart(title + ": per minute", buckets, [(label, "s-count", rate)], area=True),
         charts.line_chart(title + ": error rate", buckets, [("error rate", "s-err", errors)],
                           unit="%"),
         charts.line_chart(title + ": latency", buckets,
@@ -85,7 +96,7 @@ def render(ctx, data, health):
     return page(
         ctx, "Overview",
         totals(series, "Requests"),
-        latency_charts(series, "Requests"),
+        latency_charts(series, "Requests", ctx.until),
         section("Slowest routes (p95)", charts.bar_chart("Slowest routes by p95", bars, " ms")),
         section("Newest issues", table(["Issue", "Message", "Status", "Environment",
                                         "Occurrences#", "First seen"],
