@@ -24,6 +24,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from nightowl import pgerrors
 from nightowl.alerts import channels as channels_mod
 from nightowl.alerts import messages, outbox
 from nightowl.alerts.healthalerts import HealthAlerter
@@ -35,6 +36,9 @@ MAX_AGE = 86400.0           # retry for a day, then dead
 RETRY_INITIAL = 5.0
 RETRY_MAX = 3600.0
 STATS_EVERY = 15.0
+#: a missing database or table is the drain's boot still migrating (info) for
+#: this long after start; past it, an error once (a wrong --dsn database)
+SCHEMA_GRACE = 120.0
 
 CONNECT_OPTIONS = dict(
     connect_timeout=10, keepalives=1, keepalives_idle=10, keepalives_interval=5,
@@ -79,6 +83,8 @@ class AlertDispatcher(service.MultiService):
         self._lock = threading.Lock()
         self._round = None
         self._stats_at = None
+        self._started_at = reactor.seconds()
+        self._grace_over = False
         self.timer = TimerService(poll_interval, self.tick)
         self.timer.clock = reactor
         self.timer.setServiceParent(self)
@@ -99,6 +105,7 @@ class AlertDispatcher(service.MultiService):
         agent = Agent(self.reactor, pool=self._http_pool, connectTimeout=self.send_timeout)
         self.transport = Transport(self.reactor, HTTPClient(agent), timeout=self.send_timeout,
                                    environ=self.environ)
+        self._started_at = self.reactor.seconds()
         service.MultiService.startService(self)
 
     @defer.inlineCallbacks
@@ -209,14 +216,16 @@ class AlertDispatcher(service.MultiService):
 
     def _round_failed(self, failure):
         error = _one_line(failure)
-        if error != self.figures["last_error"]:
-            if self.channels_read_at is None and _schema_missing(failure):
-                # a fresh database: the drain's boot migration creates the
-                # alert tables in the same seconds; not an operator's problem
+        waiting = self.channels_read_at is None and _schema_missing(failure)
+        if waiting and self.reactor.seconds() - self._started_at < SCHEMA_GRACE:
+            # a fresh install: the drain's boot creates the database and the
+            # alert tables in the same seconds; not an operator's problem
+            if error != self.figures["last_error"]:
                 self.log.info("alerts wait for the schema (the drain migrates it): {error}",
                               error=error)
-            else:
-                self.log.error("alert round failed (will retry): {error}", error=error)
+        elif error != self.figures["last_error"] or (waiting and not self._grace_over):
+            self._grace_over = self._grace_over or waiting
+            self.log.error("alert round failed (will retry): {error}", error=error)
         self.figures["last_error"] = error
 
     def notice_for(self, job):
@@ -296,8 +305,10 @@ def channel_label(channel):
 
 
 def _schema_missing(failure):
-    """The round failed on a table that does not exist (yet): SQLSTATE 42P01."""
-    return getattr(failure.value, "pgcode", None) == "42P01"
+    """The round failed on a table (42P01) or on the database (3D000: the
+    drain's boot creates it, as the README's first run does) that does not
+    exist yet."""
+    return pgerrors.sqlstate(failure.value) in ("42P01", "3D000")
 
 
 def _one_line(failure):
