@@ -70,12 +70,16 @@ def probe(description):
     Bind ``description`` with SO_REUSEPORT once and let it go: raises
     ``OSError`` when the port is taken by a socket without the option (the
     children would all fail), without holding a socket that would take
-    connections.
+    connections.  SO_REUSEADDR as the children's ports have it (Twisted sets
+    it): the agent closes every connection first, so a restart under
+    traffic finds its port full of TIME_WAIT sockets, which do not stop the
+    children listening and must not stop the probe either.
     """
     port, interface, _backlog = parse_tcp(description)
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.bind((interface, port))   # bound, never listening: it takes no connection
     finally:

@@ -316,6 +316,24 @@ class ReusePortTests(unittest.TestCase):
                                     defer.maybeDeferred(second.stopService)])
 
 
+    def test_the_probe_passes_a_port_left_in_time_wait(self):
+        """A restart right after traffic: the agent closed its connections
+        first, so their TIME_WAIT sockets hold the port (it used to fail
+        'Address already in use' for ~60 s after a stop under load)."""
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = srv.accept()
+        served.close()              # the server's side waits in TIME_WAIT on the port
+        client.recv(1)
+        client.close()
+        srv.close()
+        reuseport.probe("tcp:{}:interface=127.0.0.1".format(port))
+
+
 def _plain_listener(case):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
