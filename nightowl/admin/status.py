@@ -113,14 +113,55 @@ def summary(doc):
                          "reachable" if pg else "UNREACHABLE" if pg is False else "not tried yet",
                          _duration(drain.get("lag_seconds") or 0),
                          ", last error " + drain["last_error"] if drain.get("last_error") else ""))
+    for child in (doc.get("ingest_processes") or {}).get("children") or ():
+        lines.append(_child_line(child))
     for w in doc.get("workers") or ():
-        lines.append("worker {} pid {} {}, restarts {} ({} in the last 10 min){}".format(
-            w.get("worker"), w.get("pid"), w.get("state"), w.get("restarts", 0),
-            w.get("restarts_last_10min", 0), ", CRASH LOOP" if w.get("crash_loop") else ""))
+        lines.append("worker {}{} pid {} {}, restarts {} ({} in the last 10 min){}".format(
+            w.get("worker"), "" if w.get("process") is None else
+            " of process {}".format(w["process"]), w.get("pid"), w.get("state"),
+            w.get("restarts", 0), w.get("restarts_last_10min", 0),
+            ", CRASH LOOP" if w.get("crash_loop") else ""))
+    if doc.get("forward"):
+        lines.append(_forward_line(doc["forward"]))
+    if doc.get("alerts"):
+        lines.append(_alerts_line(doc["alerts"]))
     proc = doc.get("process") or {}
-    lines.append("process  pid {}, RSS {}, {} threads".format(
-        proc.get("pid"), human_size(proc.get("rss_bytes")), proc.get("threads")))
+    lines.append("process  pid {}{}, RSS {}, {} threads".format(
+        proc.get("pid"), " (the parent)" if doc.get("ingest_processes") else "",
+        human_size(proc.get("rss_bytes")), proc.get("threads")))
     return lines
+
+
+def _child_line(child):
+    """One ingest process of --ingest-processes N."""
+    sub = child.get("document") or {}
+    ing, buf = sub.get("ingest") or {}, sub.get("buffer") or {}
+    return ("ingest process {} pid {} {}, {}, restarts {} ({} in the last 10 min), accepted {}, "
+            "pending {}, buffer {}".format(
+                child.get("index"), child.get("pid"), child.get("state"),
+                (child.get("status") or "no status").upper(), child.get("restarts", 0),
+                child.get("restarts_last_10min", 0), ing.get("accepted", "?"),
+                buf.get("pending", "?"), child.get("buffer")))
+
+
+def _forward_line(fw):
+    """--forward: the upstream, the backlog against its bound, what was sent and dropped."""
+    if fw.get("upstream_up") is False:
+        state = "DOWN for {}".format(_duration(fw.get("down_seconds") or 0))
+    else:
+        state = "up"
+    return ("forward  to {}: {}, backlog {} ({}) of {} rows, forwarded {}, dropped {}{}".format(
+        fw.get("target"), state, fw.get("backlog_rows", 0), human_size(fw.get("backlog_bytes")),
+        fw.get("max_rows"), fw.get("forwarded", 0), fw.get("dropped", 0),
+        ", last error " + fw["last_error"] if fw.get("last_error") else ""))
+
+
+def _alerts_line(al):
+    if not al.get("enabled"):
+        return "alerts   off"
+    return "alerts   {} channels, sent {}, failed {}{}".format(
+        al.get("channels_cached", 0), al.get("sends_ok", 0), al.get("sends_failed", 0),
+        ", last error " + al["last_error"] if al.get("last_error") else "")
 
 
 def run(args):
