@@ -155,13 +155,14 @@ def run_tests(found, environment, timeout):
 
     from treq.client import HTTPClient
     from twisted.internet import defer, reactor
-    from twisted.web.client import Agent, HTTPConnectionPool
+    from twisted.web.client import Agent
 
+    from nightowl import quiethttp
     from nightowl.alerts import messages
     from nightowl.alerts.healthalerts import _utc
     from nightowl.alerts.transport import Transport
 
-    pool = HTTPConnectionPool(reactor, persistent=False)
+    pool = quiethttp.pool(reactor, persistent=False)
     transport = Transport(reactor, HTTPClient(Agent(reactor, pool=pool, connectTimeout=timeout)),
                           timeout=timeout)
     notice = messages.test_notice(environment, socket.gethostname(), _utc(reactor.seconds()))

@@ -97,10 +97,12 @@ class AlertDispatcher(service.MultiService):
 
     def startService(self):
         from treq.client import HTTPClient
-        from twisted.web.client import Agent, HTTPConnectionPool
+        from twisted.web.client import Agent
+
+        from nightowl import quiethttp
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="nightowl-alerts")
         self.pool.start()
-        self._http_pool = HTTPConnectionPool(self.reactor, persistent=True)
+        self._http_pool = quiethttp.pool(self.reactor, persistent=True)
         self._http_pool.maxPersistentPerHost = 4
         agent = Agent(self.reactor, pool=self._http_pool, connectTimeout=self.send_timeout)
         self.transport = Transport(self.reactor, HTTPClient(agent), timeout=self.send_timeout,

@@ -99,8 +99,8 @@ class ParentHealth(service.MultiService):
         self.http.setServiceParent(self)
 
     def startService(self):
-        from twisted.web.client import HTTPConnectionPool
-        self.pool = HTTPConnectionPool(self.reactor, persistent=False)
+        from nightowl import quiethttp
+        self.pool = quiethttp.pool(self.reactor, persistent=False)
         service.MultiService.startService(self)
         waiting = getattr(self.http, "_waitingForPort", None)
         if waiting is not None:
