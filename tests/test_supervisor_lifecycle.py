@@ -103,3 +103,26 @@ class SupervisorLifecycleTests(SupervisorCase):
         self.reactor.advance(100)
         self.assertEqual(len(self.reactor.workers()), 2)
         self.flushLoggedErrors()
+
+    def test_a_worker_stopped_by_a_signal_of_its_own_is_no_error(self):
+        """supervisord's stopasgroup (or a TERM to the process group) reaches
+        the workers a moment before the agent's stop: the worker finishes its
+        batch and exits 0, which is logged at info, not as a crash, and the
+        agent's stop that follows cancels the respawn."""
+        from tests.supervisor_support import capture_log
+        seen = capture_log(self)
+        sup = self.start()
+        t = self.reactor.workers()[0]["transport"]
+        t.end(code=0)
+        levels = [(e["log_level"].name, e.get("log_format", "")) for e in seen
+                  if e.get("log_namespace", "").startswith("nightowl.drain.supervisor")]
+        self.assertEqual([lv for lv, _ in levels if lv in ("error", "warn")], [])
+        self.assertTrue([f for lv, f in levels if "SIGTERM of its own" in f])
+        self.assertEqual(self.metrics.drain[0]["exit_code"], 0)
+        before = len(self.reactor.workers())
+        d = sup.stopService()
+        for w in self.reactor.workers()[1:]:
+            w["transport"].end(code=0)
+        self.reactor.advance(10)
+        self.assertEqual(len(self.reactor.workers()), before)      # no respawn
+        self.successResultOf(defer.maybeDeferred(lambda: d))

@@ -342,12 +342,22 @@ class DrainSupervisor(service.Service):
         slot.carry()
         claim, slot.claim = slot.claim, ()
         poison = None
-        if not (self.stopping and code == 0):
+        # Exit code 0 is a worker that finished its batch and left: our stop,
+        # or a SIGTERM sent to it directly (supervisord's stopasgroup, systemd
+        # with KillMode=control-group, kill of the process group), which the
+        # agent's own stop usually follows at once.  Not a death to count
+        # against its claim, and nothing to log as an error.
+        clean = code == 0
+        if not clean:
             poison = self.shrinker.died(claim, "code {}, signal {}".format(code, sig))
         m = self._workerMetrics(worker_id)
         m.update({"alive": False, "exit_code": code, "exit_signal": sig})
-        if self.stopping and code == 0:
+        if self.stopping and clean:
             self.log.info("drain worker {worker} stopped", worker=worker_id)
+        elif clean:
+            self.log.info("drain worker {worker} (pid {pid}) stopped on a SIGTERM of its own "
+                          "(a stop of the whole process group?); it is respawned unless the "
+                          "agent is stopping too", worker=worker_id, pid=proto.pid)
         else:
             self.log.error("drain worker {worker} (pid {pid}) exited (code {code}, "
                            "signal {signal}) after {uptime:.1f} s",
@@ -372,8 +382,9 @@ class DrainSupervisor(service.Service):
         times = m.setdefault("restart_times", [])
         times.append(now)
         del times[:-20]
-        self.log.warn("respawning drain worker {worker} in {delay} s (restart {restarts})",
-                      worker=worker_id, delay=slot.delay, restarts=slot.restarts)
+        (self.log.info if clean else self.log.warn)(
+            "respawning drain worker {worker} in {delay} s (restart {restarts})",
+            worker=worker_id, delay=slot.delay, restarts=slot.restarts)
         d.addBoth(lambda _: self._scheduleRespawn(slot))
 
     def _scheduleRespawn(self, slot):
