@@ -218,14 +218,16 @@ def makeService(options, reactor=None):
     The wiring diagram: read the parsed Options once and build each service
     from the named values it needs; the root service starts them in order.
     """
+    from nightowl import stopsignals
+    if reactor is None:
+        from twisted.internet import reactor
+    stopsignals.install(reactor)  # a group stop's second TERM is no traceback
     if options["ingest-processes"] > 1:
         # N agents on one SO_REUSEPORT port under a parent (nightowl.multiproc)
         from nightowl.multiproc.parent import make_parent
         if options["dashboard"]:
             dashboard_password(options)     # an open dashboard is refused before any spawn
         return make_parent(options, reactor=reactor)
-    if reactor is None:
-        from twisted.internet import reactor
     from nightowl.buffer.writer import BufferWriter
     from nightowl.checker import FrameChecker
     from nightowl.drain.supervisor import DrainSupervisor
