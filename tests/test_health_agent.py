@@ -67,6 +67,7 @@ BUFFER_FIELDS = {"path", "buffer_id", "pending", "claimed", "quarantined", "drai
 DRAIN_FIELDS = {"enabled", "dsn_configured", "workers_configured", "payloads", "rows",
                 "records", "rows_by_table", "batches", "batches_failed", "quarantined",
                 "skipped", "ledger_skipped", "payload_rate", "row_rate", "postgres_reachable", "last_error",
+                "last_error_age_seconds",
                 "lag_seconds", "migrated", "migration_error", "mode", "blocked", "breaker"}
 
 

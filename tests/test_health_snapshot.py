@@ -252,3 +252,21 @@ def test_refusals_and_the_breaker_are_critical_in_status_but_not_in_healthz():
     assert h.healthz() == (True, "ok")
     drain[0]["alive"] = False      # a dead worker's report no longer counts
     assert h.status()["drain"]["breaker"] == []
+
+
+def test_the_drain_last_error_says_how_long_ago_it_was():
+    """An outage's last error stays in /status after the drain recovers:
+    its age tells an operator it is history (nightowl status prints it)."""
+    from nightowl.admin.status import summary
+    reactor, root, h = fake_health(dsn="host=nowhere", **{"drain-workers": 2})
+    now = reactor.seconds()
+    drain = root.metrics.drain
+    drain[0] = {"worker": 0, "alive": True, "pg_reachable": True, "updated_at": now - 10,
+                "last_error": "connection refused (old)", "last_error_at": now - 300}
+    drain[1] = {"worker": 1, "alive": True, "pg_reachable": True, "updated_at": now - 20,
+                "last_error": "connection refused (newer)", "last_error_at": now - 40}
+    doc = h.status()
+    assert doc["drain"]["last_error"] == "connection refused (newer)"
+    assert doc["drain"]["last_error_age_seconds"] == 40.0
+    [line] = [x for x in summary(doc) if x.startswith("drain ")]
+    assert line.endswith(", last error (40 s ago): connection refused (newer)")

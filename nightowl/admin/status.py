@@ -112,7 +112,7 @@ def summary(doc):
                          drain.get("payload_rate") or 0, drain.get("batches_failed", 0),
                          "reachable" if pg else "UNREACHABLE" if pg is False else "not tried yet",
                          _duration(drain.get("lag_seconds") or 0),
-                         ", last error " + drain["last_error"] if drain.get("last_error") else ""))
+                         _last_error(drain)))
     for child in (doc.get("ingest_processes") or {}).get("children") or ():
         lines.append(_child_line(child))
     for w in doc.get("workers") or ():
@@ -130,6 +130,15 @@ def summary(doc):
         proc.get("pid"), " (the parent)" if doc.get("ingest_processes") else "",
         human_size(proc.get("rss_bytes")), proc.get("threads")))
     return lines
+
+
+def _last_error(drain):
+    """The drain's last error, with how long ago when known (it stays after recovery)."""
+    if not drain.get("last_error"):
+        return ""
+    age = drain.get("last_error_age_seconds")
+    when = "" if age is None else " ({} ago)".format(_duration(age))
+    return ", last error{}: {}".format(when, drain["last_error"])
 
 
 def _child_line(child):

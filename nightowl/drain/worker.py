@@ -264,6 +264,7 @@ class Worker:
         self.counters.failures += 1
         cause = describe_error(error)
         self.status["last_error"] = cause
+        self.status["last_error_at"] = time.time()  # /status: how long ago (it outlives recovery)
         if outage:
             self.status["pg_reachable"] = False
         elif getattr(error, "sqlstate", None):

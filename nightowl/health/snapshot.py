@@ -179,11 +179,12 @@ class Snapshot:
         workers = self._workers()
         reachable = [bool(m["pg_reachable"]) for m in workers.values()
                      if m.get("alive") and m.get("pg_reachable") is not None]
-        last_error = (None, -1.0)
+        last_error = (None, -1.0, None)
         for m in workers.values():
-            updated = m.get("updated_at") or 0.0
+            at = m.get("last_error_at")
+            updated = at or m.get("updated_at") or 0.0
             if m.get("last_error") and updated >= last_error[1]:
-                last_error = (m["last_error"], updated)
+                last_error = (m["last_error"], updated, at)
         blocking = conditions.gather(workers.values())
         draining = self.dsn_configured and self.workers_configured > 0
         oldest = self._oldest(self.buffer.stats())
@@ -199,6 +200,7 @@ class Snapshot:
             "row_rate": _round(self._row_series.rate(now)),
             "postgres_reachable": all(reachable) if reachable else None,
             "last_error": last_error[0],
+            "last_error_age_seconds": _age(now, last_error[2]),
             "lag_seconds": _round(oldest),
             "migrated": getattr(self.drain, "migrated", None),
             "migration_error": getattr(self.drain, "migration_error", None),
