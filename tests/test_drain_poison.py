@@ -90,6 +90,26 @@ class PoisonClaimTests(Base):
         self.assertEqual(t.take()[-1]["ids"], list(range(2, 10)))
         self.flushLoggedErrors()
 
+    def test_one_death_on_a_lone_payload_is_no_proof_two_are(self):
+        """A quiet drain claims the one payload pending; one SIGKILL of its
+        worker (the OOM killer, an operator) used to quarantine it at once:
+        acked, never in Postgres (bench faults worker-kill, kill-mid-copy)."""
+        buffer = FakeBufferWriter(count=1)
+        self.start(buffer, workers=1, batch_size=8)
+        t = self.worker()
+        t.say({"op": "claim", "limit": 8})
+        self.assertEqual(t.take()[-1]["ids"], [1])
+        t.end(code=None, sig=9)
+        t = self.respawn()
+        self.assertEqual(buffer.state[1], 0)          # pending again, not quarantined
+        t.say({"op": "claim", "limit": 8})
+        self.assertEqual(t.take()[-1]["ids"], [1])
+        t.end(code=None, sig=9)                       # it kills again: now it is poison
+        self.respawn()
+        self.assertEqual(buffer.state[1], 2)
+        self.assertIn("died 2 times in a row", buffer.errors[1])
+        self.flushLoggedErrors()
+
     def test_a_poison_payload_in_the_middle_is_found_by_bisection(self):
         buffer = FakeBufferWriter(count=20)
         self.start(buffer, workers=1, batch_size=8)

@@ -9,8 +9,10 @@ behind them drains.  L{ClaimShrinker} remembers the ids of the claim a
 worker died on (the suspects); while any of them is unwritten every claim
 is capped at half the rows of the claim that died, halving again at each
 death on a claim holding a suspect (a bisection: the innocent half drains,
-the guilty half shrinks), and when a claim of one payload kills its worker
-too, that payload is quarantined with the reason (``nightowl buffer
+the guilty half shrinks), and when a claim of one suspect payload kills
+its worker too, that payload is quarantined with the reason (a claim of
+one that was not suspect yet, as a quiet drain makes, is retried once
+first: one SIGKILL is no proof) (``nightowl buffer
 inspect`` shows it; ``requeue`` retries it).
 
 Pure bookkeeping (no I/O, no reactor): the supervisor asks and acts.
@@ -41,7 +43,12 @@ class ClaimShrinker:
         else:
             self.deaths = 1
         self.suspects = set(claim)
-        if len(claim) == 1:
+        # A lone payload is poison only once it was already suspect: a claim
+        # of one (a quiet drain claims what little is pending) held by a
+        # worker that one SIGKILL, OOM kill or crash took down was isolated
+        # at once, an innocent payload taken out of the drain (bench faults
+        # worker-kill: acked, never in Postgres).  It is retried once first.
+        if len(claim) == 1 and self.deaths >= 2:
             reason = ("drain worker died {} times in a row on claims holding this payload "
                       "(last: {}); isolated so the drain goes on".format(self.deaths, how))
             self.clear()
