@@ -126,10 +126,18 @@ class _Realm:
         return smtp.IMessageDelivery, _Delivery(self.server.box, avatarId), lambda: None
 
 
+class _ESMTP(smtp.ESMTP):
+    lost = False  # the session's connection has closed
+
+    def connectionLost(self, reason):
+        self.lost = True
+        smtp.ESMTP.connectionLost(self, reason)
+
+
 class SMTPServer(smtp.SMTPFactory):
     """ESMTP on 127.0.0.1:0.  ``users``: {b"user": b"password"} requires AUTH."""
 
-    protocol = smtp.ESMTP
+    protocol = _ESMTP
 
     def __init__(self, users=None, tls_context=None):
         self.box = []
@@ -153,6 +161,21 @@ class SMTPServer(smtp.SMTPFactory):
             p.delivery = _Delivery(self.box)
         self.sessions.append(p)
         return p
+
+    def closed(self, reactor, port):
+        """Every session over and no client socket to ``port`` left in
+        ``reactor`` (a delivery is recorded as sent before the client's QUIT,
+        and a TLS close takes a few more turns: trial checks the reactor)."""
+        if not all(s.lost for s in self.sessions):
+            return False
+        for selectable in list(reactor.getReaders()) + list(reactor.getWriters()):
+            try:
+                peer = selectable.getPeer()
+            except Exception:
+                continue
+            if getattr(peer, "port", None) == port:
+                return False
+        return True
 
 
 def make_certificate(tmp_path, host="127.0.0.1"):

@@ -316,6 +316,7 @@ class EmailTests(DispatcherCase):
         self.dispatcher(environ={"NIGHTOWL_TEST_SMTP_PASSWORD": "hunter2"})
         yield self.wait(lambda: server.box, "the mail")
         yield self.wait(lambda: kit.deliveries(self.dsn)[0][3] == "sent", "sent")
+        yield self.wait(lambda: server.closed(reactor, port), "the SMTP session closed")
         import email
         msg = email.message_from_bytes(server.box[0]["data"])
         self.assertEqual(server.box[0]["to"], "ops@example.test")
