@@ -42,35 +42,38 @@ class FreshDatabaseTests(unittest.TestCase):
             and e["log_level"].name == level]
 
     @defer.inlineCallbacks
-    def test_waits_for_the_schema_without_an_error_then_runs(self):
-        d = AlertDispatcher(self.dsn, reactor=reactor, poll_interval=0.1, retry_initial=0.2,
+    def failing(self, dsn, what):
+        """A dispatcher on ``dsn``, once its first round has failed (no error logged)."""
+        d = AlertDispatcher(dsn, reactor=reactor, poll_interval=0.1, retry_initial=0.2,
                             retry_max=0.5, stats_every=0.0)
         d.startService()
         self.addCleanup(lambda: d.running and d.stopService())
-        yield kit.eventually(reactor, lambda: d.figures["last_error"] is not None,
-                             what="a failed round on the empty database")
-        self.assertIn("nightowl_alert_channels", d.figures["last_error"])
+        yield kit.eventually(reactor, lambda: d.figures["last_error"] is not None, what=what)
         self.assertEqual(self.lines("error"), [])
+        return d
+
+    @defer.inlineCallbacks
+    def runs(self, d, what):
+        """``d`` has a successful round, and nothing was logged as an error."""
+        yield kit.eventually(reactor, lambda: d.channels_read_at is not None, what=what)
+        self.assertIsNone(d.figures["last_error"])
+        self.assertEqual(self.lines("error"), [])
+
+    @defer.inlineCallbacks
+    def test_waits_for_the_schema_without_an_error_then_runs(self):
+        d = yield self.failing(self.dsn, "a failed round on the empty database")
+        self.assertIn("nightowl_alert_channels", d.figures["last_error"])
         self.assertTrue([e for e in self.lines("info") if "wait for the schema"
                          in e.get("log_format", "")])
         yield threads.deferToThread(kit.migrated, self.dsn)   # what the drain's boot does
-        yield kit.eventually(reactor, lambda: d.channels_read_at is not None,
-                             what="a round after the migration")
-        self.assertIsNone(d.figures["last_error"])
-        self.assertEqual(self.lines("error"), [])
+        yield self.runs(d, "a round after the migration")
 
     @defer.inlineCallbacks
     def test_waits_for_the_database_the_drain_creates(self):
         name, dsn = absent_dsn()
         self.addCleanup(drop_database, name)
-        d = AlertDispatcher(dsn, reactor=reactor, poll_interval=0.1, retry_initial=0.2,
-                            retry_max=0.5, stats_every=0.0)
-        d.startService()
-        self.addCleanup(lambda: d.running and d.stopService())
-        yield kit.eventually(reactor, lambda: d.figures["last_error"] is not None,
-                             what="a failed round before the database exists")
+        d = yield self.failing(dsn, "a failed round before the database exists")
         self.assertIn("does not exist", d.figures["last_error"])
-        self.assertEqual(self.lines("error"), [])
 
         def create():
             conn = _admin()
@@ -80,10 +83,7 @@ class FreshDatabaseTests(unittest.TestCase):
                 conn.close()
             kit.migrated(dsn)
         yield threads.deferToThread(create)
-        yield kit.eventually(reactor, lambda: d.channels_read_at is not None,
-                             what="a round once the database is there")
-        self.assertIsNone(d.figures["last_error"])
-        self.assertEqual(self.lines("error"), [])
+        yield self.runs(d, "a round once the database is there")
 
 
 class GraceTests(unittest.TestCase):
