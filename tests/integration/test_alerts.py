@@ -391,3 +391,6 @@ class HealthAlertTests(DispatcherCase):
         d.health_alerts.observe("healthy", [])
         yield self.wait(lambda: len(r.requests) >= 2, "the recovery")
         self.assertEqual(r.requests[1]["json"]["event"], "health.recovered")
+        # the receiver has the request before the client has read the reply: wait
+        # for the send to finish, so the stop finds the connection back in the pool
+        yield self.wait(lambda: d.status()["health"]["sent"] >= 2, "the recovery sent")
